@@ -1,0 +1,89 @@
+"""CIFAR ResNets of the distillation literature (He et al. 2016, CIFAR variant), laid out as in
+RepDistiller: a 3x3 stem, three stages of basic blocks (strides 1, 2, 2), global pooling.
+``resnet{6n+2}`` uses widths 16/16/32/64; the ``x4`` variants 32/64/128/256.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distill.backbones import register_backbone
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual (a 1x1 projection when the shape changes)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet for 32x32 inputs.
+
+    Args:
+        depth: ``6n + 2`` (8, 14, 20, 32, 44, 56, 110).
+        widths: Stem width then the three stage widths.
+        zero_init_residual: Start each block's last BN at zero (identity blocks).
+    """
+
+    def __init__(
+        self, depth: int, widths: tuple[int, int, int, int], zero_init_residual: bool = False
+    ) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        blocks = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        stages, in_planes = [], widths[0]
+        for i, (planes, stride) in enumerate(zip(widths[1:], (1, 2, 2), strict=True)):
+            layers = []
+            for b in range(blocks):
+                layers.append(BasicBlock(in_planes, planes, stride if b == 0 else 1))
+                in_planes = planes
+            stages.append(nn.Sequential(*layers))
+            setattr(self, f"layer{i + 1}", stages[-1])
+        self.num_features = widths[-1]
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, BasicBlock):
+                    nn.init.zeros_(module.bn2.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:
+    def factory(zero_init_residual: bool = False) -> CifarResNet:
+        return CifarResNet(depth, widths, zero_init_residual)
+
+    factory.__doc__ = f"CIFAR {name}: depth {depth}, widths {widths}."
+    register_backbone(name)(factory)
+
+
+for _depth in (8, 14, 20, 32, 44, 56, 110):
+    _register(f"resnet{_depth}", _depth, (16, 16, 32, 64))
+_register("resnet8x4", 8, (32, 64, 128, 256))
+_register("resnet32x4", 32, (32, 64, 128, 256))

@@ -1,0 +1,35 @@
+"""torchvision's ResNet-18/50 (random init, never downloaded) as feature extractors, with
+an optional CIFAR stem: a 3x3 stride-1 first convolution and no max-pool, for 32 px inputs.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models import resnet18 as tv_resnet18
+from torchvision.models import resnet50 as tv_resnet50
+
+from distill.backbones import register_backbone
+
+
+def _feature_extractor(model: nn.Module, cifar_stem: bool) -> nn.Module:
+    if cifar_stem:
+        model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+        model.maxpool = nn.Identity()
+    model.num_features = model.fc.in_features
+    model.fc = nn.Identity()
+    return model
+
+
+@register_backbone("resnet18")
+def resnet18(cifar_stem: bool = False, zero_init_residual: bool = False) -> nn.Module:
+    """torchvision ResNet-18 without its classifier (512 features)."""
+    model = tv_resnet18(weights=None, zero_init_residual=zero_init_residual)
+    return _feature_extractor(model, cifar_stem)
+
+
+@register_backbone("resnet50")
+def resnet50(cifar_stem: bool = False, zero_init_residual: bool = False) -> nn.Module:
+    """torchvision ResNet-50 without its classifier (2048 features)."""
+    model = tv_resnet50(weights=None, zero_init_residual=zero_init_residual)
+    return _feature_extractor(model, cifar_stem)

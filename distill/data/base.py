@@ -1,0 +1,166 @@
+"""The DataModule every dataset shares: view recipes, indexed samples, evaluation loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from distill.data.views import SupervisedViews, ViewRecipe, eval_transform
+
+
+class IndexedDataset(Dataset):
+    """Wraps a ``(image, target)`` dataset to return ``(transform(image), target, index)``.
+
+    The index is the sample's row in the dataset, which CRD's memory banks and ReKD's queues
+    address; unlabelled samples keep the target ``-1``.
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable | None = None) -> None:
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):
+        image, target = self.dataset[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, -1 if target is None else int(target), index
+
+
+class ViewDataModule(L.LightningDataModule):
+    """Base DataModule: subclasses only say where the images come from.
+
+    Every batch is ``(views, targets, indices)``: ``views`` is a tensor ``[B, C, H, W]`` for
+    the ``SupervisedViews`` recipe and a list of such tensors (globals first) for multi-view
+    recipes; ``targets`` is ``[B]`` (``-1`` when unlabelled) and ``indices`` ``[B]`` the
+    dataset rows. Validation and the un-augmented training set (``train_eval_dataloader``,
+    used for k-NN feature banks and offline probes) yield a single un-augmented tensor.
+
+    Args:
+        data_dir: Root folder of the dataset.
+        batch_size: Training batch size per device.
+        num_workers: Data-loading worker processes per device.
+        pin_memory: Pin host memory (useful on GPU).
+        persistent_workers: Keep workers alive between epochs (when ``num_workers > 0``).
+        views: Training view recipe; defaults to ``SupervisedViews`` at ``image_size``.
+        image_size: Evaluation image size (centre crop).
+        eval_resize: Resize before the evaluation centre crop (``None``: ``image_size``).
+        eval_batch_size: Batch size of the evaluation loaders.
+        drop_last: Drop the last incomplete training batch.
+    """
+
+    #: Per-channel normalisation of the dataset.
+    mean: Sequence[float] = (0.485, 0.456, 0.406)
+    std: Sequence[float] = (0.229, 0.224, 0.225)
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        views: ViewRecipe | None = None,
+        image_size: int = 32,
+        eval_resize: int | None = None,
+        eval_batch_size: int = 256,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.views = views if views is not None else SupervisedViews(crop_size=image_size)
+        self.image_size = image_size
+        self.eval_resize = eval_resize
+        self.eval_batch_size = eval_batch_size
+        self.drop_last = drop_last
+        self.train_set: IndexedDataset | None = None
+        self.train_eval_set: IndexedDataset | None = None
+        self.val_set: IndexedDataset | None = None
+
+    # Subclasses provide the raw (PIL image, target) datasets.
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the labelled splits."""
+        raise NotImplementedError
+
+    def train_dataset(self) -> Dataset:
+        """The raw training split (the one the method trains on)."""
+        raise NotImplementedError
+
+    def train_eval_dataset(self) -> Dataset:
+        """The raw labelled training split used as k-NN bank; defaults to ``train_dataset``."""
+        return self.train_dataset()
+
+    def val_dataset(self) -> Dataset:
+        """The raw labelled validation split."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.val_set is not None:
+            return
+        evaluation = eval_transform(self.image_size, self.mean, self.std, self.eval_resize)
+        train = self.train_dataset()
+        self.train_set = IndexedDataset(train, self.views.build(self.mean, self.std))
+        self.train_eval_set = IndexedDataset(self.train_eval_dataset(), evaluation)
+        self.val_set = IndexedDataset(self.val_dataset(), evaluation)
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool, **kw):
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            **kw,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        drop_last = self.drop_last and len(self.train_set) > self.batch_size
+        return self._loader(self.train_set, self.batch_size, True, drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup("validate")
+        return self._loader(self.val_set, self.eval_batch_size, False, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def eval_dataloader(self, split: str, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """Un-augmented loader of ``split`` ('train' or 'val'), sharded when ``world_size > 1``.
+
+        Evaluation callbacks iterate it themselves, so under DDP they pass their rank and
+        gather the features; samples carry their index so duplicates from padding can be
+        dropped after the gather.
+        """
+        self.setup("validate")
+        datasets = {"train": self.train_eval_set, "val": self.val_set}
+        if split not in datasets:
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        dataset = datasets[split]
+        sampler = None
+        if world_size > 1:
+            sampler = DistributedSampler(dataset, world_size, rank, shuffle=False)
+        # Worker processes are not kept: these loaders are built anew at each evaluation.
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_eval_dataloader(self) -> DataLoader:
+        """Un-augmented training set with labels and indices (k-NN banks, offline probes)."""
+        return self.eval_dataloader("train")

@@ -1,0 +1,5 @@
+"""The one exception type for user mistakes, so the CLI can print it without a traceback."""
+
+
+class ConfigError(ValueError):
+    """A bad configuration value, path or file: the message names it and what would be valid."""

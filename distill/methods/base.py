@@ -1,0 +1,150 @@
+"""What every method shares: the optimiser from the config and a per-step LR schedule.
+
+Methods subclass ``Method`` and forward its arguments with ``**kwargs``; LightningCLI reads
+them through to this signature, so ``--model.init_args.lr_schedule multistep`` works for
+every method. The optimiser is a constructor argument (``OptimizerCallable``) rather than a
+top-level ``optimizer:`` config key, which would silently replace ``configure_optimizers``
+and drop the no-weight-decay parameter group.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import ClassVar, Literal
+
+import lightning as L
+import torch
+from lightly.utils.scheduler import cosine_warmup_schedule
+from lightning.pytorch.cli import OptimizerCallable
+from torch import nn
+
+from distill.errors import ConfigError
+
+
+def split_decay_groups(modules: Iterable[nn.Module], exclude_norm_bias: bool) -> list[dict]:
+    """Parameter groups for the optimiser; norms and biases (1-d params) get no weight decay.
+
+    Frozen parameters (``requires_grad=False``) are left out.
+    """
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    if not exclude_norm_bias:
+        return [{"params": params}]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(
+    step: int,
+    total_steps: int,
+    steps_per_epoch: int,
+    schedule: str,
+    warmup_epochs: float = 0.0,
+    milestones: Iterable[int] = (),
+    lr_decay: float = 0.1,
+    min_lr_ratio: float = 0.0,
+) -> float:
+    """Multiplier of the base learning rate at optimiser step ``step`` (0-based).
+
+    ``cosine``: linear warm-up over ``warmup_epochs`` then cosine from 1 to ``min_lr_ratio``
+    at ``total_steps``; ``multistep``: times ``lr_decay`` at each epoch in ``milestones``
+    (after the warm-up); ``constant``: 1 after the warm-up.
+    """
+    warmup_steps = min(round(warmup_epochs * steps_per_epoch), total_steps)
+    if schedule == "cosine":
+        step = min(step, total_steps)
+        return cosine_warmup_schedule(
+            step, total_steps, 1.0, min_lr_ratio, warmup_steps, warmup_start_value=0.0
+        )
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "multistep":
+        epoch = step // max(steps_per_epoch, 1)
+        return lr_decay ** sum(epoch >= m for m in milestones)
+    return 1.0
+
+
+class Method(L.LightningModule):
+    """Base of all methods: optimiser, learning-rate schedule, weight-decay groups.
+
+    Args:
+        optimizer: Optimiser class and its arguments, e.g. ``class_path: torch.optim.SGD``
+            with ``init_args: {lr: 0.05, momentum: 0.9, weight_decay: 5e-4}``.
+        lr_schedule: ``cosine`` (warm-up then cosine), ``multistep`` (warm-up then
+            ``lr_decay`` at each of ``milestones``) or ``constant``; stepped every
+            optimiser step.
+        warmup_epochs: Linear warm-up length in epochs (fractions allowed).
+        milestones: Epochs at which ``multistep`` multiplies the learning rate by
+            ``lr_decay``.
+        lr_decay: Multistep decay factor.
+        min_lr_ratio: Final learning rate of the cosine, as a fraction of the base.
+        exclude_norm_bias_from_wd: Put norm weights and biases in a no-weight-decay group.
+    """
+
+    #: The validation metric the checkpoint callback keeps the best of.
+    monitor: ClassVar[str] = "val/top1"
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = torch.optim.SGD,
+        lr_schedule: Literal["cosine", "multistep", "constant"] = "cosine",
+        warmup_epochs: float = 0.0,
+        milestones: list[int] | None = None,
+        lr_decay: float = 0.1,
+        min_lr_ratio: float = 0.0,
+        exclude_norm_bias_from_wd: bool = False,
+    ) -> None:
+        super().__init__()
+        if lr_schedule not in ("cosine", "multistep", "constant"):
+            raise ConfigError(
+                f"model.init_args.lr_schedule={lr_schedule!r}; valid: cosine, multistep, constant"
+            )
+        self.optimizer_factory = optimizer
+        self.lr_schedule = lr_schedule
+        self.warmup_epochs = warmup_epochs
+        self.milestones = list(milestones or [])
+        self.lr_decay = lr_decay
+        self.min_lr_ratio = min_lr_ratio
+        self.exclude_norm_bias_from_wd = exclude_norm_bias_from_wd
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """Modules whose parameters the optimiser updates (default: the student)."""
+        return [self.student]
+
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps per training epoch (after gradient accumulation)."""
+        trainer = self.trainer
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches):
+            return max(1, trainer.estimated_stepping_batches // max(trainer.max_epochs, 1))
+        return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+
+    def configure_optimizers(self):
+        groups = split_decay_groups(self.trainable_modules(), self.exclude_norm_bias_from_wd)
+        optimizer = self.optimizer_factory(groups)
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = self.steps_per_epoch()
+
+        def factor(step: int) -> float:
+            return lr_factor(
+                step, total, per_epoch, self.lr_schedule, self.warmup_epochs,
+                self.milestones, self.lr_decay, self.min_lr_ratio,
+            )  # fmt: skip
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
+        }
+
+    def check_num_classes(self, num_classes: int) -> None:
+        """Fails early when the model's ``num_classes`` differs from the DataModule's."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        expected = getattr(datamodule, "num_classes", None)
+        if expected is not None and expected != num_classes:
+            raise ConfigError(
+                f"model.init_args.num_classes={num_classes} but the data "
+                f"({type(datamodule).__name__}) has {expected} classes; set "
+                f"model.init_args.num_classes={expected}."
+            )

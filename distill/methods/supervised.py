@@ -1,0 +1,78 @@
+"""Plain supervised training: the baseline student and the way teachers are trained."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+from distill.backbones import create_backbone
+from distill.methods.base import Method
+from distill.modules.heads import Classifier
+
+
+class Supervised(Method):
+    """Cross-entropy training of a backbone with a linear head.
+
+    Objective: ``L = CE(y, student(x))`` (optionally label-smoothed). The network is
+    ``self.student``, so distillation methods load this checkpoint's ``student.*`` weights
+    as their teacher (``distill.modules.load_weights``). Reference CIFAR recipe (CRD paper):
+    SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 64, 240 epochs, x0.1 at 150/180/210.
+
+    Args:
+        backbone: Backbone name (see ``distill.backbones.available_backbones()``).
+        num_classes: Number of classes; must match the DataModule.
+        backbone_kwargs: Extra backbone arguments, e.g. ``{cifar_stem: true}``.
+        label_smoothing: Cross-entropy label smoothing.
+        **kwargs: Optimisation arguments of ``Method`` (optimizer, lr_schedule, ...).
+    """
+
+    monitor = "val/top1"
+
+    def __init__(
+        self,
+        backbone: str = "resnet20",
+        num_classes: int = 10,
+        backbone_kwargs: dict | None = None,
+        label_smoothing: float = 0.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.student = Classifier(create_backbone(backbone, **(backbone_kwargs or {})), num_classes)
+        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.student(images)
+
+    def setup(self, stage: str) -> None:
+        self.check_num_classes(self.num_classes)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        images, targets, _ = batch
+        logits = self.student(images)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        top1 = (logits.argmax(1) == targets).float().mean()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/top1", top1)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, targets, _ = batch
+        logits = self.student(images)
+        self.log("val/loss", F.cross_entropy(logits, targets), sync_dist=True)
+        self.val_top1(logits, targets)
+        self.val_top5(logits, targets)
+        self.log("val/top1", self.val_top1, prog_bar=True)
+        self.log("val/top5", self.val_top5)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        images, targets, _ = batch
+        logits = self.student(images)
+        self.val_top1(logits, targets)
+        self.val_top5(logits, targets)
+        self.log("test/top1", self.val_top1)
+        self.log("test/top5", self.val_top5)

@@ -1,0 +1,162 @@
+"""The CLI as a user drives it: config files, overrides, print_config, errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from distill.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+
+
+def run_cli(args, capsys):
+    """Runs the CLI; returns (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        main(args)
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_quickstart_fit_writes_checkpoints_config_and_scalars(tmp_path, capsys):
+    code, _, err = run_cli(
+        [
+            "fit", "--config", QUICKSTART,
+            "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+            "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+        ],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    version = tmp_path / "lightning_logs" / "version_0"
+    checkpoints = sorted(p.name for p in (version / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and any(c.startswith("epoch=0") for c in checkpoints)
+    saved = yaml.safe_load((version / "config.yaml").read_text())
+    assert saved["model"]["init_args"]["backbone"] == "resnet8"
+    events = EventAccumulator(str(version), size_guidance={"images": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    expected = {"train/loss", "val/top1", "val/top5", "val/knn_top1", "val/linear_top1", "lr"}
+    assert expected <= scalars, scalars
+    assert "train/views" in events.Tags()["images"]
+    knn = events.Scalars("val/knn_top1")[-1].value
+    assert 0.0 <= knn <= 1.0
+
+
+def test_print_config_round_trips(tmp_path, capsys):
+    code, printed, err = run_cli(["fit", "--config", QUICKSTART, "--print_config"], capsys)
+    assert code == 0, err
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(printed)
+    code, again, err = run_cli(["fit", "--config", str(saved), "--print_config"], capsys)
+    assert code == 0, err
+    assert yaml.safe_load(again) == yaml.safe_load(printed)
+    assert yaml.safe_load(printed)["model"]["class_path"] == "distill.methods.Supervised"
+
+
+def test_stacked_configs_and_dotted_overrides(tmp_path, capsys):
+    override = tmp_path / "more.yaml"
+    override.write_text("trainer:\n  max_epochs: 2\nmodel:\n  init_args:\n    backbone: resnet14\n")
+    code, printed, err = run_cli(
+        [
+            "fit", "--config", QUICKSTART, "--config", str(override),
+            "--model.init_args.label_smoothing", "0.1", "--data.init_args.batch_size", "16",
+            "--print_config",
+        ],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    config = yaml.safe_load(printed)
+    assert config["trainer"]["max_epochs"] == 2
+    assert config["model"]["init_args"]["backbone"] == "resnet14"
+    assert config["model"]["init_args"]["label_smoothing"] == 0.1
+    assert config["data"]["init_args"]["batch_size"] == 16
+    assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 0.1
+
+
+def test_misspelt_option_is_not_guessed(tmp_path, capsys):
+    args = ["fit", "--config", QUICKSTART, "--trainer.default_root_dir", str(tmp_path)]
+    code, _, err = run_cli(args + ["--trainer.max_epoch", "3"], capsys)
+    assert code == 2 and "max_epoch" in err
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_unknown_key_in_config_file_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args:\n    temprature: 2.0\n")
+    code, _, err = run_cli(["fit", "--config", QUICKSTART, "--config", str(bad)], capsys)
+    assert code == 2 and "temprature" in err
+
+
+def test_wrong_type_is_named(capsys):
+    code, _, err = run_cli(["fit", "--config", QUICKSTART, "--trainer.max_epochs", "many"], capsys)
+    assert code == 2 and "max_epochs" in err and "many" in err
+
+
+def test_unknown_backbone_lists_choices(tmp_path, capsys):
+    args = ["fit", "--config", QUICKSTART, "--model.init_args.backbone", "resnet21"]
+    code, _, err = run_cli(args + ["--trainer.default_root_dir", str(tmp_path)], capsys)
+    assert code == 2
+    assert "resnet21" in err and "resnet20" in err and "wrn_40_2" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "lightning_logs").exists()  # nothing written on a bad config
+
+
+def test_missing_dataset_folder_is_named(tmp_path, capsys):
+    args = [
+        "fit", "--config", QUICKSTART,
+        "--data", "distill.data.ImageFolderDataModule",
+        "--data.init_args.data_dir", str(tmp_path / "missing"),
+    ]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "train_dir" in err and "missing" in err
+
+
+def test_missing_config_file_is_named(capsys):
+    code, _, err = run_cli(["fit", "--config", "configs/nope.yaml"], capsys)
+    assert code == 2 and "nope.yaml" in err
+
+
+def test_resume_keeps_existing_run_intact(tmp_path, capsys):
+    base = [
+        "fit", "--config", QUICKSTART, "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+    ]  # fmt: skip
+    assert run_cli(base + ["--trainer.max_epochs", "1"], capsys)[0] == 0
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    first_bytes = last.read_bytes()
+    code, _, err = run_cli(base + ["--trainer.max_epochs", "2", "--ckpt_path", str(last)], capsys)
+    assert code == 0, err
+    assert last.read_bytes() == first_bytes  # the resumed run writes into version_1
+    resumed = tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"
+    import torch
+
+    assert torch.load(resumed, weights_only=False)["epoch"] == 1
+
+
+def test_module_entry_point_runs():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "distill", "fit", "--help"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--model" in result.stdout and "--checkpoint.monitor" in result.stdout
+
+
+@pytest.mark.parametrize("script", ["distill", "lightning"])
+def test_console_scripts_point_at_the_cli(script):
+    from importlib.metadata import entry_points
+
+    found = [e for e in entry_points(group="console_scripts") if e.name == script]
+    if not found:
+        pytest.skip("package not installed (pip install -e .) in this environment")
+    assert found[0].value == "distill.cli:main"

@@ -1,0 +1,86 @@
+"""Shared fixtures: generated datasets in tmp_path, never downloads."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+def write_png_folder(root, classes=("cat", "dog", "frog"), per_class=6, size=40, seed=0):
+    """An ImageFolder tree of random PNGs; each class has its own mean colour."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("val", max(2, per_class // 2))):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                base = np.zeros((size, size, 3)) + 60 * c
+                pixels = np.clip(base + rng.integers(0, 80, (size, size, 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def write_fake_cifar(root, num_classes=10, per_batch=8, seed=0):
+    """CIFAR-10/100 pickles in torchvision's layout with ``per_batch`` images per file."""
+    rng = np.random.default_rng(seed)
+    if num_classes == 10:
+        folder, train, test = (
+            root / "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)],
+            ["test_batch"],
+        )
+        meta, meta_key, label_key = "batches.meta", "label_names", "labels"
+    else:
+        folder, train, test = root / "cifar-100-python", ["train"], ["test"]
+        meta, meta_key, label_key = "meta", "fine_label_names", "fine_labels"
+    folder.mkdir(parents=True)
+    for name in train + test:
+        entry = {
+            "data": rng.integers(0, 256, (per_batch, 3 * 32 * 32), dtype=np.uint8),
+            label_key: rng.integers(0, num_classes, per_batch).tolist(),
+        }
+        with open(folder / name, "wb") as file:
+            pickle.dump(entry, file)
+    with open(folder / meta, "wb") as file:
+        pickle.dump({meta_key: [f"class{i}" for i in range(num_classes)]}, file)
+    return root
+
+
+def write_fake_stl10(root, per_split=6, seed=0):
+    """STL-10 binaries in torchvision's layout (96x96, column-major, labels 1..10)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True)
+    for split in ("train", "test", "unlabeled"):
+        count = per_split * (2 if split == "unlabeled" else 1)
+        rng.integers(0, 256, count * 3 * 96 * 96, dtype=np.uint8).tofile(folder / f"{split}_X.bin")
+        if split != "unlabeled":
+            (rng.integers(0, 10, count, dtype=np.uint8) + 1).tofile(folder / f"{split}_y.bin")
+    (folder / "class_names.txt").write_text("\n".join(f"c{i}" for i in range(10)))
+    return root
+
+
+@pytest.fixture
+def png_folder(tmp_path):
+    return write_png_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def fake_cifar10(tmp_path):
+    return write_fake_cifar(tmp_path / "cifar10", 10)
+
+
+@pytest.fixture
+def fake_cifar100(tmp_path):
+    return write_fake_cifar(tmp_path / "cifar100", 100)
+
+
+@pytest.fixture
+def fake_stl10(tmp_path):
+    return write_fake_stl10(tmp_path / "stl10")

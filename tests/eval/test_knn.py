@@ -1,0 +1,82 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from distill.eval.knn import KNNEval, knn_class_scores
+
+
+def reference_scores(bank, bank_labels, queries, num_classes, k, temperature):
+    """Direct float64 weighted k-NN, one query at a time."""
+    bank = bank.double() / bank.double().norm(dim=1, keepdim=True)
+    queries = queries.double() / queries.double().norm(dim=1, keepdim=True)
+    out = torch.zeros(len(queries), num_classes, dtype=torch.float64)
+    for q in range(len(queries)):
+        sims = [(float(queries[q] @ bank[j]), j) for j in range(len(bank))]
+        sims.sort(key=lambda s: -s[0])
+        for sim, j in sims[:k]:
+            out[q, int(bank_labels[j])] += math.exp(sim / temperature)
+    return out
+
+
+def test_scores_match_direct_formula_for_each_k():
+    torch.manual_seed(0)
+    bank, labels = torch.randn(50, 8), torch.randint(0, 4, (50,))
+    queries = torch.randn(13, 8)
+    scores = knn_class_scores(bank, labels, queries, 4, ks=(3, 10), temperature=0.5, chunk_size=4)
+    for k in (3, 10):
+        expected = reference_scores(bank, labels, queries, 4, k, 0.5)
+        torch.testing.assert_close(scores[k].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unlabelled_bank_rows_are_ignored_and_k_is_capped():
+    bank = torch.eye(3)
+    labels = torch.tensor([0, -1, 1])
+    scores = knn_class_scores(bank, labels, torch.eye(3), 2, ks=(200,), temperature=1.0)[200]
+    expected = reference_scores(bank[[0, 2]], labels[[0, 2]], torch.eye(3), 2, 2, 1.0)
+    torch.testing.assert_close(scores.double(), expected, rtol=1e-6, atol=1e-6)
+
+
+def clusters(num_classes=5, per_class=40, dim=16, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(num_classes, dim, generator=generator) * 5
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    return centres[labels] + 0.3 * torch.randn(len(labels), dim, generator=generator), labels
+
+
+def test_separable_features_are_classified_perfectly():
+    bank, labels = clusters(seed=0)
+    queries, query_labels = clusters(seed=0)
+    queries = queries + 0.1 * torch.randn_like(queries)
+    scores = knn_class_scores(bank, labels, queries, 5, ks=(20,))[20]
+    assert (scores.argmax(1) == query_labels).float().mean() == 1.0
+
+
+def test_random_labels_give_chance_accuracy():
+    generator = torch.Generator().manual_seed(1)
+    bank, queries = (
+        torch.randn(2000, 32, generator=generator),
+        torch.randn(2000, 32, generator=generator),
+    )
+    labels = torch.randint(0, 10, (2000,), generator=generator)
+    query_labels = torch.randint(0, 10, (2000,), generator=generator)
+    accuracy = knn_class_scores(bank, labels, queries, 10, ks=(20,))[20].argmax(1) == query_labels
+    assert abs(accuracy.float().mean().item() - 0.1) < 0.03
+
+
+def test_callback_rejects_empty_k():
+    with pytest.raises(ValueError, match="k must"):
+        KNNEval(k=[])
+
+
+def test_callback_logs_one_on_separable_images_and_chance_on_shuffled(tmp_path):
+    from tests_support import ColourDataModule, FrozenModel, run_validate
+
+    exact = run_validate(FrozenModel(), ColourDataModule(), KNNEval(k=[5]), tmp_path)
+    assert exact["val/knn_top1"] == 1.0 and exact["val/knn_k5_top1"] == 1.0
+    shuffled = run_validate(
+        FrozenModel(), ColourDataModule(shuffle_labels=True), KNNEval(k=[5]), tmp_path
+    )
+    assert shuffled["val/knn_top1"] < 0.5
+    assert np.isfinite(shuffled["val/knn_top5"])

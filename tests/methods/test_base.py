@@ -1,0 +1,55 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from distill.errors import ConfigError
+from distill.methods.base import Method, lr_factor, split_decay_groups
+
+
+def cosine_reference(step, total, warmup, floor):
+    """Independent form: linear warm-up to 1, then half a cosine to ``floor`` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / (total - warmup - 1)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+@pytest.mark.parametrize("step", [0, 4, 5, 6, 30, 52, 98, 99])
+def test_cosine_with_warmup_matches_formula(step):
+    got = lr_factor(step, 100, 10, "cosine", warmup_epochs=0.5, min_lr_ratio=0.01)
+    assert got == pytest.approx(cosine_reference(step, 100, 5, 0.01), rel=1e-9)
+
+
+def test_cosine_ends_at_floor_and_stays_there():
+    assert lr_factor(99, 100, 10, "cosine", min_lr_ratio=0.1) == pytest.approx(0.1)
+    assert lr_factor(150, 100, 10, "cosine", min_lr_ratio=0.1) == pytest.approx(0.1)
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(1.0)
+
+
+def test_multistep_decays_at_epoch_milestones():
+    factor = lambda step: lr_factor(step, 1000, 10, "multistep", milestones=[2, 4], lr_decay=0.1)
+    assert [factor(s) for s in (0, 19, 20, 39, 40, 99)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01]
+    )
+
+
+def test_constant_warms_up_then_holds():
+    values = [lr_factor(s, 100, 4, "constant", warmup_epochs=1) for s in range(6)]
+    assert values == pytest.approx([0.25, 0.5, 0.75, 1, 1, 1])
+
+
+def test_decay_groups_exclude_norms_biases_and_frozen_parameters():
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    net[2].weight.requires_grad_(False)
+    decay, no_decay = split_decay_groups([net], exclude_norm_bias=True)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 3])]
+    assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0
+    (single,) = split_decay_groups([net], exclude_norm_bias=False)
+    assert len(single["params"]) == 5
+
+
+def test_unknown_schedule_names_key_and_choices():
+    with pytest.raises(ConfigError, match="lr_schedule='step'.*cosine, multistep, constant"):
+        Method(lr_schedule="step")

@@ -1,0 +1,112 @@
+"""Small synthetic models and data shared by the tests (generated in memory)."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from distill.data.base import ViewDataModule
+
+COLOURS = [(230, 30, 30), (30, 230, 30), (30, 30, 230), (230, 230, 30), (30, 230, 230)]
+
+
+class ColourImages(torch.utils.data.Dataset):
+    """Solid-colour 32x32 images with noise: the class is the colour (unless shuffled)."""
+
+    def __init__(self, per_class: int, seed: int, shuffle_labels: bool = False) -> None:
+        rng = np.random.default_rng(seed)
+        self.images, self.targets = [], []
+        for label, colour in enumerate(COLOURS):
+            for _ in range(per_class):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 20, (32, 32, 3)), 0, 255)
+                self.images.append(Image.fromarray(pixels.astype(np.uint8)))
+                self.targets.append(label)
+        if shuffle_labels:
+            self.targets = rng.permutation(self.targets).tolist()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.targets[index]
+
+
+class ColourDataModule(ViewDataModule):
+    """Five colour classes; ``shuffle_labels`` breaks the link between colour and label."""
+
+    mean = (0.5, 0.5, 0.5)
+    std = (0.25, 0.25, 0.25)
+
+    def __init__(self, per_class: int = 12, shuffle_labels: bool = False, **kwargs) -> None:
+        kwargs.setdefault("batch_size", 10)
+        kwargs.setdefault("num_workers", 0)
+        super().__init__(**kwargs)
+        self.per_class = per_class
+        self.shuffle_labels = shuffle_labels
+
+    @property
+    def num_classes(self) -> int:
+        return len(COLOURS)
+
+    def train_dataset(self):
+        return ColourImages(self.per_class, 0, self.shuffle_labels)
+
+    def val_dataset(self):
+        return ColourImages(self.per_class // 2, 1, self.shuffle_labels)
+
+
+class ChannelMeans(nn.Module):
+    """A 'backbone' whose features are the per-channel means plus a BN-tracked projection."""
+
+    num_features = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3))
+        self.norm = nn.BatchNorm1d(3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.norm(images.mean(dim=(2, 3)) * self.scale)
+
+
+class Student(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = ChannelMeans()
+
+
+class FrozenModel(L.LightningModule):
+    """A method that trains nothing: only callbacks act on it."""
+
+    monitor = "val/knn_top1"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.student = Student()
+
+    def training_step(self, batch, batch_idx):
+        return None
+
+    def validation_step(self, batch, batch_idx):
+        return None
+
+    def configure_optimizers(self):
+        return None
+
+
+def run_validate(model, datamodule, callback, root) -> dict[str, float]:
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+        default_root_dir=str(root),
+    )
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
