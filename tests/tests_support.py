@@ -98,15 +98,20 @@ class FrozenModel(L.LightningModule):
         return None
 
 
-def run_validate(model, datamodule, callback, root) -> dict[str, float]:
-    trainer = L.Trainer(
+def quiet_trainer(root, **kwargs) -> L.Trainer:
+    """A CPU trainer without logger, checkpoints or progress output unless asked for."""
+    defaults = dict(
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[callback],
         default_root_dir=str(root),
     )
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def run_validate(model, datamodule, callback, root) -> dict[str, float]:
+    trainer = quiet_trainer(root, callbacks=[callback])
     trainer.validate(model, datamodule=datamodule, verbose=False)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}

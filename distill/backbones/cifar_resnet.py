@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.backbones import register_backbone
+from distill.backbones.common import init_conv_bn
 
 
 class BasicBlock(nn.Module):
@@ -58,12 +59,7 @@ class CifarResNet(nn.Module):
             stages.append(nn.Sequential(*layers))
             setattr(self, f"layer{i + 1}", stages[-1])
         self.num_features = widths[-1]
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_conv_bn(self)
         if zero_init_residual:
             for module in self.modules():
                 if isinstance(module, BasicBlock):

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.backbones import register_backbone
+from distill.backbones.common import init_conv_bn
 
 _STAGES = {
     "vgg8": [[64], [128], [256], [512], [512]],
@@ -36,13 +37,7 @@ class VGG(nn.Module):
             blocks.append(nn.Sequential(*layers[:-1]))
         self.blocks = nn.ModuleList(blocks)
         self.num_features = in_channels
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_conv_bn(self)
 
     def forward(self, x: Tensor) -> Tensor:
         for i, block in enumerate(self.blocks):

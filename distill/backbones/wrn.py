@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.backbones import register_backbone
+from distill.backbones.common import init_conv_bn
 
 
 class WideBlock(nn.Module):
@@ -58,12 +59,7 @@ class WideResNet(nn.Module):
             setattr(self, f"block{i + 1}", nn.Sequential(*layers))
         self.bn = nn.BatchNorm2d(in_planes)
         self.num_features = in_planes
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_conv_bn(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))

@@ -208,7 +208,9 @@ class MultiCropViews(ViewRecipe):
         first_blur, other_blur, local_blur = self.blur_probs
         views = [self._view(self.global_size, self.global_scale, first_blur, 0.0, norm)]
         views += [
-            self._view(self.global_size, self.global_scale, other_blur, self.solarization_prob, norm)
+            self._view(
+                self.global_size, self.global_scale, other_blur, self.solarization_prob, norm
+            )
             for _ in range(self.num_global - 1)
         ]
         views += [

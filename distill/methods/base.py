@@ -138,6 +138,13 @@ class Method(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
         }
 
+    def log_terms(self, terms: dict[str, torch.Tensor | float], prefix: str = "train/") -> None:
+        """Logs every loss term and scheduled value as ``{prefix}{name}`` (``loss`` in the bar)."""
+        for name, value in terms.items():
+            if isinstance(value, torch.Tensor):
+                value = value.detach()
+            self.log(f"{prefix}{name}", value, prog_bar=name == "loss")
+
     def check_num_classes(self, num_classes: int) -> None:
         """Fails early when the model's ``num_classes`` differs from the DataModule's."""
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -56,8 +56,7 @@ class Supervised(Method):
         logits = self.student(images)
         loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
         top1 = (logits.argmax(1) == targets).float().mean()
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/top1", top1)
+        self.log_terms({"loss": loss, "top1": top1})
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -4,7 +4,8 @@ from distill.backbones import create_backbone
 
 
 @pytest.mark.parametrize(
-    "name, millions, width", [("wrn_16_2", 0.70, 128), ("wrn_40_1", 0.57, 64), ("wrn_40_2", 2.26, 128)]
+    "name, millions, width",
+    [("wrn_16_2", 0.70, 128), ("wrn_40_1", 0.57, 64), ("wrn_40_2", 2.26, 128)],
 )
 def test_published_parameter_counts_and_width(name, millions, width):
     backbone = create_backbone(name)

@@ -142,6 +142,19 @@ def test_resume_keeps_existing_run_intact(tmp_path, capsys):
     assert torch.load(resumed, weights_only=False)["epoch"] == 1
 
 
+def test_validate_and_test_subcommands_report_from_a_checkpoint(tmp_path, capsys):
+    short = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]
+    fit = ["fit", "--config", QUICKSTART, "--trainer.default_root_dir", str(tmp_path)]
+    assert run_cli(fit + short + ["--trainer.max_epochs", "1"], capsys)[0] == 0
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    for subcommand, key, limit in (("validate", "val/top1", "val"), ("test", "test/top1", "test")):
+        args = [subcommand, "--config", QUICKSTART, "--ckpt_path", str(last)]
+        args += ["--trainer.default_root_dir", str(tmp_path / subcommand)]
+        code, out, err = run_cli(args + [f"--trainer.limit_{limit}_batches", "2"], capsys)
+        assert code == 0, err
+        assert key in out  # Lightning's results table
+
+
 def test_module_entry_point_runs():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(

@@ -90,9 +90,7 @@ def test_eval_loaders_are_unaugmented_and_labelled(name, paths):
 
 def test_eval_dataloader_shards_cover_the_set_once():
     dm = DigitsDataModule(eval_batch_size=64)
-    shards = [
-        torch.cat([b[2] for b in dm.eval_dataloader("val", rank, 2)]) for rank in range(2)
-    ]
+    shards = [torch.cat([b[2] for b in dm.eval_dataloader("val", rank, 2)]) for rank in range(2)]
     covered = torch.cat(shards).unique()
     assert torch.equal(covered, torch.arange(len(dm.val_set)))
 

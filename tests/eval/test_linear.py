@@ -1,8 +1,7 @@
 import copy
 
-import lightning as L
 import torch
-from tests_support import ColourDataModule, FrozenModel
+from tests_support import ColourDataModule, FrozenModel, quiet_trainer
 
 from distill.eval.linear import LinearProbe, fit_linear_classifier
 
@@ -10,16 +9,7 @@ from distill.eval.linear import LinearProbe, fit_linear_classifier
 def fit_with_probe(probe, root, epochs=3, **data):
     model = FrozenModel()
     before = copy.deepcopy(model.student.state_dict())
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[probe],
-        default_root_dir=str(root),
-    )
+    trainer = quiet_trainer(root, max_epochs=epochs, callbacks=[probe])
     trainer.fit(model, datamodule=ColourDataModule(**data))
     return model, before, trainer
 

@@ -1,22 +1,10 @@
-import lightning as L
 import pytest
 import torch
+from tests_support import quiet_trainer as trainer
 
 from distill.data import DigitsDataModule
 from distill.errors import ConfigError
 from distill.methods import Supervised
-
-
-def trainer(root, **kwargs):
-    defaults = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(root),
-    )
-    return L.Trainer(**{**defaults, **kwargs})
 
 
 def sgd(params):

@@ -1,0 +1,101 @@
+"""Training-step and inference throughput of the registered backbones, as a table.
+
+    python benchmarks/backbones.py                      # CPU, CIFAR-size defaults
+    python benchmarks/backbones.py --device cuda --batch-size 256 --image-size 32
+
+A training step is forward + backward + SGD step of backbone and a linear head on random
+data; inference is a forward pass under ``torch.no_grad`` in eval mode. Each figure is the
+median of ``--repeats`` timed runs of ``--steps`` steps after ``--warmup`` untimed steps.
+Compare figures only within one run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from distill.backbones import create_backbone
+from distill.modules import Classifier
+
+DEFAULT = ["resnet8", "resnet20", "resnet56", "resnet8x4", "wrn_16_2", "wrn_40_2", "vgg8"]
+
+
+def timed(fn, steps: int, warmup: int, repeats: int, device: torch.device) -> float:
+    """Median seconds per step."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        samples.append((time.perf_counter() - start) / steps)
+    return statistics.median(samples)
+
+
+def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict:
+    kwargs = {"image_size": args.image_size, "patch_size": 4} if name.startswith("vit") else {}
+    model = Classifier(create_backbone(name, **kwargs), 10).to(device)
+    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    targets = torch.randint(0, 10, (args.batch_size,), device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(images), targets).backward()
+        optimizer.step()
+
+    def infer_step() -> None:
+        with torch.no_grad():
+            model(images)
+
+    model.train()
+    train = timed(train_step, args.steps, args.warmup, args.repeats, device)
+    model.eval()
+    infer = timed(infer_step, args.steps, args.warmup, args.repeats, device)
+    params = sum(p.numel() for p in model.backbone.parameters())
+    return {
+        "name": name,
+        "params": params,
+        "train": args.batch_size / train,
+        "infer": args.batch_size / infer,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("backbones", nargs="*", default=DEFAULT)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    rows = [measure(name, args, device) for name in args.backbones]
+    base = rows[0]["train"]
+    print(
+        f"device={device} threads={torch.get_num_threads()} batch={args.batch_size} "
+        f"image={args.image_size}px torch={torch.__version__}"
+    )
+    print(f"| backbone | params | train img/s | infer img/s | train time vs {rows[0]['name']} |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        print(
+            f"| {row['name']} | {row['params'] / 1e6:.2f}M | {row['train']:.0f} | "
+            f"{row['infer']:.0f} | {base / row['train']:.1f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()

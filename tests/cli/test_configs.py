@@ -1,0 +1,27 @@
+"""Every committed config parses, names a known backbone, and round-trips print_config."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distill.backbones import available_backbones
+from distill.cli import main
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_config_parses_with_known_backbone(path, capsys):
+    try:
+        main(["fit", "--config", str(path), "--print_config"])
+    except SystemExit as exit_:
+        assert not exit_.code, capsys.readouterr().err
+    config = yaml.safe_load(capsys.readouterr().out)
+    model = config["model"]["init_args"]
+    assert model["backbone"] in available_backbones()
+    assert config["trainer"]["max_epochs"] >= 1
+
+
+def test_there_are_configs():
+    assert len(CONFIGS) >= 9

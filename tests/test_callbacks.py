@@ -1,0 +1,55 @@
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tests_support import ColourDataModule, FrozenModel, quiet_trainer
+
+from distill.callbacks import EmbeddingProjector, MethodCheckpoint, ViewGrid
+from distill.data import MultiCropViews
+
+
+def fit(root, callbacks, model=None, **data):
+    logger = TensorBoardLogger(str(root), name="logs")
+    trainer = quiet_trainer(
+        root,
+        max_epochs=1,
+        limit_train_batches=2,
+        logger=logger,
+        enable_checkpointing=any(isinstance(c, MethodCheckpoint) for c in callbacks),
+        callbacks=callbacks,
+    )
+    trainer.fit(model or FrozenModel(), datamodule=ColourDataModule(**data))
+    return trainer, logger
+
+
+def test_view_grid_shows_every_view_once_denormalised(tmp_path):
+    views = MultiCropViews(num_global=2, num_local=2, global_size=32, local_size=16)
+    _, logger = fit(tmp_path, [ViewGrid(num_images=4)], views=views)
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0}).Reload()
+    images = events.Images("train/views")
+    assert len(images) == 1  # once per fit, not per batch
+    # 4 views as rows of 4 images of 32 px with make_grid's 2 px padding.
+    assert (images[0].height, images[0].width) == (4 * 34 + 2, 4 * 34 + 2)
+
+
+def test_checkpoint_monitors_the_methods_metric(tmp_path):
+    from distill.methods import Supervised
+
+    checkpoint = MethodCheckpoint(dirpath=str(tmp_path / "ckpt"))
+    trainer, _ = fit(tmp_path, [checkpoint], model=Supervised(backbone="resnet8", num_classes=5))
+    assert checkpoint.monitor == Supervised.monitor == "val/top1"
+    assert checkpoint.best_model_score == trainer.callback_metrics["val/top1"]
+    assert checkpoint.best_model_score is not None and 0 <= checkpoint.best_model_score <= 1
+    names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert "last.ckpt" in names and len(names) == 2
+
+
+def test_projector_writes_val_embeddings_with_labels(tmp_path):
+    _, logger = fit(tmp_path, [EmbeddingProjector(num_samples=20)])
+    config = next((tmp_path / "logs").rglob("projector_config.pbtxt")).read_text()
+    assert "val/student_embedding" in config
+    metadata = next((tmp_path / "logs").rglob("metadata.tsv")).read_text().split()
+    tensors = next((tmp_path / "logs").rglob("tensors.tsv")).read_text().strip().splitlines()
+    assert len(metadata) == 20 and len(tensors) == 20
+    assert len(tensors[0].split("\t")) == 3  # the ChannelMeans backbone's width
+    assert set(metadata) <= {str(c) for c in range(5)}
+    assert torch.tensor([float(v) for v in tensors[0].split("\t")]).isfinite().all()
