@@ -17,7 +17,8 @@ class MethodCheckpoint(ModelCheckpoint):
 
     With ``monitor="auto"`` the metric is the LightningModule's ``monitor`` attribute
     (``val/top1`` for supervised methods, ``val/knn_top1`` for self-supervised ones).
-    All other arguments are ``ModelCheckpoint``'s.
+    Epochs on which the metric was not computed (k-NN every few epochs) only update
+    ``last.ckpt`` instead of failing. All other arguments are ``ModelCheckpoint``'s.
     """
 
     def __init__(
@@ -36,6 +37,11 @@ class MethodCheckpoint(ModelCheckpoint):
         if self.monitor == "auto":
             self.monitor = getattr(pl_module, "monitor", None)
         super().setup(trainer, pl_module, stage)
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        if self.monitor is not None and self.monitor not in monitor_candidates:
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
 
 
 def _tensorboard(trainer: L.Trainer):

@@ -7,11 +7,11 @@ from distill.callbacks import EmbeddingProjector, MethodCheckpoint, ViewGrid
 from distill.data import MultiCropViews
 
 
-def fit(root, callbacks, model=None, **data):
+def fit(root, callbacks, model=None, max_epochs=1, **data):
     logger = TensorBoardLogger(str(root), name="logs")
     trainer = quiet_trainer(
         root,
-        max_epochs=1,
+        max_epochs=max_epochs,
         limit_train_batches=2,
         logger=logger,
         enable_checkpointing=any(isinstance(c, MethodCheckpoint) for c in callbacks),
@@ -41,6 +41,24 @@ def test_checkpoint_monitors_the_methods_metric(tmp_path):
     assert checkpoint.best_model_score is not None and 0 <= checkpoint.best_model_score <= 1
     names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert "last.ckpt" in names and len(names) == 2
+
+
+def test_checkpoint_waits_for_a_metric_computed_every_few_epochs(tmp_path):
+    from distill.eval import KNNEval
+    from distill.methods import Supervised
+
+    class KNNMonitored(Supervised):
+        monitor = "val/knn_top1"
+
+    checkpoint = MethodCheckpoint(dirpath=str(tmp_path / "ckpt"))
+    knn = KNNEval(k=[3], every_n_epochs=2)
+    model = KNNMonitored(backbone="resnet8", num_classes=5)
+    # k-NN runs after epochs 1 and 2 (the last); epoch 0 must not fail the checkpoint.
+    fit(tmp_path, [knn, checkpoint], model=model, max_epochs=3)
+    assert checkpoint.best_model_score is not None
+    best_epoch = int(checkpoint.best_model_path.split("epoch=")[1].split("-")[0])
+    assert best_epoch in (1, 2)
+    assert "last.ckpt" in [p.name for p in (tmp_path / "ckpt").iterdir()]
 
 
 def test_projector_writes_val_embeddings_with_labels(tmp_path):
