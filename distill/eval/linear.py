@@ -131,7 +131,24 @@ class LinearProbe(L.Callback):
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
 
+    @property
+    def state_key(self) -> str:
+        # A student probe and a teacher probe in one run keep separate checkpoint entries.
+        return self._generate_state_key(submodule=self.submodule, log_prefix=self.log_prefix)
+
+    def _place(self, device: torch.device) -> None:
+        """Follows the module to its device (at ``setup`` it has not moved there yet)."""
+        if self.classifier[1].weight.device == device:
+            return
+        self.classifier.to(device)
+        self.accuracy.to(device)
+        for state in self.optimizer.state.values():
+            for name, value in state.items():
+                if isinstance(value, Tensor) and name != "step":  # torch keeps 'step' on CPU
+                    state[name] = value.to(device)
+
     def _features(self, pl_module: L.LightningModule, images: Tensor) -> Tensor:
+        self._place(images.device)
         module = resolve_submodule(pl_module, self.submodule)
         with eval_mode(module), pl_module.trainer.precision_plugin.forward_context():
             return backbone_features(module, images).float()

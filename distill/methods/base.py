@@ -15,9 +15,11 @@ from typing import ClassVar, Literal
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightly.utils.scheduler import cosine_warmup_schedule
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
 
 from distill.errors import ConfigError
 
@@ -144,6 +146,22 @@ class Method(L.LightningModule):
             if isinstance(value, torch.Tensor):
                 value = value.detach()
             self.log(f"{prefix}{name}", value, prog_bar=name == "loss")
+
+    def init_classification_metrics(self, num_classes: int) -> None:
+        """Top-1/top-5 accuracy metrics for ``evaluate_classifier``."""
+        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+
+    def evaluate_classifier(self, classifier: nn.Module, batch, stage: str) -> None:
+        """Logs ``{stage}/top1``, ``{stage}/top5`` (and ``val/loss``) of ``classifier``."""
+        images, targets, _ = batch
+        logits = classifier(images)
+        if stage == "val":
+            self.log("val/loss", F.cross_entropy(logits, targets), sync_dist=True)
+        self.val_top1(logits, targets)
+        self.val_top5(logits, targets)
+        self.log(f"{stage}/top1", self.val_top1, prog_bar=stage == "val")
+        self.log(f"{stage}/top5", self.val_top5)
 
     def check_num_classes(self, num_classes: int) -> None:
         """Fails early when the model's ``num_classes`` differs from the DataModule's."""

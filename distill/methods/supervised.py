@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy
 
 from distill.backbones import create_backbone
 from distill.methods.base import Method
@@ -42,8 +41,7 @@ class Supervised(Method):
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.student = Classifier(create_backbone(backbone, **(backbone_kwargs or {})), num_classes)
-        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+        self.init_classification_metrics(num_classes)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.student(images)
@@ -60,18 +58,7 @@ class Supervised(Method):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        images, targets, _ = batch
-        logits = self.student(images)
-        self.log("val/loss", F.cross_entropy(logits, targets), sync_dist=True)
-        self.val_top1(logits, targets)
-        self.val_top5(logits, targets)
-        self.log("val/top1", self.val_top1, prog_bar=True)
-        self.log("val/top5", self.val_top5)
+        self.evaluate_classifier(self.student, batch, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        images, targets, _ = batch
-        logits = self.student(images)
-        self.val_top1(logits, targets)
-        self.val_top5(logits, targets)
-        self.log("test/top1", self.val_top1)
-        self.log("test/top5", self.val_top5)
+        self.evaluate_classifier(self.student, batch, "test")

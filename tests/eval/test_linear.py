@@ -66,3 +66,8 @@ def test_fit_linear_classifier_skips_unlabelled_rows():
     labels[::2] = -1
     classifier = fit_linear_classifier(features, labels, 2, epochs=20)
     assert (classifier(features).argmax(1) == torch.cat([torch.zeros(20), torch.ones(20)])).all()
+
+
+def test_student_and_teacher_probes_have_separate_checkpoint_entries():
+    keys = {LinearProbe(submodule="student").state_key, LinearProbe(submodule="teacher").state_key}
+    assert len(keys) == 2

@@ -1,0 +1,67 @@
+"""What teacher→student methods share: a frozen teacher, a student classifier, CE on labels.
+
+Not a method itself: ``KD``, ``RKD`` and ``CRD`` subclass it and add their own term.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from distill.backbones import create_backbone
+from distill.methods.base import Method
+from distill.modules import Classifier, FrozenTeacher
+
+
+class TeacherStudent(Method):
+    """A frozen ``self.teacher`` and a trained ``self.student``, both backbone + linear head.
+
+    Args:
+        student_backbone: Backbone name of the student.
+        teacher_backbone: Backbone name of the teacher.
+        teacher_checkpoint: A ``Supervised`` checkpoint (its ``student.*`` weights) or a
+            state dict of the teacher classifier.
+        num_classes: Number of classes; must match the DataModule.
+        ce_weight: Weight γ of the student's cross-entropy on labels.
+        student_backbone_kwargs: Extra student backbone arguments.
+        teacher_backbone_kwargs: Extra teacher backbone arguments.
+        **kwargs: Optimisation arguments of ``Method`` (optimizer, lr_schedule, ...).
+    """
+
+    def __init__(
+        self,
+        student_backbone: str = "resnet8x4",
+        teacher_backbone: str = "resnet32x4",
+        teacher_checkpoint: str | None = None,
+        num_classes: int = 100,
+        ce_weight: float = 1.0,
+        student_backbone_kwargs: dict | None = None,
+        teacher_backbone_kwargs: dict | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.ce_weight = ce_weight
+        student = create_backbone(student_backbone, **(student_backbone_kwargs or {}))
+        self.student = Classifier(student, num_classes)
+        self.teacher = FrozenTeacher(
+            teacher_backbone, num_classes, teacher_checkpoint, teacher_backbone_kwargs
+        )
+        self.init_classification_metrics(num_classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.student(images)
+
+    def setup(self, stage: str) -> None:
+        self.check_num_classes(self.num_classes)
+
+    def student_and_teacher(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Embeddings and logits: ``(student_emb, student_logits, teacher_emb, teacher_logits)``."""
+        student_emb, student_logits = self.student.forward_features(images)
+        teacher_emb, teacher_logits = self.teacher.forward_features(images)
+        return student_emb, student_logits, teacher_emb, teacher_logits
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.evaluate_classifier(self.student, batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.evaluate_classifier(self.student, batch, "test")

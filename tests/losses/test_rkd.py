@@ -1,0 +1,95 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+from distill.losses import rkd_angle_loss, rkd_distance_loss
+from distill.losses.rkd import rkd_angle_loss_direct
+
+
+def huber(x, y):
+    d = abs(x - y)
+    return 0.5 * d * d if d < 1 else d - 0.5
+
+
+def distance_potentials(e):
+    rows = e.tolist()
+    dist = [[math.dist(a, b) for b in rows] for a in rows]
+    nonzero = [d for row in dist for d in row if d > 0]
+    mu = sum(nonzero) / len(nonzero)
+    return [[d / mu for d in row] for row in dist]
+
+
+def angle_potentials(e):
+    rows = e.tolist()
+    n = len(rows)
+    out = {}
+    for j, i, k in itertools.product(range(n), repeat=3):
+        u = [a - b for a, b in zip(rows[i], rows[j], strict=True)]
+        v = [a - b for a, b in zip(rows[k], rows[j], strict=True)]
+        nu, nv = math.sqrt(sum(x * x for x in u)), math.sqrt(sum(x * x for x in v))
+        dot = sum(a * b for a, b in zip(u, v, strict=True))
+        out[j, i, k] = 0.0 if nu == 0 or nv == 0 else dot / (nu * nv)
+    return out
+
+
+def reference_distance_loss(s, t):
+    ps, pt = distance_potentials(s), distance_potentials(t)
+    n = len(ps)
+    return sum(huber(ps[a][b], pt[a][b]) for a in range(n) for b in range(n)) / n**2
+
+
+def reference_angle_loss(s, t):
+    ps, pt = angle_potentials(s), angle_potentials(t)
+    return sum(huber(ps[key], pt[key]) for key in ps) / len(ps)
+
+
+def embeddings(seed, rows=7, dim=5, duplicate=True):
+    generator = torch.Generator().manual_seed(seed)
+    e = torch.randn(rows, dim, generator=generator, dtype=torch.float64) * 2
+    if duplicate:
+        e[3] = e[1]  # duplicate rows give zero distances and degenerate angles
+    return e
+
+
+@pytest.mark.parametrize("duplicate", [False, True])
+def test_distance_loss_matches_float64_formula(duplicate):
+    s, t = embeddings(0, duplicate=duplicate), embeddings(1, dim=9, duplicate=duplicate)
+    got = rkd_distance_loss(s, t).item()
+    assert got == pytest.approx(reference_distance_loss(s, t), rel=1e-9)
+
+
+@pytest.mark.parametrize("duplicate", [False, True])
+def test_angle_loss_matches_float64_formula(duplicate):
+    s, t = embeddings(2, duplicate=duplicate), embeddings(3, dim=9, duplicate=duplicate)
+    got = rkd_angle_loss(s, t).item()
+    assert got == pytest.approx(reference_angle_loss(s, t), rel=1e-9)
+
+
+@pytest.mark.parametrize("duplicate", [False, True])
+def test_gram_form_equals_direct_form(duplicate):
+    s = embeddings(4, rows=16, dim=32, duplicate=duplicate)
+    t = embeddings(5, rows=16, dim=64, duplicate=duplicate)
+    gram, direct = rkd_angle_loss(s, t), rkd_angle_loss_direct(s, t)
+    assert abs(gram.item() - direct.item()) / direct.item() < 1e-6
+
+
+def test_gradients_are_finite_reach_only_the_student_and_match_direct_form():
+    s = embeddings(6, duplicate=True).float().requires_grad_(True)
+    t = embeddings(7, duplicate=True).float().requires_grad_(True)
+    (rkd_angle_loss(s, t) + rkd_distance_loss(s, t)).backward()
+    assert torch.isfinite(s.grad).all() and t.grad is None
+    gram_grad = s.grad.clone()
+    s.grad = None
+    s64 = s.detach().double().requires_grad_(True)
+    (
+        rkd_angle_loss_direct(s64, t.detach().double()) + rkd_distance_loss(s64, t.double())
+    ).backward()
+    torch.testing.assert_close(gram_grad.double(), s64.grad, rtol=1e-3, atol=1e-5)
+
+
+def test_losses_vanish_for_a_scaled_copy_of_the_teacher():
+    t = embeddings(8, duplicate=False)
+    assert rkd_distance_loss(3.0 * t, t).item() == pytest.approx(0.0, abs=1e-12)
+    assert rkd_angle_loss(3.0 * t + 1.0, t).item() == pytest.approx(0.0, abs=1e-12)
