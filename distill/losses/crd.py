@@ -1,0 +1,167 @@
+"""Tian et al. 2020, "Contrastive Representation Distillation" (CRD).
+
+``nce_loss`` is the NCE objective of one direction; ``CRDLoss`` holds the state that CRD
+needs: the two embed heads, the student and teacher memory banks, the normalisers ``Z``
+and the negative sampler's class index.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distill.errors import ConfigError
+from distill.modules.memory_bank import MomentumMemoryBank
+
+
+def nce_loss(scores: Tensor, num_rows: int) -> Tensor:
+    """NCE loss of one direction, batch mean.
+
+    ``-[log(h⁺/(h⁺ + K/N)) + Σ_neg log((K/N)/(h⁻ + K/N))]`` with ``h`` the normalised
+    critic values, the positive in column 0 and ``K`` negatives after it.
+
+    Args:
+        scores: ``[B, 1 + K]`` critic values ``h``.
+        num_rows: ``N``, the number of memory rows (dataset size).
+    """
+    noise = (scores.shape[1] - 1) / num_rows  # K · P_noise with P_noise = 1/N
+    positive, negatives = scores[:, 0], scores[:, 1:]
+    log_positive = torch.log(positive / (positive + noise))
+    log_negatives = torch.log(noise / (negatives + noise)).sum(dim=1)
+    return -(log_positive + log_negatives).mean()
+
+
+def sample_uniform(indices: Tensor, num_negatives: int, num_rows: int) -> Tensor:
+    """``[B, 1 + K]`` memory rows: each anchor's own row, then ``K`` uniform draws of all rows."""
+    negatives = torch.randint(num_rows, (len(indices), num_negatives), device=indices.device)
+    return torch.cat([indices.unsqueeze(1), negatives], dim=1)
+
+
+def sample_other_class(
+    indices: Tensor,
+    labels: Tensor,
+    num_negatives: int,
+    order: Tensor,
+    starts: Tensor,
+    counts: Tensor,
+) -> Tensor:
+    """``[B, 1 + K]`` rows: the anchor's own, then ``K`` uniform draws among other classes' rows.
+
+    Vectorised on the device: with the rows sorted by class (``order``; class ``c`` occupies
+    ``starts[c] : starts[c] + counts[c]``), a uniform draw over the ``N - counts[c]``
+    positions outside the anchor's class range is shifted past that range and mapped
+    through ``order``.
+    """
+    anchor_start, anchor_count = starts[labels].unsqueeze(1), counts[labels].unsqueeze(1)
+    outside = len(order) - anchor_count  # [B, 1]
+    uniform = torch.rand(len(indices), num_negatives, device=indices.device)
+    position = (uniform * outside).long().clamp_max(outside - 1)
+    position = position + (position >= anchor_start).long() * anchor_count
+    return torch.cat([indices.unsqueeze(1), order[position]], dim=1)
+
+
+class CRDLoss(nn.Module):
+    """CRD's objective with its state: embed heads, two memory banks, ``Z`` and the sampler.
+
+    For a batch with student features ``f_s``, teacher features ``f_t`` and dataset
+    indices ``i``: ``z_s = normalise(g_s(f_s))``, ``z_t = normalise(g_t(f_t))`` (128-d).
+    The student anchor ``z_s`` is contrasted with the teacher bank's rows (its own row
+    ``i`` positive, ``K`` sampled rows negative) and the teacher anchor ``z_t`` with the
+    student bank, with critic ``h = exp(zᵀm/τ)/Z``; the loss is the sum of both
+    directions' ``nce_loss``. Each ``Z`` is fixed from the first batch as
+    ``mean(exp(zᵀm/τ))·N``. ``update_memory`` then moves both banks' rows ``i`` with
+    momentum (call it after the optimiser step).
+
+    Args:
+        student_dim: Width of the student's features.
+        teacher_dim: Width of the teacher's features.
+        num_rows: ``N``, the training set size.
+        embed_dim: Width of the embeddings and bank rows (128).
+        num_negatives: ``K`` (16384).
+        temperature: ``τ`` (0.07).
+        memory_momentum: Bank momentum (0.5).
+        sampler: ``uniform`` over all rows (label-free) or ``other_class`` (rows whose
+            label differs from the anchor's; the reference CIFAR-100 setting).
+        labels: ``[N]`` dataset labels, needed by ``other_class``.
+    """
+
+    def __init__(
+        self,
+        student_dim: int,
+        teacher_dim: int,
+        num_rows: int,
+        embed_dim: int = 128,
+        num_negatives: int = 16384,
+        temperature: float = 0.07,
+        memory_momentum: float = 0.5,
+        sampler: Literal["uniform", "other_class"] = "other_class",
+        labels: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if sampler not in ("uniform", "other_class"):
+            raise ConfigError(f"CRD sampler={sampler!r}; valid: uniform, other_class")
+        self.num_negatives = num_negatives
+        self.temperature = temperature
+        self.sampler = sampler
+        self.embed_student = nn.Linear(student_dim, embed_dim)
+        self.embed_teacher = nn.Linear(teacher_dim, embed_dim)
+        self.student_memory = MomentumMemoryBank(num_rows, embed_dim, memory_momentum)
+        self.teacher_memory = MomentumMemoryBank(num_rows, embed_dim, memory_momentum)
+        # Z of the student-anchor and teacher-anchor directions; NaN until the first batch.
+        self.register_buffer("normalizers", torch.full((2,), math.nan))
+        if sampler == "other_class":
+            if labels is None or len(labels) != num_rows:
+                raise ConfigError(
+                    "CRD's other_class sampler needs one label per training sample; "
+                    "use sampler: uniform for unlabelled data"
+                )
+            labels = labels.long()
+            counts = torch.bincount(labels)
+            self.register_buffer("labels", labels)
+            self.register_buffer("order", torch.argsort(labels, stable=True))
+            self.register_buffer("starts", torch.cumsum(counts, 0) - counts)
+            self.register_buffer("counts", counts)
+
+    def embed(self, student_features: Tensor, teacher_features: Tensor) -> tuple[Tensor, Tensor]:
+        """L2-normalised embeddings ``z_s``, ``z_t`` ``[B, embed_dim]``."""
+        z_student = F.normalize(self.embed_student(student_features), dim=1)
+        z_teacher = F.normalize(self.embed_teacher(teacher_features), dim=1)
+        return z_student, z_teacher
+
+    def sample(self, indices: Tensor) -> Tensor:
+        """``[B, 1 + K]`` bank rows: positive first, then the negatives."""
+        if self.sampler == "uniform":
+            return sample_uniform(indices, self.num_negatives, len(self.student_memory))
+        return sample_other_class(
+            indices, self.labels[indices], self.num_negatives, self.order, self.starts, self.counts
+        )
+
+    def forward(
+        self, z_student: Tensor, z_teacher: Tensor, indices: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Losses of the student-anchor and teacher-anchor directions (scalars)."""
+        rows = self.sample(indices)
+        num_rows = len(self.student_memory)
+        # Critic exponent of each anchor against the other model's bank rows: [B, 1 + K].
+        student_logits = torch.einsum("bd,bkd->bk", z_student.float(), self.teacher_memory(rows))
+        teacher_logits = torch.einsum("bd,bkd->bk", z_teacher.float(), self.student_memory(rows))
+        exp_student = torch.exp(student_logits / self.temperature)
+        exp_teacher = torch.exp(teacher_logits / self.temperature)
+        if torch.isnan(self.normalizers).any():
+            with torch.no_grad():
+                self.normalizers.copy_(
+                    torch.stack([exp_student.mean(), exp_teacher.mean()]) * num_rows
+                )
+        student_loss = nce_loss(exp_student / self.normalizers[0], num_rows)
+        teacher_loss = nce_loss(exp_teacher / self.normalizers[1], num_rows)
+        return student_loss, teacher_loss
+
+    @torch.no_grad()
+    def update_memory(self, z_student: Tensor, z_teacher: Tensor, indices: Tensor) -> None:
+        """Moves both banks' rows ``indices`` towards this batch's embeddings."""
+        self.student_memory.update(indices, z_student)
+        self.teacher_memory.update(indices, z_teacher)

@@ -1,0 +1,38 @@
+import math
+
+import torch
+
+from distill.modules.memory_bank import MomentumMemoryBank
+
+
+def test_initial_rows_are_uniform_in_the_reference_range():
+    torch.manual_seed(0)
+    bank = MomentumMemoryBank(2000, 128)
+    bound = 1 / math.sqrt(128 / 3)
+    assert bank.rows.min() >= -bound and bank.rows.max() <= bound
+    assert abs(bank.rows.norm(dim=1).mean().item() - 1.0) < 0.02  # E‖row‖² = 1
+
+
+def test_update_follows_the_momentum_formula_and_keeps_unit_norm():
+    torch.manual_seed(0)
+    bank = MomentumMemoryBank(10, 4, momentum=0.5)
+    before = bank.rows.clone().double()
+    indices = torch.tensor([7, 2, 5])
+    new = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
+    bank.update(indices, new)
+    for row, index in enumerate(indices.tolist()):
+        mixed = 0.5 * before[index] + 0.5 * new[row].double()
+        torch.testing.assert_close(
+            bank.rows[index].double(), mixed / mixed.norm(), rtol=1e-6, atol=1e-6
+        )
+    untouched = [i for i in range(10) if i not in indices.tolist()]
+    assert torch.equal(bank.rows[untouched].double(), before[untouched])
+    assert torch.allclose(bank.rows[indices].norm(dim=1), torch.ones(3))
+
+
+def test_rows_are_a_checkpointed_buffer():
+    bank = MomentumMemoryBank(5, 3)
+    assert "rows" in bank.state_dict()
+    other = MomentumMemoryBank(5, 3)
+    other.load_state_dict(bank.state_dict())
+    assert torch.equal(other(torch.arange(5)), bank.rows)
