@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import lightning as L
+import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from distill.data.views import SupervisedViews, ViewRecipe, eval_transform
@@ -102,6 +104,16 @@ class ViewDataModule(L.LightningDataModule):
     def val_dataset(self) -> Dataset:
         """The raw labelled validation split."""
         raise NotImplementedError
+
+    def train_targets(self) -> torch.Tensor:
+        """Labels ``[N]`` of the training set in index order (-1 where unlabelled)."""
+        self.setup("fit")
+        dataset = self.train_set.dataset
+        for name in ("targets", "labels"):
+            values = getattr(dataset, name, None)
+            if values is not None:
+                return torch.as_tensor(np.asarray(values), dtype=torch.long)
+        return torch.tensor([self.train_set.dataset[i][1] for i in range(len(dataset))])
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is not None:

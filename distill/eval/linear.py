@@ -11,7 +11,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from distill.eval.features import eval_mode, extract_features, gather_rows, resolve_submodule
+from distill.eval.features import eval_mode, extract_features, resolve_submodule
+from distill.modules.distributed import gather_rows
 from distill.modules.heads import backbone_features
 
 

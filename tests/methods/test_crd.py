@@ -1,0 +1,81 @@
+import copy
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from tests_support import quiet_trainer
+
+from distill.data import DigitsDataModule
+from distill.errors import ConfigError
+from distill.methods import CRD, Supervised
+
+
+@pytest.fixture
+def teacher_checkpoint(tmp_path):
+    torch.manual_seed(3)
+    path = tmp_path / "teacher.ckpt"
+    torch.save({"state_dict": Supervised(backbone="resnet14", num_classes=10).state_dict()}, path)
+    return str(path)
+
+
+def make(checkpoint, **kwargs):
+    defaults = dict(
+        student_backbone="resnet8", teacher_backbone="resnet14", teacher_checkpoint=checkpoint,
+        num_classes=10, num_negatives=64, embed_dim=16,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+    )  # fmt: skip
+    return CRD(**{**defaults, **kwargs})
+
+
+class BankWatcher(L.Callback):
+    """Snapshots the banks and the batch's embeddings before the module updates the banks."""
+
+    def __init__(self) -> None:
+        self.snapshots = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        z_s, z_t, idx = pl_module._pending_update
+        self.snapshots.append((pl_module.crd.student_memory.rows.clone(), z_s.clone(), idx.clone()))
+
+
+def test_banks_move_by_the_momentum_formula_and_teacher_stays(teacher_checkpoint, tmp_path):
+    torch.manual_seed(0)
+    model = make(teacher_checkpoint, kd_weight=1.0)
+    teacher_before = copy.deepcopy(model.teacher.state_dict())
+    watcher = BankWatcher()
+    trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=0, callbacks=[watcher])
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))
+    rows_before, z_s, idx = watcher.snapshots[-1]
+    rows_after = model.crd.student_memory.rows
+    expected = F.normalize(0.5 * rows_before[idx] + 0.5 * z_s, dim=1)
+    torch.testing.assert_close(rows_after[idx], expected)
+    others = torch.ones(len(rows_after), dtype=torch.bool)
+    others[idx] = False
+    assert torch.equal(rows_after[others], rows_before[others])
+    assert torch.allclose(rows_after[idx].norm(dim=1), torch.ones(len(idx)))
+    for name, value in model.teacher.state_dict().items():
+        assert torch.equal(value, teacher_before[name]), name
+    assert torch.isfinite(model.crd.normalizers).all()
+    assert {"train/crd", "train/kd", "train/ce"} <= set(trainer.callback_metrics)
+    optimised = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    expected_params = list(model.student.parameters()) + list(model.crd.parameters())
+    assert optimised == {id(p) for p in expected_params}
+
+
+def test_other_class_sampler_uses_the_training_labels(teacher_checkpoint, tmp_path):
+    model = make(teacher_checkpoint)
+    data = DigitsDataModule(batch_size=16)
+    quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, datamodule=data)
+    assert torch.equal(model.crd.labels, data.train_targets())
+    rows = model.crd.sample(torch.arange(16))
+    assert (model.crd.labels[rows[:, 1:]] != model.crd.labels[:16].unsqueeze(1)).all()
+
+
+def test_batches_without_indices_are_refused(teacher_checkpoint, tmp_path):
+    model = make(teacher_checkpoint, sampler="uniform")
+    quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(
+        model, datamodule=DigitsDataModule(batch_size=16)
+    )
+    with pytest.raises(ConfigError, match="dataset index"):
+        model.training_step((torch.randn(2, 3, 32, 32), torch.tensor([0, 1])), 0)
