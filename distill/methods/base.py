@@ -10,10 +10,12 @@ and drop the no-weight-decay parameter group.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable
 from typing import ClassVar, Literal
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightly.utils.scheduler import cosine_warmup_schedule
@@ -67,6 +69,30 @@ def lr_factor(
     return 1.0
 
 
+def rng_states() -> dict:
+    """Python, NumPy, torch (and CUDA) random states in types ``torch.load`` reads safely."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Restores what ``rng_states`` captured."""
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 class Method(L.LightningModule):
     """Base of all methods: optimiser, learning-rate schedule, weight-decay groups.
 
@@ -109,6 +135,24 @@ class Method(L.LightningModule):
         self.lr_decay = lr_decay
         self.min_lr_ratio = min_lr_ratio
         self.exclude_norm_bias_from_wd = exclude_norm_bias_from_wd
+        self._states_before_sanity_check: dict | None = None
+
+    # Lightning does not checkpoint random states. Saving them with the checkpoint, and
+    # keeping the sanity check from drawing random numbers, makes a resumed fit draw the
+    # same shuffles, augmentations and negatives as an uninterrupted one (exact when
+    # resuming at an epoch boundary with in-process data loading).
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
+
+    def on_sanity_check_start(self) -> None:
+        self._states_before_sanity_check = rng_states()
+
+    def on_sanity_check_end(self) -> None:
+        set_rng_states(self._states_before_sanity_check)
 
     def trainable_modules(self) -> list[nn.Module]:
         """Modules whose parameters the optimiser updates (default: the student)."""
