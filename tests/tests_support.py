@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import lightning as L
 import numpy as np
 import torch
@@ -9,6 +15,8 @@ from PIL import Image
 from torch import nn
 
 from distill.data.base import ViewDataModule
+
+ROOT = Path(__file__).resolve().parents[1]
 
 COLOURS = [(230, 30, 30), (30, 230, 30), (30, 30, 230), (230, 230, 30), (30, 230, 230)]
 
@@ -115,3 +123,41 @@ def run_validate(model, datamodule, callback, root) -> dict[str, float]:
     trainer = quiet_trainer(root, callbacks=[callback])
     trainer.validate(model, datamodule=datamodule, verbose=False)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_ddp(script, args, world: int) -> None:
+    """Runs ``script args`` as ``world`` CPU DDP ranks (env:// rendezvous) and checks they pass."""
+    port = str(free_port())
+    procs = []
+    for rank in range(world):
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "LOCAL_RANK": str(rank),
+            "NODE_RANK": "0",
+            "WORLD_SIZE": str(world),
+            "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": "1",
+        }
+        if world == 1:
+            for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK"):
+                env.pop(key)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), *map(str, args)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+        )
+    for proc in procs:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output
