@@ -18,7 +18,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from distill.data import DigitsDataModule, SupervisedViews  # noqa: E402
 from distill.methods import CRD  # noqa: E402
 
-
 VIT = {"image_size": 32, "patch_size": 8}
 
 
