@@ -37,14 +37,15 @@ def angle_potential(embeddings: Tensor) -> Tensor:
     vectors in the direct form.
     """
     gram = embeddings @ embeddings.T
-    diagonal = gram.diagonal()
     distances = _pairwise_distances(embeddings)  # [j, i]
+    nonzero = distances > 0
+    # 1/‖e_i − e_j‖, and 0 for coincident rows (dividing by 1 there keeps gradients finite).
+    inverse = torch.where(nonzero, 1 / torch.where(nonzero, distances, 1.0), 0.0)
     # dots[j, i, k] = G_ik - G_ji - G_jk + G_jj
-    dots = gram.unsqueeze(0) - gram.unsqueeze(2) - gram.unsqueeze(1) + diagonal.view(-1, 1, 1)
-    norms = distances.unsqueeze(2) * distances.unsqueeze(1)  # ‖e_i − e_j‖·‖e_k − e_j‖
-    valid = norms > 0
-    # Dividing by 1 where degenerate keeps the masked-out gradient finite.
-    return torch.where(valid, dots / torch.where(valid, norms, torch.ones_like(norms)), 0.0)
+    dots = (
+        gram.unsqueeze(0) - gram.unsqueeze(2) - gram.unsqueeze(1) + gram.diagonal().view(-1, 1, 1)
+    )
+    return dots * inverse.unsqueeze(2) * inverse.unsqueeze(1)
 
 
 def rkd_distance_loss(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
