@@ -136,6 +136,7 @@ class Method(L.LightningModule):
         self.min_lr_ratio = min_lr_ratio
         self.exclude_norm_bias_from_wd = exclude_norm_bias_from_wd
         self._states_before_sanity_check: dict | None = None
+        self._last_optimizer_step = 0
 
     # Lightning does not checkpoint random states. Saving them with the checkpoint, and
     # keeping the sanity check from drawing random numbers, makes a resumed fit draw the
@@ -153,6 +154,22 @@ class Method(L.LightningModule):
 
     def on_sanity_check_end(self) -> None:
         set_rng_states(self._states_before_sanity_check)
+
+    def on_train_start(self) -> None:
+        self._last_optimizer_step = self.global_step
+
+    def optimizer_stepped(self) -> bool:
+        """Whether an optimiser step happened since the last call; call once per batch.
+
+        Per-step state updates (EMA teachers, momentum encoders) run in
+        ``on_train_batch_end`` only when this is true, so under gradient accumulation they
+        follow the optimiser, not every micro-batch. Subclasses overriding
+        ``on_train_start`` must call ``super().on_train_start()``.
+        """
+        if self.global_step == self._last_optimizer_step:
+            return False
+        self._last_optimizer_step = self.global_step
+        return True
 
     def trainable_modules(self) -> list[nn.Module]:
         """Modules whose parameters the optimiser updates (default: the student)."""

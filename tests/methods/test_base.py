@@ -53,3 +53,32 @@ def test_decay_groups_exclude_norms_biases_and_frozen_parameters():
 def test_unknown_schedule_names_key_and_choices():
     with pytest.raises(ConfigError, match="lr_schedule='step'.*cosine, multistep, constant"):
         Method(lr_schedule="step")
+
+
+class CountSteps(Method):
+    """Counts the batches on which ``optimizer_stepped`` reports a step."""
+
+    def __init__(self) -> None:
+        super().__init__(lr_schedule="constant")
+        self.student = nn.Linear(3, 1)
+        self.stepped_batches: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        return self.student(batch[0]).pow(2).mean()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.optimizer_stepped():
+            self.stepped_batches.append(batch_idx)
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_optimizer_stepped_once_per_optimizer_step(tmp_path, accumulate):
+    from tests_support import quiet_trainer
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(12, 3)))
+    model = CountSteps()
+    trainer = quiet_trainer(tmp_path, max_epochs=1, accumulate_grad_batches=accumulate)
+    trainer.fit(model, data)
+    # With accumulation the step lands on the last micro-batch of each group.
+    assert model.stepped_batches == list(range(accumulate - 1, 12, accumulate))
+    assert trainer.global_step == 12 // accumulate

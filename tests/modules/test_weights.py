@@ -1,7 +1,7 @@
 import pytest
 import torch
-from distill.backbones import create_backbone
 
+from distill.backbones import create_backbone
 from distill.errors import ConfigError
 from distill.methods import Supervised
 from distill.modules import Classifier, load_weights
