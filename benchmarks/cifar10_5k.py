@@ -119,13 +119,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", choices=sorted(SUITES))
     parser.add_argument("--report", action="store_true", help="print the table only")
+    parser.add_argument(
+        "--stages", type=int, nargs="+", help="run only these stages (1-based; default all)"
+    )
     parser.add_argument("--parallel", type=int, default=1, help="runs at once within a stage")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS per run")
     parser.add_argument("extra", nargs="*", help="arguments for every run (after --)")
     args = parser.parse_args()
     stages = SUITES[args.suite]
     if not args.report:
-        for stage in stages:
+        for number, stage in enumerate(stages, 1):
+            if args.stages and number not in args.stages:
+                continue
             with ThreadPoolExecutor(args.parallel) as pool:
                 list(pool.map(lambda c: fit(c[1], args.extra, args.threads), stage))
     print_table([(label, summary(config)) for stage in stages for label, config in stage])

@@ -7,7 +7,8 @@ teacher forward on the same batch (the distillation overhead ratio), as a table.
 The baseline is what any teacher-student step must do: the student's forward, backward and
 SGD step, and the frozen teacher's forward under ``no_grad``. Each method step is its
 ``training_step`` plus backward, SGD step and ``on_train_batch_end`` (CRD's bank update).
-Times are medians of ``--repeats`` runs of ``--steps`` steps after ``--warmup`` steps.
+Times are medians of ``--repeats`` runs of ``--steps`` steps after ``--warmup`` steps, the
+runs of all rows interleaved so that a varying background load affects them alike.
 Compare figures only within one run on one machine.
 """
 
@@ -25,20 +26,27 @@ import torch.nn.functional as F
 from distill.methods import CRD, KD, RKD, Supervised
 
 
-def timed(step, steps: int, warmup: int, repeats: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        step()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(steps):
+def timed(steps_by_name: dict, steps: int, warmup: int, repeats: int, device) -> dict:
+    """Median seconds per step of each named step function.
+
+    Repeats are interleaved (every function once per round), so a background load that
+    varies over time affects every row alike and the ratios stay comparable.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in steps_by_name}
+    for step in steps_by_name.values():
+        for _ in range(warmup):
             step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append((time.perf_counter() - start) / steps)
-    return statistics.median(samples)
+    for _ in range(repeats):
+        for name, step in steps_by_name.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            samples[name].append((time.perf_counter() - start) / steps)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> None:
@@ -77,7 +85,7 @@ def main() -> None:
 
     # A trainer stand-in: one process, no logger.
     trainer = mock.MagicMock(world_size=1)
-    results = {}
+
     baseline = methods["KD"]
     baseline.to(device).train()
     optimizer = torch.optim.SGD(baseline.student.parameters(), lr=0.01, momentum=0.9)
@@ -90,9 +98,7 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    results["student step + teacher forward"] = timed(
-        baseline_step, args.steps, args.warmup, args.repeats, device
-    )
+    steps = {"student step + teacher forward": baseline_step}
     for name, method in methods.items():
         method.to(device).train()
         method.log = lambda *a, **k: None  # noqa: B023 (no trainer to log to)
@@ -114,7 +120,9 @@ def main() -> None:
             method_optimizer.step()
             method.on_train_batch_end(None, batch, 0)
 
-        results[name] = timed(step, args.steps, args.warmup, args.repeats, device)
+        steps[name] = step
+
+    results = timed(steps, args.steps, args.warmup, args.repeats, device)
 
     base = results["student step + teacher forward"]
     print(
