@@ -56,6 +56,13 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
 
 
 # Importing the modules registers their backbones.
-from distill.backbones import cifar_resnet, torchvision_resnet, vgg, vit, wrn  # noqa: E402, F401
+from distill.backbones import (  # noqa: E402, F401
+    cifar_resnet,
+    mobilenet,
+    torchvision_resnet,
+    vgg,
+    vit,
+    wrn,
+)
 
 __all__ = ["available_backbones", "create_backbone", "register_backbone"]

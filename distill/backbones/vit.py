@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import VisionTransformer
 
@@ -41,7 +43,28 @@ class ViTBackbone(nn.Module):
         self.num_features = hidden_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.vit(x)
+        """Class token ``[B, D]`` of images ``[B, 3, H, W]``; H and W multiples of the patch size.
+
+        Other sizes than ``image_size`` (DINO's local crops) get the position embedding
+        bicubically interpolated to their patch grid, as DINO's ViT does.
+        """
+        if x.shape[-2:] == (self.vit.image_size, self.vit.image_size):
+            return self.vit(x)
+        vit, encoder = self.vit, self.vit.encoder
+        height, width = (size // vit.patch_size for size in x.shape[-2:])
+        if (height * vit.patch_size, width * vit.patch_size) != tuple(x.shape[-2:]):
+            raise ValueError(
+                f"image size {tuple(x.shape[-2:])} must be a multiple of "
+                f"patch_size {vit.patch_size}"
+            )
+        tokens = vit.conv_proj(x).flatten(2).transpose(1, 2)  # [B, h*w, D]
+        tokens = torch.cat([vit.class_token.expand(len(x), -1, -1), tokens], dim=1)
+        grid = vit.image_size // vit.patch_size
+        pos = encoder.pos_embedding  # [1, 1 + grid*grid, D]
+        patch_pos = pos[:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+        patch_pos = F.interpolate(patch_pos, size=(height, width), mode="bicubic")
+        pos = torch.cat([pos[:, :1], patch_pos.flatten(2).transpose(1, 2)], dim=1)
+        return encoder.ln(encoder.layers(encoder.dropout(tokens + pos)))[:, 0]
 
 
 @register_backbone("vit_tiny")

@@ -2,8 +2,11 @@
 
 from distill.methods.base import Method
 from distill.methods.crd import CRD
+from distill.methods.dino import DINO
 from distill.methods.kd import KD
+from distill.methods.moco import MoCo
+from distill.methods.rekd import ReKD
 from distill.methods.rkd import RKD
 from distill.methods.supervised import Supervised
 
-__all__ = ["CRD", "KD", "RKD", "Method", "Supervised"]
+__all__ = ["CRD", "DINO", "KD", "RKD", "Method", "MoCo", "ReKD", "Supervised"]

@@ -1,7 +1,19 @@
-"""Reusable stateful parts: heads, a frozen teacher, weight loading."""
+"""Reusable stateful parts: heads, a frozen teacher, weight loading, key queues and
+momentum encoders (MoCo), the prototype bank (ReKD)."""
 
 from distill.modules.heads import Classifier, backbone_features
+from distill.modules.momentum_encoder import MomentumEncoder
+from distill.modules.prototypes import PrototypeBank
+from distill.modules.queue import KeyQueue
 from distill.modules.teacher import FrozenTeacher
 from distill.modules.weights import load_weights
 
-__all__ = ["Classifier", "FrozenTeacher", "backbone_features", "load_weights"]
+__all__ = [
+    "Classifier",
+    "FrozenTeacher",
+    "KeyQueue",
+    "MomentumEncoder",
+    "PrototypeBank",
+    "backbone_features",
+    "load_weights",
+]

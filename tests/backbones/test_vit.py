@@ -28,3 +28,22 @@ def test_output_is_the_class_token_and_depends_on_every_patch():
 def test_image_size_must_divide_by_patch_size():
     with pytest.raises(ValueError, match="divisible"):
         create_backbone("vit_tiny", image_size=30, patch_size=4)
+
+
+def test_other_input_sizes_interpolate_the_position_embedding():
+    torch.manual_seed(0)
+    backbone = create_backbone("vit_tiny", image_size=32, patch_size=8).eval()
+    vit = backbone.vit
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        # A 2x2 patch grid: each patch position is the bicubic resample of the 4x4 grid.
+        grid = vit.encoder.pos_embedding[:, 1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+        resampled = torch.nn.functional.interpolate(grid, size=(2, 2), mode="bicubic")
+        pos = torch.cat(
+            [vit.encoder.pos_embedding[:, :1], resampled.flatten(2).transpose(1, 2)], dim=1
+        )
+        tokens = torch.cat([vit.class_token.expand(2, -1, -1), vit.conv_proj(x).flatten(2).mT], 1)
+        expected = vit.encoder.ln(vit.encoder.layers(tokens + pos))[:, 0]
+        torch.testing.assert_close(backbone(x), expected)
+    with pytest.raises(ValueError, match="multiple of patch_size 8"):
+        backbone(torch.randn(1, 3, 20, 20))

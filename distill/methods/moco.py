@@ -1,0 +1,93 @@
+"""He et al. 2020, "Momentum Contrast"; Chen et al. 2020, "Improved Baselines with MoCo" (v2)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from distill.backbones import create_backbone
+from distill.errors import ConfigError
+from distill.losses.contrastive import info_nce
+from distill.methods.base import Method
+from distill.modules.distributed import gather_rows
+from distill.modules.momentum_encoder import MomentumEncoder, two_views
+
+
+class MoCo(Method):
+    """MoCo-v2: a query encoder contrasts each image with its EMA key and a queue of keys.
+
+    ``L = -log( exp(q·k⁺/τ) / (exp(q·k⁺/τ) + Σ_{u ∈ queue} exp(q·u/τ)) )`` with
+    ``q = normalise(g_q(f_q(x₁)))``, ``k⁺ = normalise(g_k(f_k(x₂)))``; the key encoder is
+    the EMA ``θ_k ← m·θ_k + (1 − m)·θ_q`` of the query encoder, updated after each
+    optimiser step, and each step's keys (from all ranks) replace the oldest ones in the
+    queue. With ``symmetric`` both views serve as queries (mean of the two losses) and
+    both keys are queued. Reference MoCo-v2 settings (ImageNet): ResNet-50, 2-layer MLP
+    head (hidden 2048) → 128, ``τ = 0.2``, ``m = 0.999``, queue 65536 (4096 on CIFAR),
+    SGD lr 0.03 × batch/256, momentum 0.9, weight decay 1e-4, cosine schedule, 200 epochs,
+    batch 256, asymmetric loss.
+
+    The network is ``self.student`` (``self.student.backbone`` is what k-NN and linear
+    probes evaluate); it also holds the key encoder and the queue.
+
+    Args:
+        backbone: Backbone name (see ``distill.backbones.available_backbones()``).
+        backbone_kwargs: Extra backbone arguments, e.g. ``{cifar_stem: true}``.
+        proj_hidden_dim: Hidden width of the MLP head (``None``: the backbone's width).
+        proj_dim: Embedding width (128).
+        queue_size: Number of queued keys.
+        temperature: ``τ``.
+        key_momentum: ``m`` of the key encoder.
+        symmetric: Use both views as queries.
+        **kwargs: Optimisation arguments of ``Method`` (optimizer, lr_schedule, ...).
+    """
+
+    monitor = "val/knn_top1"
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        backbone_kwargs: dict | None = None,
+        proj_hidden_dim: int | None = None,
+        proj_dim: int = 128,
+        queue_size: int = 65536,
+        temperature: float = 0.2,
+        key_momentum: float = 0.999,
+        symmetric: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=["optimizer"])
+        if not 0.0 <= key_momentum <= 1.0:
+            raise ConfigError(f"model.init_args.key_momentum={key_momentum}; valid: [0, 1]")
+        self.temperature = temperature
+        self.key_momentum = key_momentum
+        self.symmetric = symmetric
+        self.student = MomentumEncoder(
+            create_backbone(backbone, **(backbone_kwargs or {})),
+            proj_hidden_dim,
+            proj_dim,
+            queue_size,
+        )
+        self._pending_keys: Tensor | None = None
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Backbone features ``[B, D]``."""
+        return self.student.backbone(images)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        views, _ = two_views(batch)
+        queries, keys = self.student.queries_and_keys(views, self.symmetric)
+        loss = info_nce(queries, keys, self.student.queue.keys, self.temperature)
+        self.log_terms({"loss": loss})
+        self._pending_keys = keys
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.optimizer_stepped():
+            self.student.update_key_encoder(self.key_momentum)
+        # Every micro-batch queues its keys, gathered so all ranks hold the same queue.
+        (keys,) = gather_rows(self, self._pending_keys)
+        self.student.queue.enqueue(keys)
+        self._pending_keys = None
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        """Nothing: k-NN and linear-probe callbacks evaluate at the end of validation."""

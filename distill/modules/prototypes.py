@@ -1,0 +1,191 @@
+"""ReKD's semantic prototype bank: the relation miner in the teacher's embedding space."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distill.errors import ConfigError
+
+
+def kmeans_plus_plus(points: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """k-means++ seeding on the sphere: ``[k, D]`` centres drawn ∝ squared cosine distance.
+
+    Args:
+        points: ``[N, D]`` unit vectors, ``N ≥ k``.
+        k: Number of centres.
+        generator: Random source (on the points' device).
+    """
+    first = torch.randint(len(points), (1,), generator=generator, device=points.device)
+    chosen = [int(first)]
+    closest = points @ points[first].T  # [N, 1] similarity to the nearest chosen centre
+    for _ in range(1, k):
+        weights = (1 - closest.squeeze(1)).clamp_min(0).square()
+        weights[chosen] = 0
+        if weights.sum() <= 0:  # fewer distinct points than centres: take any unchosen one
+            weights = torch.ones_like(weights)
+            weights[chosen] = 0
+        index = int(torch.multinomial(weights, 1, generator=generator))
+        chosen.append(index)
+        closest = torch.maximum(closest, points @ points[index : index + 1].T)
+    return points[chosen].clone()
+
+
+def spherical_kmeans(
+    points: Tensor, k: int, iterations: int, generator: torch.Generator
+) -> tuple[Tensor, float]:
+    """Spherical k-means (cosine similarity, unit-norm centroids) from a k-means++ seeding.
+
+    An empty cluster is re-seeded with the point least similar to its own centroid.
+
+    Args:
+        points: ``[N, D]`` unit vectors, ``N ≥ k``.
+        k: Number of clusters.
+        iterations: Lloyd iterations.
+        generator: Random source of the seeding.
+
+    Returns:
+        Centroids ``[k, D]`` and the objective, the mean similarity of points to their centroid.
+    """
+    centroids = kmeans_plus_plus(points, k, generator)
+    for _ in range(iterations):
+        similarity, assignment = (points @ centroids.T).max(dim=1)
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, points)
+        counts = torch.bincount(assignment, minlength=k)
+        empty = (counts == 0).nonzero().flatten()
+        if len(empty):
+            farthest = similarity.argsort()[: len(empty)]
+            sums[empty] = points[farthest]
+        centroids = F.normalize(sums, dim=1)
+    similarity = (points @ centroids.T).max(dim=1).values
+    return centroids, float(similarity.mean())
+
+
+class PrototypeBank(nn.Module):
+    """``K`` unit-norm prototypes ``p_k`` that assign embeddings to semantic categories.
+
+    - ``init_from``: spherical k-means on embeddings (k-means++ seeding, best of
+      ``kmeans_restarts`` runs, drawn from a generator seeded with ``seed`` so that every
+      DDP rank, given the same embeddings, finds the same prototypes).
+    - Connection: ``Q(e) = argmax_k ⟨e, p_k⟩`` if that maximum is at least ``Θ``, else
+      ``-1``; anchor ``i`` and candidate ``j`` are related iff ``Q(z_i) = Q(u_j) ≠ -1``.
+    - Update: every anchor ``z`` assigned to ``k`` with similarity ``s = ⟨z, p_k⟩`` pulls
+      ``p_k`` as ``p_k ← normalise(m_z·p_k + (1 − m_z)·z)`` with the similarity-based
+      coefficient ``m_z = 1 − (1 − m)·max(s, 0)``: the more similar the anchor, the more
+      weight it gets (``m`` is ``momentum``). The ReKD paper only says ``m`` is
+      similarity-based; this form and ``m = 0.99`` are our choice. A batch applies its
+      anchors at once, independent of their order: with ``w_z = 1 − m_z``,
+      ``m_k = Π_z m_z`` and ``c_k = Σ_z w_z z / Σ_z w_z``,
+      ``p_k ← normalise(m_k·p_k + (1 − m_k)·c_k)``, which for one anchor is the formula
+      above. Prototypes with no anchor stay.
+
+    Before ``init_from`` every embedding is unassigned (``-1``), so no pair is related.
+
+    Args:
+        num_prototypes: ``K``.
+        dim: Embedding width.
+        threshold: ``Θ`` in ``[-1, 1]``; the paper's value is not known, 0.5 is our default.
+        momentum: Base momentum ``m`` in ``[0, 1)`` of the update.
+        kmeans_iterations: Lloyd iterations of the initialisation.
+        kmeans_restarts: k-means runs (different seedings); the best objective is kept.
+        seed: Seed of the k-means++ draws.
+    """
+
+    def __init__(
+        self,
+        num_prototypes: int,
+        dim: int,
+        threshold: float = 0.5,
+        momentum: float = 0.99,
+        kmeans_iterations: int = 20,
+        kmeans_restarts: int = 3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_prototypes < 1:
+            raise ConfigError(f"num_prototypes={num_prototypes}; valid: an integer >= 1")
+        if not -1.0 <= threshold <= 1.0:
+            raise ConfigError(
+                f"prototype threshold={threshold}; valid: a cosine similarity in [-1, 1]"
+            )
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"prototype momentum={momentum}; valid: 0 <= momentum < 1")
+        if kmeans_restarts < 1 or kmeans_iterations < 0:
+            raise ConfigError(
+                f"kmeans_restarts={kmeans_restarts}, kmeans_iterations={kmeans_iterations}; "
+                "valid: restarts >= 1, iterations >= 0"
+            )
+        self.threshold = threshold
+        self.momentum = momentum
+        self.kmeans_iterations = kmeans_iterations
+        self.kmeans_restarts = kmeans_restarts
+        self.seed = seed
+        self.register_buffer("prototypes", torch.zeros(num_prototypes, dim))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def __len__(self) -> int:
+        return self.prototypes.shape[0]
+
+    @torch.no_grad()
+    def init_from(self, embeddings: Tensor) -> None:
+        """Sets the prototypes to spherical k-means centroids of ``embeddings`` ``[N, dim]``."""
+        if len(embeddings) < len(self):
+            raise ConfigError(
+                f"num_prototypes={len(self)} but only {len(embeddings)} embeddings to cluster; "
+                "valid: num_prototypes <= the number of embeddings (the queue size)"
+            )
+        points = F.normalize(embeddings.float(), dim=1)
+        generator = torch.Generator(device=points.device).manual_seed(self.seed)
+        best, best_objective = None, -float("inf")
+        for _ in range(self.kmeans_restarts):
+            centroids, objective = spherical_kmeans(
+                points, len(self), self.kmeans_iterations, generator
+            )
+            if objective > best_objective:
+                best, best_objective = centroids, objective
+        self.prototypes.copy_(best)
+        self.initialized.fill_(True)
+
+    def similarities(self, embeddings: Tensor) -> tuple[Tensor, Tensor]:
+        """Best similarity ``[N]`` and its prototype ``[N]`` (ignoring ``Θ``)."""
+        return (embeddings.float().detach() @ self.prototypes.T).max(dim=1)
+
+    @torch.no_grad()
+    def assign(self, embeddings: Tensor) -> Tensor:
+        """``Q(e)`` ``[N]`` long: the most similar prototype, ``-1`` below ``Θ`` or before init."""
+        if not bool(self.initialized):
+            return torch.full((len(embeddings),), -1, dtype=torch.long, device=embeddings.device)
+        similarity, assignment = self.similarities(embeddings)
+        return torch.where(similarity >= self.threshold, assignment, -1)
+
+    @torch.no_grad()
+    def relation(self, anchors: Tensor, candidates: Tensor) -> Tensor:
+        """``[A, C]`` bool: ``Q(anchor) = Q(candidate) ≠ -1``."""
+        return self.relation_of(self.assign(anchors), self.assign(candidates))
+
+    @staticmethod
+    def relation_of(anchor_assignment: Tensor, candidate_assignment: Tensor) -> Tensor:
+        """``relation`` from precomputed assignments ``[A]`` and ``[C]``."""
+        same = anchor_assignment.unsqueeze(1) == candidate_assignment.unsqueeze(0)
+        return same & (anchor_assignment >= 0).unsqueeze(1)
+
+    @torch.no_grad()
+    def update(self, anchors: Tensor) -> None:
+        """Moves each prototype towards its assigned ``anchors`` ``[N, dim]`` (see class doc)."""
+        if not bool(self.initialized):
+            return
+        anchors = F.normalize(anchors.float(), dim=1)
+        similarity, assignment = self.similarities(anchors)
+        keep = similarity >= self.threshold
+        index, anchors = assignment[keep], anchors[keep]
+        weight = (1 - self.momentum) * similarity[keep].clamp_min(0)
+        num, dim = self.prototypes.shape
+        total = torch.zeros(num, device=anchors.device).index_add_(0, index, weight)
+        pulled = torch.zeros(num, dim, device=anchors.device)
+        pulled.index_add_(0, index, weight.unsqueeze(1) * anchors)
+        log_keep = torch.zeros(num, device=anchors.device).index_add_(0, index, (-weight).log1p())
+        keep_k = log_keep.exp().unsqueeze(1)  # m_k
+        target = pulled / total.clamp_min(torch.finfo(total.dtype).tiny).unsqueeze(1)  # c_k
+        moved = F.normalize(keep_k * self.prototypes + (1 - keep_k) * target, dim=1)
+        self.prototypes.copy_(torch.where((total > 0).unsqueeze(1), moved, self.prototypes))

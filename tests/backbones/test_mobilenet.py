@@ -1,0 +1,26 @@
+import torch
+from torchvision.models import mobilenet_v2
+
+from distill.backbones import available_backbones, create_backbone
+
+
+def test_mobilenetv2_is_torchvisions_features_with_pooled_output():
+    backbone = create_backbone("mobilenetv2").eval()
+    assert "mobilenetv2" in available_backbones()
+    assert backbone.num_features == 1280
+    reference = sum(p.numel() for p in mobilenet_v2(weights=None).features.parameters())
+    assert sum(p.numel() for p in backbone.parameters()) == reference == 2_223_872
+    images = torch.randn(2, 3, 64, 64)
+    expected = backbone.features(images).mean(dim=(2, 3))
+    torch.testing.assert_close(backbone(images), expected)
+
+
+def test_cifar_stem_halves_the_total_stride():
+    images = torch.randn(1, 3, 64, 64)
+    assert create_backbone("mobilenetv2").features(images).shape[-1] == 2
+    assert create_backbone("mobilenetv2", cifar_stem=True).features(images).shape[-1] == 4
+
+
+def test_width_multiplier_changes_the_feature_width():
+    backbone = create_backbone("mobilenetv2", width_mult=1.4)
+    assert backbone(torch.randn(2, 3, 32, 32)).shape == (2, backbone.num_features) == (2, 1792)

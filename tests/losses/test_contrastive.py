@@ -1,0 +1,55 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill.losses import info_nce, relation_contrastive_loss
+
+
+def unit(*shape, seed):
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def reference_relation(query, key, queue, mask, tau):
+    """Float64, sample by sample: -(1/|P|) Σ_{c ∈ P} log(exp(q·c/τ) / Σ_all exp(q·x/τ))."""
+    total = 0.0
+    for i in range(len(query)):
+        q = query[i].double()
+        candidates = [key[i].double()] + [u.double() for u in queue]
+        scores = [math.exp(float(q @ c) / tau) for c in candidates]
+        denominator = sum(scores)
+        positives = [0] + [1 + j for j in range(len(queue)) if mask[i, j]]
+        total += -sum(math.log(scores[p] / denominator) for p in positives) / len(positives)
+    return total / len(query)
+
+
+def test_info_nce_matches_the_moco_formula():
+    query, key, queue = unit(6, 8, seed=0), unit(6, 8, seed=1), unit(20, 8, seed=2)
+    expected = reference_relation(query, key, queue, torch.zeros(6, 20, dtype=torch.bool), 0.2)
+    assert info_nce(query, key, queue, 0.2).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_relation_loss_matches_the_supervised_contrastive_formula():
+    query, key, queue = unit(6, 8, seed=3), unit(6, 8, seed=4), unit(20, 8, seed=5)
+    mask = torch.rand(6, 20, generator=torch.Generator().manual_seed(6)) < 0.3
+    mask[0] = False  # an anchor with no mined positive: its own key only
+    mask[1] = True  # every candidate positive
+    loss = relation_contrastive_loss(query, key, queue, mask, 0.1)
+    assert loss.item() == pytest.approx(reference_relation(query, key, queue, mask, 0.1), rel=1e-5)
+
+
+def test_relation_loss_without_mined_positives_is_info_nce():
+    query, key, queue = unit(4, 8, seed=7), unit(4, 8, seed=8), unit(10, 8, seed=9)
+    empty = torch.zeros(4, 10, dtype=torch.bool)
+    torch.testing.assert_close(
+        relation_contrastive_loss(query, key, queue, empty, 0.2), info_nce(query, key, queue, 0.2)
+    )
+
+
+def test_half_precision_inputs_are_scored_in_float32():
+    query, key, queue = unit(4, 8, seed=10), unit(4, 8, seed=11), unit(10, 8, seed=12)
+    loss = info_nce(query.bfloat16(), key.bfloat16(), queue.bfloat16(), 0.2)
+    assert loss.dtype == torch.float32
+    expected = info_nce(query.bfloat16().float(), key.bfloat16().float(), queue.bfloat16().float())
+    torch.testing.assert_close(loss, expected)

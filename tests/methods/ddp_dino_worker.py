@@ -1,0 +1,81 @@
+"""One rank of the CPU DDP check of DINO's teacher and center (run by test_dino_ddp.py).
+
+Usage: python ddp_dino_worker.py OUT_DIR GLOBAL_BATCH. Trains two steps on digits in
+dataset order with fixed (not random) crops, so the DDP ranks together see the same global
+batch as a single process, and saves the teacher and the center to rank{r}_of{world}.pt.
+The backbone is a small ViT (its local crops use the interpolated position embedding): with
+no batch norm, a sample's output does not depend on how the batch is split. SGD, not AdamW:
+Adam's normalisation would blow float noise in near-zero gradients up to full-size steps.
+"""
+
+import os
+import sys
+
+import lightning as L
+import torch
+from torch.utils.data import DistributedSampler
+from torchvision import transforms as T
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from distill.data import DigitsDataModule, ViewRecipe  # noqa: E402
+from distill.methods import DINO  # noqa: E402
+
+
+class FixedCrops(ViewRecipe):
+    """Two 32 px globals (the image, its mirror) and two 16 px locals, without randomness."""
+
+    num_global = 2
+    num_views = 4
+
+    def build(self, mean, std):
+        tensor = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+        views = [
+            tensor,
+            T.Compose([T.RandomHorizontalFlip(1.0), tensor]),
+            T.Compose([T.CenterCrop(16), tensor]),
+            T.Compose([T.Resize(16), tensor]),
+        ]
+        return lambda image: [view(image) for view in views]
+
+
+class InOrderDigits(DigitsDataModule):
+    """Digits in dataset order; under DDP each global batch is split across the ranks."""
+
+    def train_dataloader(self):
+        self.setup("fit")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        sampler = None
+        if world > 1:
+            rank = int(os.environ["LOCAL_RANK"])
+            sampler = DistributedSampler(self.train_set, world, rank, shuffle=False)
+        return self._loader(self.train_set, self.batch_size, False, True, sampler=sampler)
+
+
+def main(out_dir: str, global_batch: str) -> None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    L.seed_everything(0)
+    model = DINO(
+        backbone="vit_tiny", backbone_kwargs={"image_size": 32, "patch_size": 8},
+        output_dim=32, hidden_dim=16, bottleneck_dim=8, freeze_last_layer=0,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.5), lr_schedule="constant",
+    )  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu", devices=world, strategy="ddp" if world > 1 else "auto",
+        max_steps=2, limit_val_batches=0, logger=False, use_distributed_sampler=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    data = InOrderDigits(batch_size=int(global_batch) // world, views=FixedCrops())
+    trainer.fit(model, datamodule=data)
+    state = {
+        "teacher": model.teacher.state_dict(),
+        "student": model.student.state_dict(),
+        "center": model.dino_loss.center,
+        "lr": trainer.optimizers[0].param_groups[0]["lr"],
+        "world": trainer.world_size,
+    }
+    torch.save(state, os.path.join(out_dir, f"rank{trainer.global_rank}_of{world}.pt"))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

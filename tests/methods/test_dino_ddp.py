@@ -1,0 +1,37 @@
+"""DINO under 2-process CPU DDP: teacher and center equal on both ranks and to one process."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from tests_support import launch_ddp
+
+WORKER = Path(__file__).with_name("ddp_dino_worker.py")
+
+
+def run_single_process(out_dir: Path) -> None:
+    """The worker's one-process run, in this process (saves starting another interpreter)."""
+    spec = importlib.util.spec_from_file_location("ddp_dino_worker", WORKER)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    worker.main(str(out_dir), "16")
+
+
+def test_teacher_and_center_agree_across_ranks_and_with_one_process(tmp_path):
+    launch_ddp(WORKER, [tmp_path, 16], world=2)
+    run_single_process(tmp_path)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}_of2.pt") for r in (0, 1))
+    single = torch.load(tmp_path / "rank0_of1.pt")
+    assert rank0["world"] == 2 and single["world"] == 1
+    # The same global batch of 16: the lr scaled by 16/256 in both runs.
+    assert rank0["lr"] == single["lr"] == 0.5 * 16 / 256
+    assert torch.equal(rank0["center"], rank1["center"])
+    # The center is the mean over the global batch (all-reduced), not over a rank's half.
+    torch.testing.assert_close(rank0["center"], single["center"], rtol=1e-4, atol=1e-6)
+    assert rank0["center"].abs().sum() > 0
+    for name, value in rank0["teacher"].items():
+        assert torch.equal(value, rank1["teacher"][name]), name
+        torch.testing.assert_close(value, single["teacher"][name], rtol=1e-4, atol=1e-5)
+    # The teacher moved away from its start, towards the student, in every run.
+    name = "head.layers.0.weight"
+    assert not torch.equal(rank0["teacher"][name], rank0["student"][name])

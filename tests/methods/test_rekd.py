@@ -1,0 +1,225 @@
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from tests_support import ColourDataModule, quiet_trainer
+
+from distill.data import TwoViews
+from distill.errors import ConfigError
+from distill.eval import KNNEval
+from distill.methods import ReKD
+from distill.modules import PrototypeBank
+
+OPTIMIZER = lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)  # noqa: E731
+
+
+def make(**kwargs):
+    defaults = dict(
+        student_backbone="resnet8", teacher_backbone="resnet14", proj_hidden_dim=32,
+        proj_dim=16, queue_size=20, num_prototypes=4, threshold=0.0, key_momentum=0.9,
+        optimizer=OPTIMIZER,
+    )  # fmt: skip
+    return ReKD(**{**defaults, **kwargs})
+
+
+def colours(**kwargs):
+    return ColourDataModule(batch_size=10, views=TwoViews(blur_prob=0.0), **kwargs)
+
+
+def batch_of_views(seed=0, size=8):
+    generator = torch.Generator().manual_seed(seed)
+    views = [torch.randn(size, 3, 32, 32, generator=generator) for _ in range(2)]
+    return views, torch.arange(size) % 3, torch.arange(size)
+
+
+def ready_model(**kwargs):
+    """A model whose teacher queue is full of labelled keys and whose bank is initialised."""
+    torch.manual_seed(0)
+    model = make(**kwargs)
+    keys = F.normalize(torch.randn(20, 16))
+    model.student.queue.enqueue(F.normalize(torch.randn(20, 16)))
+    model.teacher.queue.enqueue(keys, torch.arange(20) % 3)
+    model.prototypes.init_from(keys)
+    model.logged = []
+    model.log_terms = lambda terms: model.logged.append(terms)
+    return model
+
+
+def test_teacher_is_trained_by_its_own_loss_only():
+    model = ready_model(relation_weight=2.0, threshold=-1.0)
+    loss = model.training_step(batch_of_views(), 0)
+    terms = model.logged[-1]
+    assert terms["mined_positives"] > 0 and "student_relation" in terms
+    student = [p for p in model.student.parameters() if p.requires_grad]
+    teacher = [p for p in model.teacher.parameters() if p.requires_grad]
+    student_loss = terms["student_instance"] + 2.0 * terms["student_relation"]
+    torch.testing.assert_close(loss, student_loss + terms["teacher_moco"])
+    grads = torch.autograd.grad(student_loss, teacher, allow_unused=True, retain_graph=True)
+    assert all(g is None for g in grads)  # the relation carries no gradient to the teacher
+    teacher_loss = terms["teacher_moco"]
+    grads = torch.autograd.grad(teacher_loss, student, allow_unused=True, retain_graph=True)
+    assert all(g is None for g in grads)
+    total = torch.autograd.grad(loss, teacher, retain_graph=True)
+    own = torch.autograd.grad(terms["teacher_moco"], teacher)
+    for a, b in zip(total, own, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("anchor_embedding", ["key", "query"])
+def test_relation_is_mined_with_the_chosen_teacher_embedding(anchor_embedding):
+    model = ready_model(anchor_embedding=anchor_embedding)
+    mined = []
+    model.mine_positives = lambda anchors, targets: (
+        mined.append(anchors) or (torch.zeros(len(anchors), 20, dtype=torch.bool), {})
+    )
+    views, targets, indices = batch_of_views()
+    torch.manual_seed(2)
+    model.training_step((views, targets, indices), 0)
+    torch.manual_seed(2)
+    queries, keys = model.teacher.queries_and_keys(views, symmetric=False)
+    expected = keys if anchor_embedding == "key" else queries
+    torch.testing.assert_close(mined[0], expected)
+    assert not mined[0].requires_grad
+
+
+def test_positives_come_from_teacher_prototypes_and_labels_only_from_diagnostics():
+    model = ready_model(threshold=0.2)
+    queue = model.teacher.queue
+    anchors = F.normalize(queue.keys[:6] + 0.1 * torch.randn(6, 16))
+    targets = torch.tensor([0, 1, 2, 0, -1, 1])
+    positives, stats = model.mine_positives(anchors, targets)
+    expected = model.prototypes.relation(anchors, queue.keys)
+    assert torch.equal(positives, expected) and positives.any()
+    assert stats["mined_positives"] == pytest.approx(expected.sum(1).float().mean().item())
+    assigned = model.prototypes.assign(anchors)
+    assert stats["unassigned_fraction"] == pytest.approx((assigned < 0).float().mean().item())
+    in_use = set(assigned.tolist()) | set(model.prototypes.assign(queue.keys).tolist())
+    assert stats["prototypes_in_use"] == len(in_use - {-1})
+    pairs = [(i, j) for i in range(6) for j in range(20) if expected[i, j] and targets[i] >= 0]
+    correct = sum(int(targets[i] == queue.labels[j]) for i, j in pairs)
+    assert stats["mined_precision"].item() == pytest.approx(correct / len(pairs))
+    # The loss does not depend on the labels.
+    views, _, indices = batch_of_views()
+    torch.manual_seed(1)
+    with_labels = model.training_step((views, torch.arange(8) % 3, indices), 0)
+    torch.manual_seed(1)
+    unlabelled = model.training_step((views, torch.full((8,), -1), indices), 0)
+    assert torch.equal(with_labels, unlabelled)
+    assert "mined_precision" not in model.logged[-1]
+
+
+def test_unfilled_slots_are_never_positives():
+    model = make(threshold=-1.0)
+    model.teacher.queue.enqueue(F.normalize(torch.randn(12, 16)))
+    model.prototypes.init_from(model.teacher.queue.keys)
+    anchors = F.normalize(torch.randn(5, 16))
+    positives, _ = model.mine_positives(anchors, torch.zeros(5).long())
+    related = model.prototypes.relation(anchors, model.teacher.queue.keys)
+    assert related[:, 12:].any()  # the initial random keys would be related...
+    assert not positives[:, 12:].any()  # ...but are not candidates
+    assert torch.equal(positives[:, :12], related[:, :12])
+
+
+class Watcher(L.Callback):
+    """Records the state the module is about to update and the terms it logged."""
+
+    def __init__(self) -> None:
+        self.steps = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        student_k, teacher_k, anchors, targets = (t.clone() for t in pl_module._pending)
+        self.steps.append(
+            dict(
+                student_k=student_k, teacher_k=teacher_k, anchors=anchors, targets=targets,
+                pointer=int(pl_module.teacher.queue.pointer),
+                prototypes=pl_module.prototypes.prototypes.clone(),
+                initialized=bool(pl_module.prototypes.initialized),
+                relation="train/student_relation" in trainer.callback_metrics,
+            )
+        )  # fmt: skip
+
+
+def test_fit_keeps_queues_aligned_and_initialises_then_updates_the_bank(tmp_path):
+    torch.manual_seed(0)
+    model, watcher = make(prototype_init_step=3), Watcher()
+    knn = [KNNEval(k=[5]), KNNEval("teacher", k=[5], log_prefix="val/teacher_knn")]
+    callbacks = [watcher, *knn]
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=5, callbacks=callbacks)
+    trainer.fit(model, datamodule=colours())
+    steps = watcher.steps
+    # The queue (20 slots, batches of 10) is full after step 2; the bank waits for step 3.
+    assert [s["initialized"] for s in steps] == [False, False, False, True, True]
+    assert [s["relation"] for s in steps] == [False, False, False, True, True]
+    reference = PrototypeBank(4, 16, threshold=0.0)
+    # After step 3 the bank is k-means on the teacher's queue as it was then.
+    teacher_queue_after_3 = torch.cat([steps[2]["teacher_k"], steps[1]["teacher_k"]])
+    reference.init_from(teacher_queue_after_3)
+    torch.testing.assert_close(steps[3]["prototypes"], reference.prototypes)
+    # Step 4 moved it with the teacher's anchor embeddings of that step: its keys.
+    assert torch.equal(steps[3]["anchors"], steps[3]["teacher_k"])
+    reference.update(steps[3]["anchors"])
+    torch.testing.assert_close(steps[4]["prototypes"], reference.prototypes)
+    # Last step: both queues hold that step's keys of the same images in the same slots.
+    last = steps[-1]
+    slots = torch.arange(last["pointer"], last["pointer"] + 10) % 20
+    assert torch.equal(model.student.queue.keys[slots], last["student_k"])
+    assert torch.equal(model.teacher.queue.keys[slots], last["teacher_k"])
+    assert torch.equal(model.teacher.queue.labels[slots], last["targets"])
+    assert torch.equal(model.student.queue.pointer, model.teacher.queue.pointer)
+    metrics = trainer.callback_metrics
+    logged = {"train/prototypes_in_use", "train/unassigned_fraction", "train/mined_positives"}
+    assert logged | {"train/mined_precision", "train/teacher_moco"} <= set(metrics)
+    assert {"val/knn_top1", "val/teacher_knn_top1"} <= set(metrics)
+    optimised = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    trainable = [p for m in (model.student, model.teacher) for p in m.parameters()]
+    assert optimised == {id(p) for p in trainable if p.requires_grad}
+    assert not any(p.requires_grad for p in model.teacher.key_backbone.parameters())
+
+
+class StopAfter(L.Callback):
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_fit(tmp_path):
+    def fit(root, stop_after=None, ckpt_path=None):
+        L.seed_everything(0)
+        model = make(teacher_backbone="resnet8")
+        callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=str(root), save_last=True)]
+        if stop_after:
+            callbacks.append(StopAfter(stop_after))
+        trainer = quiet_trainer(
+            root, max_epochs=4, limit_train_batches=2, limit_val_batches=1,
+            enable_checkpointing=True, callbacks=callbacks,
+        )  # fmt: skip
+        trainer.fit(model, datamodule=colours(), ckpt_path=ckpt_path)
+        return model, trainer
+
+    straight, _ = fit(tmp_path / "straight")
+    _, interrupted = fit(tmp_path / "first", stop_after=2)
+    assert interrupted.global_step == 4
+    resumed, trainer = fit(tmp_path / "second", ckpt_path=str(tmp_path / "first" / "last.ckpt"))
+    assert trainer.global_step == 8
+    state = straight.state_dict()
+    assert bool(state["prototypes.initialized"]) and state["teacher.queue.filled"] == 20
+    for name, value in state.items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, msg=name, rtol=0, atol=0)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ConfigError, match="num_prototypes=30 exceeds queue_size=20"):
+        make(num_prototypes=30)
+    with pytest.raises(ConfigError, match=r"threshold=2.0; valid: a cosine similarity in \[-1, 1"):
+        make(threshold=2.0)
+    with pytest.raises(ConfigError, match="num_prototypes=0; valid"):
+        make(num_prototypes=0)
+    with pytest.raises(ConfigError, match="anchor_embedding='value'; valid: key, query"):
+        make(anchor_embedding="value")
+    model = ready_model()
+    with pytest.raises(ConfigError, match="two views per image, got 3 views"):
+        views, targets, indices = batch_of_views()
+        model.training_step(([*views, views[0]], targets, indices), 0)

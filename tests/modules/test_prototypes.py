@@ -1,0 +1,166 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill.errors import ConfigError
+from distill.modules import PrototypeBank
+
+
+def clusters(num=4, per=25, dim=16, noise=0.05, seed=0):
+    """Points around ``num`` well-separated unit centres: (points, labels, centres), shuffled."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.linalg.qr(torch.randn(dim, num, generator=generator))[0].T  # orthonormal
+    labels = torch.arange(num).repeat_interleave(per)
+    points = F.normalize(centres[labels] + noise * torch.randn(num * per, dim, generator=generator))
+    order = torch.randperm(num * per, generator=generator)
+    return points[order], labels[order], centres
+
+
+@pytest.mark.parametrize("restarts", [1, 3])
+def test_spherical_kmeans_recovers_separated_clusters(restarts):
+    points, labels, centres = clusters()
+    bank = PrototypeBank(4, 16, threshold=0.5, kmeans_restarts=restarts)
+    global_state = torch.get_rng_state()
+    bank.init_from(points)
+    assert torch.equal(torch.get_rng_state(), global_state)  # its own generator
+    assert bool(bank.initialized)
+    torch.testing.assert_close(bank.prototypes.norm(dim=1), torch.ones(4))
+    # Each true centre has one prototype at cosine > 0.99: a one-to-one match.
+    match = (centres @ bank.prototypes.T).argmax(dim=1)
+    assert sorted(match.tolist()) == [0, 1, 2, 3]
+    assert ((centres @ bank.prototypes.T).max(dim=1).values > 0.99).all()
+    # The assignment is the true partition up to renaming.
+    assert torch.equal(bank.assign(points), match[labels])
+
+
+def test_initialisation_is_the_same_for_the_same_embeddings_and_seed():
+    points, _, _ = clusters(num=6, noise=0.3)
+    first, second = PrototypeBank(6, 16, seed=3), PrototypeBank(6, 16, seed=3)
+    first.init_from(points)
+    second.init_from(points)
+    assert torch.equal(first.prototypes, second.prototypes)
+
+
+def test_assign_is_minus_one_below_threshold_and_before_init():
+    bank = PrototypeBank(2, 3, threshold=0.6)
+    embeddings = F.normalize(torch.tensor([[1.0, 0.1, 0], [0.2, 1, 0], [1, 1, 0], [0, 0, 1.0]]))
+    assert torch.equal(bank.assign(embeddings), torch.full((4,), -1))
+    bank.prototypes.copy_(torch.eye(3)[:2])
+    bank.initialized.fill_(True)
+    # Similarities: 0.995 | 0.981 | 0.707 (tie, first wins) | 0: below 0.6.
+    assert torch.equal(bank.assign(embeddings), torch.tensor([0, 1, 0, -1]))
+    bank.threshold = 0.75
+    assert torch.equal(bank.assign(embeddings), torch.tensor([0, 1, -1, -1]))
+
+
+def test_relation_is_same_cluster_and_never_for_unassigned():
+    points, labels, centres = clusters(num=3, per=20)
+    bank = PrototypeBank(3, 16, threshold=0.8)
+    bank.init_from(points)
+    anchors, candidates = points[:15], points[15:]
+    outlier = F.normalize(centres.sum(0, keepdim=True))  # cosine 0.58 to every centre
+    relation = bank.relation(torch.cat([anchors, outlier]), torch.cat([candidates, outlier]))
+    expected = labels[:15].unsqueeze(1) == labels[15:].unsqueeze(0)
+    assert relation.shape == (16, 46) and relation.dtype == torch.bool
+    assert torch.equal(relation[:15, :45], expected)
+    assert not relation[15].any() and not relation[:, 45].any()
+
+
+def reference_update(prototypes, anchors, threshold, momentum):
+    """The update in float64, anchor by anchor: m_z = 1 - (1 - m)·s, combined order-free."""
+    prototypes, anchors = prototypes.double(), F.normalize(anchors.double(), dim=1)
+    result = prototypes.clone()
+    for k in range(len(prototypes)):
+        keep, pulled, total = 1.0, torch.zeros_like(prototypes[k]), 0.0
+        for z in anchors:
+            similarities = prototypes @ z
+            if similarities.argmax() != k or similarities[k] < threshold:
+                continue
+            weight = (1 - momentum) * max(float(similarities[k]), 0.0)
+            keep *= 1 - weight
+            pulled += weight * z
+            total += weight
+        if total > 0:
+            mixed = keep * prototypes[k] + (1 - keep) * pulled / total
+            result[k] = mixed / mixed.norm()
+    return result
+
+
+def test_update_follows_its_formula_and_keeps_unit_norm():
+    torch.manual_seed(0)
+    bank = PrototypeBank(5, 8, threshold=0.3, momentum=0.9)
+    bank.prototypes.copy_(F.normalize(torch.randn(5, 8)))
+    bank.initialized.fill_(True)
+    near = bank.prototypes[torch.tensor([0, 0, 1, 3, 3, 3])] + 0.4 * torch.randn(6, 8)
+    anchors = torch.cat([F.normalize(near), F.normalize(torch.randn(4, 8))])
+    before = bank.prototypes.clone()
+    assigned = set(bank.assign(anchors).tolist()) - {-1}
+    bank.update(anchors)
+    expected = reference_update(before, anchors, 0.3, 0.9)
+    torch.testing.assert_close(bank.prototypes.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bank.prototypes.norm(dim=1), torch.ones(5))
+    assert {0, 1, 3} <= assigned and len(assigned) < 5
+    for k in range(5):  # moved iff some anchor was assigned to it
+        assert torch.equal(bank.prototypes[k], before[k]) == (k not in assigned)
+
+
+def test_one_anchor_is_the_papers_momentum_step():
+    bank = PrototypeBank(2, 2, threshold=0.0, momentum=0.8)
+    bank.prototypes.copy_(torch.eye(2))
+    bank.initialized.fill_(True)
+    z = F.normalize(torch.tensor([[3.0, 1.0]]))
+    bank.update(z)
+    s = float(z[0, 0])  # similarity to p_0
+    m_z = 1 - 0.2 * s
+    expected = F.normalize(m_z * torch.tensor([1.0, 0.0]) + (1 - m_z) * z[0], dim=0)
+    torch.testing.assert_close(bank.prototypes[0], expected)
+    assert torch.equal(bank.prototypes[1], torch.tensor([0.0, 1.0]))
+
+
+def test_update_is_independent_of_anchor_order():
+    points, _, _ = clusters(num=3, per=10, noise=0.3)
+    bank = PrototypeBank(3, 16, threshold=0.2)
+    bank.init_from(points[:15])
+    other = PrototypeBank(3, 16, threshold=0.2)
+    other.load_state_dict(bank.state_dict())
+    bank.update(points[15:])
+    other.update(points[15:].flip(0))
+    torch.testing.assert_close(bank.prototypes, other.prototypes)
+    assert not torch.equal(bank.prototypes, PrototypeBank(3, 16).prototypes)
+
+
+def test_update_before_init_changes_nothing():
+    bank = PrototypeBank(3, 4)
+    bank.update(torch.randn(5, 4))
+    assert torch.equal(bank.prototypes, torch.zeros(3, 4)) and not bool(bank.initialized)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_prototypes": 0}, r"num_prototypes=0; valid: an integer >= 1"),
+        ({"threshold": 1.5}, r"threshold=1.5; valid: a cosine similarity in \[-1, 1\]"),
+        ({"threshold": -1.01}, r"threshold=-1.01; valid"),
+        ({"momentum": 1.0}, r"momentum=1.0; valid: 0 <= momentum < 1"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        PrototypeBank(**{"num_prototypes": 4, "dim": 8, **kwargs})
+
+
+def test_too_few_embeddings_to_cluster_are_refused():
+    with pytest.raises(ConfigError, match="num_prototypes=4 but only 3 embeddings"):
+        PrototypeBank(4, 8).init_from(torch.randn(3, 8))
+
+
+def test_kmeans_with_duplicate_points_still_gives_k_unit_prototypes():
+    points = torch.tensor([[1.0, 0.0]] * 5 + [[0.0, 1.0]] * 5)
+    bank = PrototypeBank(3, 2)
+    bank.init_from(points)
+    torch.testing.assert_close(bank.prototypes.norm(dim=1), torch.ones(3))
+    assignment = bank.assign(points)
+    assert len(set(assignment[:5].tolist())) == 1 and len(set(assignment[5:].tolist())) == 1
+    assert assignment[0] != assignment[5]
+    torch.testing.assert_close(bank.prototypes[assignment[0]], points[0])
+    torch.testing.assert_close(bank.prototypes[assignment[5]], points[5])
