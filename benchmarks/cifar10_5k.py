@@ -8,7 +8,10 @@ Each row is one ``distill fit --config ...`` run (in a subprocess, in the order 
 the teacher exists before its students need it); extra arguments after ``--`` go to every
 run, e.g. ``-- --trainer.max_epochs 10``. The table reads each run's newest TensorBoard log:
 the last and best value of every metric column, and the run's wall time (first to last
-event). Compare wall times only within one invocation on one machine.
+event); ``--curves val/knn_top1 train/mined_precision`` also prints those metrics over
+training. Compare wall times only within one invocation on one machine.
+
+    python benchmarks/cifar10_5k.py selfsupervised --report --curves val/knn_top1
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -26,85 +30,137 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Suites: (label, config) in dependency order; a run waits for the runs before its stage.
-SUITES: dict[str, list[list[tuple[str, str]]]] = {
+
+@dataclass(frozen=True)
+class Run:
+    """One row: ``distill <command> --config <config>``.
+
+    ``validate`` evaluates the config's model as initialised (seeded, untrained), with its
+    logs under ``runs/cifar10-5k/init/``: the random-init baseline of a backbone.
+    """
+
+    label: str
+    config: str
+    command: str = "fit"
+
+    def root_dir(self) -> Path:
+        """Where this run's ``lightning_logs/`` go."""
+        if self.command == "validate":
+            return ROOT / "runs/cifar10-5k/init" / Path(self.config).stem
+        with open(ROOT / self.config) as f:
+            return ROOT / yaml.safe_load(f)["trainer"]["default_root_dir"]
+
+
+#: Suites: stages of runs in dependency order; a stage starts when the one before it ends.
+SUITES: dict[str, list[list[Run]]] = {
     "distillation": [
         [
-            ("teacher resnet20", "configs/supervised/cifar10-5k_resnet20.yaml"),
-            ("student resnet8 alone", "configs/supervised/cifar10-5k_resnet8.yaml"),
+            Run("teacher resnet20", "configs/supervised/cifar10-5k_resnet20.yaml"),
+            Run("student resnet8 alone", "configs/supervised/cifar10-5k_resnet8.yaml"),
         ],
         [
-            ("KD", "configs/kd/cifar10-5k_resnet20_resnet8.yaml"),
-            ("RKD", "configs/rkd/cifar10-5k_resnet20_resnet8.yaml"),
-            ("CRD", "configs/crd/cifar10-5k_resnet20_resnet8.yaml"),
-            ("CRD+KD", "configs/crd/cifar10-5k_resnet20_resnet8_kd.yaml"),
+            Run("KD", "configs/kd/cifar10-5k_resnet20_resnet8.yaml"),
+            Run("RKD", "configs/rkd/cifar10-5k_resnet20_resnet8.yaml"),
+            Run("CRD", "configs/crd/cifar10-5k_resnet20_resnet8.yaml"),
+            Run("CRD+KD", "configs/crd/cifar10-5k_resnet20_resnet8_kd.yaml"),
         ],
     ],
     # The same methods with a bigger teacher and student: about 3x the CPU time.
     "distillation56": [
         [
-            ("teacher resnet56", "configs/supervised/cifar10-5k_resnet56.yaml"),
-            ("student resnet20 alone", "configs/supervised/cifar10-5k_resnet20.yaml"),
+            Run("teacher resnet56", "configs/supervised/cifar10-5k_resnet56.yaml"),
+            Run("student resnet20 alone", "configs/supervised/cifar10-5k_resnet20.yaml"),
         ],
         [
-            ("KD", "configs/kd/cifar10-5k_resnet56_resnet20.yaml"),
-            ("RKD", "configs/rkd/cifar10-5k_resnet56_resnet20.yaml"),
-            ("CRD", "configs/crd/cifar10-5k_resnet56_resnet20.yaml"),
-            ("CRD+KD", "configs/crd/cifar10-5k_resnet56_resnet20_kd.yaml"),
+            Run("KD", "configs/kd/cifar10-5k_resnet56_resnet20.yaml"),
+            Run("RKD", "configs/rkd/cifar10-5k_resnet56_resnet20.yaml"),
+            Run("CRD", "configs/crd/cifar10-5k_resnet56_resnet20.yaml"),
+            Run("CRD+KD", "configs/crd/cifar10-5k_resnet56_resnet20_kd.yaml"),
+        ],
+    ],
+    "selfsupervised": [
+        [
+            Run("resnet8 at random init", "configs/dino/cifar10-5k_resnet8.yaml", "validate"),
+            Run("DINO resnet8 (teacher)", "configs/dino/cifar10-5k_resnet8.yaml"),
+            Run("MoCo-v2 resnet8", "configs/moco/cifar10-5k_resnet8.yaml"),
+            Run("ReKD resnet20 -> resnet8", "configs/rekd/cifar10-5k_resnet20_resnet8.yaml"),
         ],
     ],
 }
 
-METRICS = ["val/top1", "val/knn_top1"]
+METRICS = {
+    "distillation": ["val/top1", "val/knn_top1"],
+    "distillation56": ["val/top1", "val/knn_top1"],
+    "selfsupervised": ["val/knn_top1", "val/teacher_knn_top1"],
+}
 
 
-def run_dir(config: str) -> Path:
-    """``default_root_dir`` of a config (where its ``lightning_logs/`` go)."""
-    with open(ROOT / config) as f:
-        return ROOT / yaml.safe_load(f)["trainer"]["default_root_dir"]
-
-
-def newest_version(config: str) -> Path | None:
+def newest_version(run: Run) -> Path | None:
     versions = sorted(
-        (run_dir(config) / "lightning_logs").glob("version_*"),
+        (run.root_dir() / "lightning_logs").glob("version_*"),
         key=lambda p: int(p.name.split("_")[1]),
     )
     return versions[-1] if versions else None
 
 
-def fit(config: str, extra: list[str], threads: int | None) -> float:
-    """Runs ``distill fit --config config`` and returns its wall time in seconds."""
+def execute(run: Run, extra: list[str], threads: int | None) -> float:
+    """Runs ``distill <command> --config <config>`` and returns its wall time in seconds."""
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    command = [sys.executable, "-m", "distill", "fit", "--config", config, *extra]
+    command = [sys.executable, "-m", "distill", run.command, "--config", run.config, *extra]
+    if run.command == "validate":
+        command += ["--trainer.default_root_dir", str(run.root_dir())]
     print("$", " ".join(command[1:]), flush=True)
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, env=env, check=True)
     return time.perf_counter() - start
 
 
-def summary(config: str) -> dict[str, str]:
-    """Last and best of each metric and the wall time of a config's newest run."""
-    version = newest_version(config)
+def load_scalars(run: Run) -> tuple[Path | None, dict[str, list]]:
+    """The newest log of ``run`` and its scalar events by tag."""
+    version = newest_version(run)
     if version is None:
-        return {"run": "-"}
+        return None, {}
     events = EventAccumulator(str(version), size_guidance={"scalars": 0})
     events.Reload()
-    tags = events.Tags()["scalars"]
+    return version, {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+
+
+def summary(run: Run, metrics: list[str]) -> dict[str, str]:
+    """Last and best of each metric and the wall time of a run's newest log."""
+    version, scalars = load_scalars(run)
+    if version is None:
+        return {"run": "-"}
     row = {"run": version.relative_to(ROOT).as_posix()}
-    times = [e.wall_time for tag in tags for e in events.Scalars(tag)]
-    row["wall"] = f"{(max(times) - min(times)) / 60:.1f} min" if times else "-"
-    epochs = [e.value for e in events.Scalars("epoch")] if "epoch" in tags else []
-    row["epochs"] = str(int(max(epochs)) + 1) if epochs else "-"
-    for metric in METRICS:
-        values = [e.value for e in events.Scalars(metric)] if metric in tags else []
+    times = [e.wall_time for events in scalars.values() for e in events]
+    row["wall"] = f"{(max(times) - min(times)) / 60:.1f} min" if len(times) > 1 else "-"
+    epochs = [e.value for e in scalars.get("epoch", [])]
+    row["epochs"] = str(int(max(epochs)) + 1) if epochs else "0"
+    for metric in metrics:
+        values = [e.value for e in scalars.get(metric, [])]
         row[metric] = f"{values[-1]:.3f} (best {max(values):.3f})" if values else "-"
     return row
 
 
-def print_table(rows: list[tuple[str, dict[str, str]]]) -> None:
-    columns = ["epochs", *METRICS, "wall", "run"]
+def print_curves(runs: list[Run], metrics: list[str], points: int = 12) -> None:
+    """Each run's values of ``metrics`` over training (at most ``points`` per curve)."""
+    for run in runs:
+        _, scalars = load_scalars(run)
+        for metric in metrics:
+            events = scalars.get(metric, [])
+            if not events:
+                continue
+            stride = max(1, round(len(events) / points))
+            shown = events[::stride]
+            if shown[-1] is not events[-1]:
+                shown.append(events[-1])
+            values = " ".join(f"{e.value:.3f}@{e.step}" for e in shown)
+            print(f"{run.label} {metric} (value@step): {values}")
+
+
+def print_table(rows: list[tuple[str, dict[str, str]]], metrics: list[str]) -> None:
+    columns = ["epochs", *metrics, "wall", "run"]
     header = ["method", *columns]
     lines = [[label, *(row.get(c, "-") for c in columns)] for label, row in rows]
     widths = [max(len(x) for x in col) for col in zip(header, *lines, strict=True)]
@@ -124,16 +180,21 @@ def main() -> None:
     )
     parser.add_argument("--parallel", type=int, default=1, help="runs at once within a stage")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS per run")
+    parser.add_argument(
+        "--curves", nargs="*", default=[], help="also print these metrics over training"
+    )
     parser.add_argument("extra", nargs="*", help="arguments for every run (after --)")
     args = parser.parse_args()
-    stages = SUITES[args.suite]
+    stages, metrics = SUITES[args.suite], METRICS[args.suite]
     if not args.report:
         for number, stage in enumerate(stages, 1):
             if args.stages and number not in args.stages:
                 continue
             with ThreadPoolExecutor(args.parallel) as pool:
-                list(pool.map(lambda c: fit(c[1], args.extra, args.threads), stage))
-    print_table([(label, summary(config)) for stage in stages for label, config in stage])
+                list(pool.map(lambda run: execute(run, args.extra, args.threads), stage))
+    runs = [run for stage in stages for run in stage]
+    print_table([(run.label, summary(run, metrics)) for run in runs], metrics)
+    print_curves(runs, args.curves)
 
 
 if __name__ == "__main__":

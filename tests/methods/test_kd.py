@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from tests_support import quiet_trainer
 
 from distill.data import DigitsDataModule
+from distill.errors import ConfigError
 from distill.losses import kd_loss
 from distill.methods import KD, Supervised
 
@@ -61,3 +62,9 @@ def test_backward_sends_no_gradient_to_the_teacher(teacher_checkpoint):
     model.training_step(batch, 0).backward()
     assert all(p.grad is None for p in model.teacher.parameters())
     assert all(p.grad is not None for p in model.student.parameters())
+
+
+def test_teacher_with_other_logit_width_is_refused_with_the_shapes(teacher_checkpoint):
+    # KD compares logits class by class: a 10-class teacher cannot teach a 5-class student.
+    with pytest.raises(ConfigError, match=r"head\.weight \(10, \d+\) vs \(5, \d+\).*num_classes"):
+        make(teacher_checkpoint, num_classes=5)
