@@ -93,3 +93,17 @@ def test_losses_vanish_for_a_scaled_copy_of_the_teacher():
     t = embeddings(8, duplicate=False)
     assert rkd_distance_loss(3.0 * t, t).item() == pytest.approx(0.0, abs=1e-12)
     assert rkd_angle_loss(3.0 * t + 1.0, t).item() == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("chunk_elements", [50, 100, 300])
+def test_chunked_angle_loss_equals_one_chunk_in_value_and_gradient(chunk_elements):
+    # Chunks of 1, 2 and 6 vertices of a 7-row batch (49 angles per vertex).
+    s = embeddings(9, duplicate=True).requires_grad_(True)
+    t = embeddings(10, dim=9, duplicate=True)
+    whole = rkd_angle_loss(s, t, chunk_elements=10**6)
+    (whole_grad,) = torch.autograd.grad(whole, s)
+    chunked = rkd_angle_loss(s, t, chunk_elements=chunk_elements)
+    (chunked_grad,) = torch.autograd.grad(chunked, s)
+    assert chunked.item() == pytest.approx(reference_angle_loss(s.detach(), t), rel=1e-9)
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=0)
+    torch.testing.assert_close(chunked_grad, whole_grad, rtol=1e-10, atol=1e-12)
