@@ -161,3 +161,33 @@ def launch_ddp(script, args, world: int) -> None:
     for proc in procs:
         output, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, output
+
+
+class StopAfter(L.Callback):
+    """Interrupts a fit after ``epochs`` epochs, as a crash or a time limit would."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def resumable_fit(make_model, make_data, root, stop_after=None, ckpt_path=None, batches=2):
+    """A seeded 4-epoch fit saving ``last.ckpt`` in ``root``: the resume tests' three runs.
+
+    ``stop_after`` interrupts it after that many epochs; ``ckpt_path`` resumes from a
+    checkpoint. Returns ``(model, trainer)``.
+    """
+    L.seed_everything(0)
+    model = make_model()
+    callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=str(root), save_last=True)]
+    if stop_after:
+        callbacks.append(StopAfter(stop_after))
+    trainer = quiet_trainer(
+        root, max_epochs=4, limit_train_batches=batches, limit_val_batches=1,
+        enable_checkpointing=True, callbacks=callbacks,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=make_data(), ckpt_path=ckpt_path)
+    return model, trainer

@@ -4,7 +4,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from tests_support import quiet_trainer
+from tests_support import quiet_trainer, resumable_fit
 
 from distill.data import DigitsDataModule
 from distill.errors import ConfigError
@@ -81,30 +81,16 @@ def test_batches_without_indices_are_refused(teacher_checkpoint, tmp_path):
         model.training_step((torch.randn(2, 3, 32, 32), torch.tensor([0, 1])), 0)
 
 
-class StopAfter(L.Callback):
-    """Interrupts a fit after ``epochs`` epochs, as a crash or a time limit would."""
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch + 1 >= self.epochs:
-            trainer.should_stop = True
-
-
 def test_resume_from_checkpoint_equals_uninterrupted_fit(teacher_checkpoint, tmp_path):
     def fit(root, stop_after=None, ckpt_path=None):
-        L.seed_everything(0)
-        model = make(teacher_checkpoint, kd_weight=1.0)
-        callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=str(root), save_last=True)]
-        if stop_after:
-            callbacks.append(StopAfter(stop_after))
-        trainer = quiet_trainer(
-            root, max_epochs=4, limit_train_batches=3, limit_val_batches=1,
-            enable_checkpointing=True, callbacks=callbacks,
-        )  # fmt: skip
-        trainer.fit(model, datamodule=DigitsDataModule(batch_size=16), ckpt_path=ckpt_path)
-        return model, trainer
+        return resumable_fit(
+            lambda: make(teacher_checkpoint, kd_weight=1.0),
+            lambda: DigitsDataModule(batch_size=16),
+            root,
+            stop_after,
+            ckpt_path,
+            batches=3,
+        )
 
     straight, _ = fit(tmp_path / "straight")
     _, interrupted = fit(tmp_path / "first", stop_after=2)

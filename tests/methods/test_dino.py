@@ -3,7 +3,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from tests_support import ColourDataModule, quiet_trainer
+from tests_support import ColourDataModule, quiet_trainer, resumable_fit
 
 from distill.data import MultiCropViews
 from distill.errors import ConfigError
@@ -237,28 +237,15 @@ def test_bad_batches_and_settings_raise_config_errors(tmp_path):
         quiet_trainer(tmp_path, max_steps=1).fit(make(num_global_views=1), colour_data())
 
 
-class StopAfter(L.Callback):
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch + 1 >= self.epochs:
-            trainer.should_stop = True
-
-
 def test_resume_from_checkpoint_equals_uninterrupted_fit(tmp_path):
     def fit(root, stop_after=None, ckpt_path=None):
-        L.seed_everything(0)
-        model = make(teacher_temp=0.07, warmup_teacher_temp_epochs=3)
-        callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=str(root), save_last=True)]
-        if stop_after:
-            callbacks.append(StopAfter(stop_after))
-        trainer = quiet_trainer(
-            root, max_epochs=4, limit_train_batches=2, limit_val_batches=1,
-            enable_checkpointing=True, callbacks=callbacks,
-        )  # fmt: skip
-        trainer.fit(model, datamodule=colour_data(), ckpt_path=ckpt_path)
-        return model, trainer
+        return resumable_fit(
+            lambda: make(teacher_temp=0.07, warmup_teacher_temp_epochs=3),
+            colour_data,
+            root,
+            stop_after,
+            ckpt_path,
+        )
 
     straight, straight_trainer = fit(tmp_path / "straight")
     _, interrupted = fit(tmp_path / "first", stop_after=2)

@@ -1,7 +1,7 @@
 import lightning as L
 import pytest
 import torch
-from tests_support import ColourDataModule, quiet_trainer
+from tests_support import ColourDataModule, quiet_trainer, resumable_fit
 
 from distill.data import SupervisedViews, TwoViews
 from distill.errors import ConfigError
@@ -99,28 +99,9 @@ def test_key_momentum_outside_unit_interval_is_refused():
         make(key_momentum=1.5)
 
 
-class StopAfter(L.Callback):
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch + 1 >= self.epochs:
-            trainer.should_stop = True
-
-
 def test_resume_from_checkpoint_equals_uninterrupted_fit(tmp_path):
     def fit(root, stop_after=None, ckpt_path=None):
-        L.seed_everything(0)
-        model = make(queue_size=30)
-        callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=str(root), save_last=True)]
-        if stop_after:
-            callbacks.append(StopAfter(stop_after))
-        trainer = quiet_trainer(
-            root, max_epochs=4, limit_train_batches=2, limit_val_batches=1,
-            enable_checkpointing=True, callbacks=callbacks,
-        )  # fmt: skip
-        trainer.fit(model, datamodule=colours(), ckpt_path=ckpt_path)
-        return model, trainer
+        return resumable_fit(lambda: make(queue_size=30), colours, root, stop_after, ckpt_path)
 
     straight, _ = fit(tmp_path / "straight")
     _, interrupted = fit(tmp_path / "first", stop_after=2)
