@@ -18,6 +18,7 @@ nearest neighbours, an upper reference for any clustering of the same embeddings
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -64,14 +65,25 @@ def knn_precision(embeddings: torch.Tensor, labels: torch.Tensor, k: int) -> flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="a ReKD checkpoint; its config.yaml is two levels up")
+    parser.add_argument("checkpoint", help="a ReKD checkpoint (.../checkpoints/last.ckpt)")
+    parser.add_argument(
+        "--config", help="the run's config.yaml (default: the one two levels above the checkpoint)"
+    )
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.8, 0.9])
     parser.add_argument("--clusters", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--knn", type=int, nargs="+", default=[1, 20])
     args = parser.parse_args()
 
-    model = ReKD.load_from_checkpoint(args.checkpoint, map_location="cpu")
-    config_path = f"{args.checkpoint.rsplit('/checkpoints/', 1)[0]}/config.yaml"
+    checkpoint = Path(args.checkpoint)
+    config_path = Path(args.config) if args.config else checkpoint.parent.parent / "config.yaml"
+    if not checkpoint.is_file():
+        parser.error(f"checkpoint {checkpoint} not found; give a ReKD run's .ckpt file")
+    if not config_path.is_file():
+        parser.error(f"config {config_path} not found; give the run's config.yaml with --config")
+    try:
+        model = ReKD.load_from_checkpoint(checkpoint, map_location="cpu")
+    except (TypeError, KeyError, RuntimeError, ValueError) as error:
+        parser.error(f"checkpoint {checkpoint} is not a ReKD checkpoint ({error})")
     with open(config_path) as f:
         data_config = {"data": yaml.safe_load(f)["data"]}
     data_parser = ArgumentParser()
