@@ -12,33 +12,15 @@ Compare figures only within one run on one machine.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import seconds_per_step
 
 from distill.backbones import create_backbone
 from distill.modules import Classifier
 
 DEFAULT = ["resnet8", "resnet20", "resnet56", "resnet8x4", "wrn_16_2", "wrn_40_2", "vgg8"]
-
-
-def timed(fn, steps: int, warmup: int, repeats: int, device: torch.device) -> float:
-    """Median seconds per step."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append((time.perf_counter() - start) / steps)
-    return statistics.median(samples)
 
 
 def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict:
@@ -57,10 +39,11 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict:
         with torch.no_grad():
             model(images)
 
+    timing = (args.steps, args.warmup, args.repeats)
     model.train()
-    train = timed(train_step, args.steps, args.warmup, args.repeats, device)
+    train = seconds_per_step({"train": train_step}, *timing, device)["train"]
     model.eval()
-    infer = timed(infer_step, args.steps, args.warmup, args.repeats, device)
+    infer = seconds_per_step({"infer": infer_step}, *timing, device)["infer"]
     params = sum(p.numel() for p in model.backbone.parameters())
     return {
         "name": name,

@@ -18,33 +18,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from unittest import mock
 
 import numpy as np
 import torch
 from PIL import Image
+from timing import seconds_per_step
 from torchvision.datasets import ImageFolder
 
 from distill.data import MultiCropViews
 from distill.methods import DINO
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-
-
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median seconds of ``fn()``."""
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def views_recipe(args: argparse.Namespace) -> MultiCropViews:
@@ -71,7 +56,8 @@ def data_images_per_s(args: argparse.Namespace) -> tuple[float, str]:
             transform(load(i))
 
     run()  # warm-up
-    return args.data_images / timed(run, args.repeats, torch.device("cpu")), source
+    seconds = seconds_per_step({"data": run}, 1, 0, args.repeats, torch.device("cpu"))["data"]
+    return args.data_images / seconds, source
 
 
 def train_variant(args: argparse.Namespace, variant: str, device: torch.device) -> float:
@@ -114,13 +100,8 @@ def train_variant(args: argparse.Namespace, variant: str, device: torch.device) 
         trainer.global_step += 1
         method.on_train_batch_end(None, batch, 0)
 
-    def run() -> None:
-        for _ in range(args.steps):
-            step()
-
-    for _ in range(args.warmup):
-        step()
-    return args.steps * args.batch_size / timed(run, args.repeats, device)
+    timing = seconds_per_step({"step": step}, args.steps, args.warmup, args.repeats, device)
+    return args.batch_size / timing["step"]
 
 
 def main() -> None:

@@ -15,38 +15,14 @@ Compare figures only within one run on one machine.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from timing import seconds_per_step
 
 from distill.methods import CRD, KD, RKD, Supervised
-
-
-def timed(steps_by_name: dict, steps: int, warmup: int, repeats: int, device) -> dict:
-    """Median seconds per step of each named step function.
-
-    Repeats are interleaved (every function once per round), so a background load that
-    varies over time affects every row alike and the ratios stay comparable.
-    """
-    samples: dict[str, list[float]] = {name: [] for name in steps_by_name}
-    for step in steps_by_name.values():
-        for _ in range(warmup):
-            step()
-    for _ in range(repeats):
-        for name, step in steps_by_name.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(steps):
-                step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            samples[name].append((time.perf_counter() - start) / steps)
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> None:
@@ -122,7 +98,7 @@ def main() -> None:
 
         steps[name] = step
 
-    results = timed(steps, args.steps, args.warmup, args.repeats, device)
+    results = seconds_per_step(steps, args.steps, args.warmup, args.repeats, device)
 
     base = results["student step + teacher forward"]
     print(
