@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils.data import DistributedSampler
 
+from distill.data import DigitsDataModule
 from distill.data.base import ViewDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,3 +193,16 @@ def resumable_fit(make_model, make_data, root, stop_after=None, ckpt_path=None, 
     )  # fmt: skip
     trainer.fit(model, datamodule=make_data(), ckpt_path=ckpt_path)
     return model, trainer
+
+
+class InOrderDigits(DigitsDataModule):
+    """Digits in dataset order; under DDP each global batch is split across the ranks."""
+
+    def train_dataloader(self):
+        self.setup("fit")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        sampler = None
+        if world > 1:
+            rank = int(os.environ["LOCAL_RANK"])
+            sampler = DistributedSampler(self.train_set, world, rank, shuffle=False)
+        return self._loader(self.train_set, self.batch_size, False, True, sampler=sampler)

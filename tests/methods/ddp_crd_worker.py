@@ -11,27 +11,15 @@ import sys
 
 import lightning as L
 import torch
-from torch.utils.data import DistributedSampler
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.data import DigitsDataModule, SupervisedViews  # noqa: E402
+from tests_support import InOrderDigits  # noqa: E402
+
+from distill.data import SupervisedViews  # noqa: E402
 from distill.methods import CRD  # noqa: E402
 
 VIT = {"image_size": 32, "patch_size": 8}
-
-
-class InOrderDigits(DigitsDataModule):
-    """Digits in dataset order; under DDP each global batch is split across the ranks."""
-
-    def train_dataloader(self):
-        self.setup("fit")
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        sampler = None
-        if world > 1:
-            rank = int(os.environ["LOCAL_RANK"])
-            sampler = DistributedSampler(self.train_set, world, rank, shuffle=False)
-        return self._loader(self.train_set, self.batch_size, False, True, sampler=sampler)
 
 
 def main(out_dir: str, teacher: str, global_batch: str) -> None:

@@ -13,12 +13,13 @@ import sys
 
 import lightning as L
 import torch
-from torch.utils.data import DistributedSampler
 from torchvision import transforms as T
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.data import DigitsDataModule, ViewRecipe  # noqa: E402
+from tests_support import InOrderDigits  # noqa: E402
+
+from distill.data import ViewRecipe  # noqa: E402
 from distill.methods import DINO  # noqa: E402
 
 
@@ -37,19 +38,6 @@ class FixedCrops(ViewRecipe):
             T.Compose([T.Resize(16), tensor]),
         ]
         return lambda image: [view(image) for view in views]
-
-
-class InOrderDigits(DigitsDataModule):
-    """Digits in dataset order; under DDP each global batch is split across the ranks."""
-
-    def train_dataloader(self):
-        self.setup("fit")
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        sampler = None
-        if world > 1:
-            rank = int(os.environ["LOCAL_RANK"])
-            sampler = DistributedSampler(self.train_set, world, rank, shuffle=False)
-        return self._loader(self.train_set, self.batch_size, False, True, sampler=sampler)
 
 
 def main(out_dir: str, global_batch: str) -> None:
