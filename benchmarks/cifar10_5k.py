@@ -33,22 +33,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Run:
-    """One row: ``distill <command> --config <config>``.
+    """One row: ``distill <command> --config <config> [args]``.
 
     ``validate`` evaluates the config's model as initialised (seeded, untrained), with its
-    logs under ``runs/cifar10-5k/init/``: the random-init baseline of a backbone.
+    logs under ``runs/cifar10-5k/init/``: the random-init baseline of a backbone. A run
+    with a ``tag`` (e.g. ``seed1`` with ``args=("--seed_everything", "1")``) writes to the
+    config's ``default_root_dir`` plus ``_<tag>``, so variants of a config keep their logs.
     """
 
     label: str
     config: str
     command: str = "fit"
+    args: tuple[str, ...] = ()
+    tag: str = ""
 
     def root_dir(self) -> Path:
         """Where this run's ``lightning_logs/`` go."""
         if self.command == "validate":
             return ROOT / "runs/cifar10-5k/init" / Path(self.config).stem
         with open(ROOT / self.config) as f:
-            return ROOT / yaml.safe_load(f)["trainer"]["default_root_dir"]
+            root = ROOT / yaml.safe_load(f)["trainer"]["default_root_dir"]
+        return root.with_name(f"{root.name}_{self.tag}") if self.tag else root
 
 
 #: Suites: stages of runs in dependency order; a stage starts when the one before it ends.
@@ -108,8 +113,9 @@ def execute(run: Run, extra: list[str], threads: int | None) -> float:
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    command = [sys.executable, "-m", "distill", run.command, "--config", run.config, *extra]
-    if run.command == "validate":
+    command = [sys.executable, "-m", "distill", run.command, "--config", run.config]
+    command += [*run.args, *extra]
+    if run.command == "validate" or run.tag:
         command += ["--trainer.default_root_dir", str(run.root_dir())]
     print("$", " ".join(command[1:]), flush=True)
     start = time.perf_counter()

@@ -69,6 +69,18 @@ def lr_factor(
     return 1.0
 
 
+@torch.no_grad()
+def clip_gradients_per_parameter(parameters: Iterable[nn.Parameter], max_norm: float) -> None:
+    """DINO's ``clip_gradients``: each gradient tensor on its own is scaled to norm ``≤ max_norm``.
+
+    ``g ← g · min(1, max_norm / (‖g‖₂ + 1e-6))`` per parameter, where total-norm clipping
+    would scale all gradients by one factor from their joint norm.
+    """
+    for param in parameters:
+        if param.grad is not None:
+            torch.nn.utils.clip_grad_norm_(param, max_norm)
+
+
 def rng_states() -> dict:
     """Python, NumPy, torch (and CUDA) random states in types ``torch.load`` reads safely."""
     kind, keys, position, has_gauss, gauss = np.random.get_state()

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from distill.backbones import create_backbone
 from distill.errors import ConfigError
 from distill.losses.dino import DINOLoss, collapse_monitors, teacher_probabilities
-from distill.methods.base import Method
+from distill.methods.base import Method, clip_gradients_per_parameter
 
 
 class MultiCropWrapper(nn.Module):
@@ -50,7 +50,10 @@ class DINO(Method):
     of the teacher outputs (``distill.losses.DINOLoss``). Reference (ImageNet, ViT-S/16):
     K 65536, hidden 2048, bottleneck 256, τ_s 0.1, τ_t 0.04 (→ 0.07 over 30 epochs in the
     stronger recipe), AdamW lr 5e-4 × batch/256 with 10 warm-up epochs and cosine to 1e-6,
-    weight decay cosine 0.04 → 0.4, clipping 3.0, last layer frozen in epoch 1.
+    weight decay cosine 0.04 → 0.4, clipping 3.0, last layer frozen in epoch 1. The
+    trainer's ``gradient_clip_val`` is DINO's per-parameter limit: each student gradient
+    tensor is clipped to that norm on its own (``clip_gradients_per_parameter``), not the
+    total norm (``gradient_clip_algorithm: value`` keeps Lightning's value clipping).
 
     The teacher stays in train mode like the student, as in DINO's code: its batch norms
     normalise with batch statistics and their running averages follow its own forward
@@ -249,6 +252,16 @@ class DINO(Method):
         })  # fmt: skip
         self._teacher_out = [t.detach() for t in teacher_out]
         return loss
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            clip_gradients_per_parameter(self.student.parameters(), gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
 
     def on_before_optimizer_step(self, optimizer) -> None:
         self.student.head.cancel_last_layer_gradients(self.current_epoch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor
 
 from distill.backbones import create_backbone
@@ -20,7 +22,10 @@ class MoCo(Method):
     the EMA ``θ_k ← m·θ_k + (1 − m)·θ_q`` of the query encoder, updated after each
     optimiser step, and each step's keys (from all ranks) replace the oldest ones in the
     queue. With ``symmetric`` both views serve as queries (mean of the two losses) and
-    both keys are queued. Reference MoCo-v2 settings (ImageNet): ResNet-50, 2-layer MLP
+    both keys are queued. The key encoder uses shuffle-BN (MoCo §3.3; ``MomentumEncoder``):
+    across DDP ranks as in MoCo, or on one device over ``bn_groups`` split batch-norm
+    groups as in lightly's CIFAR-10 benchmark, so no key shares its query's statistics.
+    Reference MoCo-v2 settings (ImageNet): ResNet-50, 2-layer MLP
     head (hidden 2048) → 128, ``τ = 0.2``, ``m = 0.999``, queue 65536 (4096 on CIFAR),
     SGD lr 0.03 × batch/256, momentum 0.9, weight decay 1e-4, cosine schedule, 200 epochs,
     batch 256, asymmetric loss.
@@ -37,6 +42,9 @@ class MoCo(Method):
         temperature: ``τ``.
         key_momentum: ``m`` of the key encoder.
         symmetric: Use both views as queries.
+        shuffle_bn: ``auto`` (``ranks`` under DDP, else ``split``), ``split``, ``ranks`` or
+            ``off``.
+        bn_groups: Batch-norm groups of ``split``.
         **kwargs: Optimisation arguments of ``Method`` (optimizer, lr_schedule, ...).
     """
 
@@ -52,6 +60,8 @@ class MoCo(Method):
         temperature: float = 0.2,
         key_momentum: float = 0.999,
         symmetric: bool = False,
+        shuffle_bn: Literal["auto", "split", "ranks", "off"] = "auto",
+        bn_groups: int = 8,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -66,6 +76,8 @@ class MoCo(Method):
             proj_hidden_dim,
             proj_dim,
             queue_size,
+            shuffle_bn=shuffle_bn,
+            bn_groups=bn_groups,
         )
         self._pending_keys: Tensor | None = None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from distill.backbones import create_backbone
@@ -17,42 +18,49 @@ from distill.modules.prototypes import PrototypeBank
 
 
 class ReKD(Method):
-    """ReKD: an online heterogeneous teacher mines semantic relations for a lightweight student.
+    """ReKD: a heterogeneous teacher mines semantic relations for a lightweight student.
 
-    Teacher and student are both MoCo-v2 encoders (query network, EMA key network, queue)
-    trained together from scratch. The teacher learns only from its own InfoNCE; in its
-    embedding space a ``PrototypeBank`` assigns each embedding to a prototype
+    Teacher and student are MoCo-v2 encoders (query network, EMA key network, queue). In the
+    teacher's embedding space a ``PrototypeBank`` assigns each embedding to a prototype
     (``Q(e) = argmax_k ⟨e, p_k⟩`` if ``≥ Θ``, else ``-1``). The student learns
 
-    ``L_s = InfoNCE(q, k⁺, queue) + λ·L_rel``, ``L_rel = -(1/|P|) Σ_{c ∈ P} log p(c)``,
+    ``L_s = (1 − λ)·InfoNCE(q, k⁺, queue) + λ·L_rel``, ``L_rel = -(1/|P|) Σ_{c ∈ P} log p(c)``,
 
-    where ``p`` is the softmax of ``q`` against ``{k⁺} ∪ queue`` and the positive set ``P``
-    is its own key plus every queued key ``u_j`` with ``Q(z) = Q(u_j^t) ≠ -1``: ``z`` is the
-    teacher's (detached) embedding of the anchor image and ``u_j^t`` the teacher's key in
-    the same slot ``j`` (both queues receive the keys of the same images, so slot ``j``
-    holds the same image in each). The total is ``L = L_s + InfoNCE_teacher``; the relation
-    carries no gradient to the teacher.
+    the relation-wise contrast of ``../shared/METHODS.md``: ``p`` is the softmax of ``q``
+    against ``{k⁺} ∪ queue`` and the positive set ``P`` is its own key plus every queued key
+    ``u_j`` with ``Q(z) = Q(u_j^t) ≠ -1`` (``z`` the teacher's detached embedding of the
+    anchor image, ``u_j^t`` the teacher's key in slot ``j``: both queues take the keys of
+    the same images, so slot ``j`` holds the same image in each). ``λ = 1`` is the relation
+    loss alone, ``λ = 0`` exactly MoCo-v2; with no positive mined ``L_rel`` is InfoNCE, so
+    ``L_s`` is InfoNCE for every ``λ``. The total is ``L = L_s + InfoNCE_teacher`` (no
+    teacher term when it is frozen); the relation carries no gradient to the teacher.
+
+    The teacher is online (trained from scratch with the student, as in the paper) or
+    initialised from ``teacher_checkpoint`` (a MoCo, ReKD or Supervised run, or a state
+    dict; see ``MomentumEncoder.load_pretrained``) and then trained on or frozen, the
+    setting of SEED and DisCo. A frozen teacher stays in eval mode; with
+    ``teacher_embedding: backbone`` it relates images by its backbone features (for a
+    checkpoint without a trained MoCo head). ``relation: labels`` relates images by their
+    true labels instead: an oracle, a diagnostic upper bound, never a self-supervised result.
 
     The paper does not say which teacher encoder gives the anchor embedding ``z``. By
     default (``anchor_embedding: key``) it is the teacher's key of the anchor image, from
     the key encoder that also made the queued candidates and the k-means prototypes: early
-    in training the EMA key encoder lags far behind the query encoder (``q·k⁺`` near 0 while
-    keys are packed in a narrow cone), so query anchors would fall below ``Θ`` for every
-    prototype and mine nothing. ``anchor_embedding: query`` uses the teacher's query.
+    in training the EMA key encoder lags far behind the query encoder, so query anchors
+    would fall below ``Θ`` for every prototype and mine nothing.
 
     The bank is initialised by spherical k-means on the teacher's queue the first time the
-    queue is full after ``prototype_init_step`` optimiser steps; until then ``L_rel`` is
-    off and the student trains with InfoNCE alone. After each step the prototypes move
-    towards the teacher's anchor embeddings (``PrototypeBank.update``), the key encoders
-    follow their query encoders and both queues take the step's keys, all from the keys
-    and embeddings of every rank, so each rank holds the same state.
+    queue is full after ``prototype_init_step`` optimiser steps; until then no positive is
+    mined. After each step the prototypes move towards the teacher's anchor embeddings
+    (``PrototypeBank.update``), the key encoders follow their query encoders and both
+    queues take the step's keys, all from every rank's keys and embeddings, so each rank
+    holds the same state.
 
     Reference settings (ImageNet, 200 epochs): ResNet-50 teacher; ResNet-18, MobileNetV2,
     EfficientNet-B0 students; MoCo-v2 recipe for both (``τ = 0.2``, ``m = 0.999``, queue
     65536, SGD lr 0.03, batch 256, cosine). The paper's ``K``, ``Θ``, ``λ`` and the exact
     similarity-based prototype momentum are not known to us; the defaults below are our
-    choice: ``K = 4096`` (about 16 queued keys per prototype: over-clustering keeps the
-    mined positives precise), ``Θ = 0.5``, ``λ = 1``, base momentum 0.99.
+    choice: ``K = 4096``, ``Θ = 0.5``, ``λ = 1``, base momentum 0.99.
 
     Args:
         student_backbone: Backbone name of the student (``self.student.backbone``).
@@ -65,7 +73,10 @@ class ReKD(Method):
         temperature: ``τ`` of every contrast.
         key_momentum: EMA momentum of both key encoders.
         symmetric: Use both views as queries (both keys are queued).
-        relation_weight: ``λ``.
+        shuffle_bn: Shuffle-BN of both key encoders: ``auto``, ``split``, ``ranks``, ``off``.
+        bn_groups: Batch-norm groups of ``split``.
+        relation_weight: ``λ`` in ``[0, 1]``.
+        relation: ``teacher`` (prototypes in the teacher's space) or ``labels`` (oracle).
         num_prototypes: ``K``, at most ``queue_size``.
         threshold: ``Θ``, a cosine similarity in ``[-1, 1]``.
         prototype_momentum: Base momentum of the prototype update.
@@ -74,6 +85,10 @@ class ReKD(Method):
         kmeans_restarts: k-means runs; the best is kept.
         anchor_embedding: The teacher embedding of the anchor that is assigned to a
             prototype and updates the bank: its ``key`` (default) or its ``query``.
+        teacher_checkpoint: Initial teacher weights (``None``: random, online teacher).
+        teacher_frozen: Keep the teacher fixed (needs ``teacher_checkpoint``).
+        teacher_embedding: The teacher space of the relation: its MoCo ``head`` output or
+            its ``backbone`` features (needs ``teacher_frozen``).
         **kwargs: Optimisation arguments of ``Method`` (optimizer, lr_schedule, ...).
     """
 
@@ -91,7 +106,10 @@ class ReKD(Method):
         temperature: float = 0.2,
         key_momentum: float = 0.999,
         symmetric: bool = False,
+        shuffle_bn: Literal["auto", "split", "ranks", "off"] = "auto",
+        bn_groups: int = 8,
         relation_weight: float = 1.0,
+        relation: Literal["teacher", "labels"] = "teacher",
         num_prototypes: int = 4096,
         threshold: float = 0.5,
         prototype_momentum: float = 0.99,
@@ -99,38 +117,44 @@ class ReKD(Method):
         kmeans_iterations: int = 20,
         kmeans_restarts: int = 3,
         anchor_embedding: Literal["key", "query"] = "key",
+        teacher_checkpoint: str | None = None,
+        teacher_frozen: bool = False,
+        teacher_embedding: Literal["head", "backbone"] = "head",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["optimizer"])
-        if num_prototypes > queue_size:
-            raise ConfigError(
-                f"model.init_args.num_prototypes={num_prototypes} exceeds queue_size="
-                f"{queue_size}; valid: 1 <= num_prototypes <= queue_size (k-means clusters "
-                "the teacher's queue)"
-            )
-        if not 0.0 <= key_momentum <= 1.0:
-            raise ConfigError(f"model.init_args.key_momentum={key_momentum}; valid: [0, 1]")
-        if anchor_embedding not in ("key", "query"):
-            raise ConfigError(
-                f"model.init_args.anchor_embedding={anchor_embedding!r}; valid: key, query"
-            )
+        check_arguments(
+            num_prototypes=num_prototypes, queue_size=queue_size, key_momentum=key_momentum,
+            relation_weight=relation_weight, relation=relation, anchor_embedding=anchor_embedding,
+            teacher_checkpoint=teacher_checkpoint, teacher_frozen=teacher_frozen,
+            teacher_embedding=teacher_embedding,
+        )  # fmt: skip
         self.anchor_embedding = anchor_embedding
         self.temperature = temperature
         self.key_momentum = key_momentum
         self.symmetric = symmetric
         self.relation_weight = relation_weight
+        self.relation = relation
         self.prototype_init_step = prototype_init_step
+        self.teacher_frozen = teacher_frozen
         self.student = MomentumEncoder(
             create_backbone(student_backbone, **(student_backbone_kwargs or {})),
-            proj_hidden_dim, proj_dim, queue_size,
+            proj_hidden_dim, proj_dim, queue_size, shuffle_bn=shuffle_bn, bn_groups=bn_groups,
         )  # fmt: skip
         self.teacher = MomentumEncoder(
             create_backbone(teacher_backbone, **(teacher_backbone_kwargs or {})),
-            proj_hidden_dim, proj_dim, queue_size, track_labels=True,
+            proj_hidden_dim, proj_dim if teacher_embedding == "head" else None, queue_size,
+            track_labels=True, shuffle_bn=shuffle_bn, bn_groups=bn_groups,
         )  # fmt: skip
+        self.teacher_source = "random initialisation (online teacher)"
+        if teacher_checkpoint:
+            self.teacher_source = self.teacher.load_pretrained(teacher_checkpoint)
+        if teacher_frozen:
+            self.teacher.requires_grad_(False)
+            self.teacher.eval()
         self.prototypes = PrototypeBank(
-            num_prototypes, proj_dim, threshold, prototype_momentum,
+            num_prototypes, self.teacher.out_dim, threshold, prototype_momentum,
             kmeans_iterations, kmeans_restarts,
         )  # fmt: skip
         self._pending: tuple[Tensor, ...] | None = None
@@ -140,59 +164,95 @@ class ReKD(Method):
         return self.student.backbone(images)
 
     def trainable_modules(self) -> list[nn.Module]:
-        return [self.student, self.teacher]
+        return [self.student] if self.teacher_frozen else [self.student, self.teacher]
+
+    def train(self, mode: bool = True) -> ReKD:
+        """As ``nn.Module.train``, except that a frozen teacher stays in eval mode."""
+        super().train(mode)
+        if self.teacher_frozen:
+            self.teacher.eval()
+        return self
+
+    def on_fit_start(self) -> None:
+        rank_zero_info(f"ReKD teacher: {self.teacher_source}")
+        if self.relation == "labels":
+            rank_zero_warn(
+                "ReKD relation=labels: positives are mined from the true labels (an oracle "
+                "upper bound for diagnostics), so this run is not self-supervised"
+            )
+
+    def teacher_embeddings(self, views: list[Tensor]) -> tuple[Tensor | None, Tensor, Tensor]:
+        """The teacher's queries (``None`` when frozen), keys and (detached) anchors."""
+        if not self.teacher_frozen:
+            queries, keys = self.teacher.queries_and_keys(views, self.symmetric)
+            anchors = keys if self.anchor_embedding == "key" else queries
+            return queries, keys, anchors.detach()
+        with torch.no_grad():
+            order = [1, 0] if self.symmetric else [1]
+            keys = torch.cat([self.teacher.keys(views[v]) for v in order])
+            anchors = keys
+            if self.anchor_embedding == "query":
+                anchors = torch.cat([self.teacher(views[1 - v]) for v in order])
+        return None, keys, anchors
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         views, targets = two_views(batch)
-        teacher_q, teacher_k = self.teacher.queries_and_keys(views, self.symmetric)
+        teacher_q, teacher_k, anchors = self.teacher_embeddings(views)
         student_q, student_k = self.student.queries_and_keys(views, self.symmetric)
-        anchors = (teacher_k if self.anchor_embedding == "key" else teacher_q).detach()
         targets = targets.repeat(len(anchors) // len(targets))
-        tau = self.temperature
-        terms = {
-            "teacher_moco": info_nce(teacher_q, teacher_k, self.teacher.queue.keys, tau),
-            "student_instance": info_nce(student_q, student_k, self.student.queue.keys, tau),
-        }
-        loss = terms["teacher_moco"] + terms["student_instance"]
-        if bool(self.prototypes.initialized):
-            positives, diagnostics = self.mine_positives(anchors, targets)
-            terms["student_relation"] = relation_contrastive_loss(
-                student_q, student_k, self.student.queue.keys, positives, tau
-            )
-            loss = loss + self.relation_weight * terms["student_relation"]
-            terms.update(diagnostics)
+        positives, terms = self.mine_positives(anchors, targets)
+        queue, tau, weight = self.student.queue.keys, self.temperature, self.relation_weight
+        terms["student_instance"] = info_nce(student_q, student_k, queue, tau)
+        terms["student_relation"] = relation_contrastive_loss(
+            student_q, student_k, queue, positives, tau
+        )
+        loss = (1 - weight) * terms["student_instance"] + weight * terms["student_relation"]
+        terms["student"] = loss
+        if teacher_q is not None:
+            terms["teacher_moco"] = info_nce(teacher_q, teacher_k, self.teacher.queue.keys, tau)
+            loss = loss + terms["teacher_moco"]
         self.log_terms({"loss": loss, **terms})
         self._pending = (student_k, teacher_k, anchors, targets)
         return loss
 
     @torch.no_grad()
     def mine_positives(self, anchors: Tensor, targets: Tensor) -> tuple[Tensor, dict]:
-        """The relation ``[B, Q]`` of teacher anchors to the queue's slots, and its diagnostics.
+        """The relation ``[B, Q]`` of anchors to the queue's slots, and its diagnostics.
 
-        Labels (``targets``, the queued labels) only enter the diagnostic ``mined_precision``:
-        the fraction of mined (anchor, slot) pairs, both labelled, of the same class.
+        All false until the bank is initialised. With ``relation: teacher`` labels
+        (``targets``, the queued labels) only enter the diagnostic ``mined_precision``: the
+        fraction of mined (anchor, slot) pairs, both labelled, of the same class.
         """
         queue = self.teacher.queue
+        if not bool(self.prototypes.initialized):
+            return torch.zeros(
+                len(anchors), len(queue), dtype=torch.bool, device=anchors.device
+            ), {}
         valid = queue.valid()
+        labelled = (targets >= 0).unsqueeze(1) & (queue.labels >= 0).unsqueeze(0) & valid
+        same_class = targets.unsqueeze(1) == queue.labels.unsqueeze(0)
         anchor_q = self.prototypes.assign(anchors)
         candidate_q = self.prototypes.assign(queue.keys)
-        positives = PrototypeBank.relation_of(anchor_q, candidate_q) & valid
+        if self.relation == "labels":
+            positives = same_class & labelled
+        else:
+            positives = PrototypeBank.relation_of(anchor_q, candidate_q) & valid
         in_use = torch.cat([anchor_q, candidate_q[valid]]).unique()
         diagnostics = {
             "prototypes_in_use": float((in_use >= 0).sum()),
             "unassigned_fraction": (anchor_q < 0).float().mean(),
             "mined_positives": positives.sum(dim=1).float().mean(),
         }
-        labelled = positives & (targets >= 0).unsqueeze(1) & (queue.labels >= 0).unsqueeze(0)
-        if labelled.any():
-            correct = labelled & (targets.unsqueeze(1) == queue.labels.unsqueeze(0))
-            diagnostics["mined_precision"] = correct.sum() / labelled.sum()
+        mined = positives & labelled
+        if mined.any():
+            diagnostics["mined_precision"] = (mined & same_class).sum() / mined.sum()
         return positives, diagnostics
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.optimizer_stepped():
             self.student.update_key_encoder(self.key_momentum)
-            self.teacher.update_key_encoder(self.key_momentum)
+            if not self.teacher_frozen:
+                self.teacher.update_key_encoder(self.key_momentum)
         # Gathered from all ranks; both queues take the same images in the same slots.
         student_k, teacher_k, anchors, targets = gather_rows(self, *self._pending)
         self.prototypes.update(anchors)
@@ -205,3 +265,36 @@ class ReKD(Method):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         """Nothing: k-NN and linear-probe callbacks evaluate at the end of validation."""
+
+
+def check_arguments(**args) -> None:
+    """Raises ``ConfigError`` for ReKD arguments outside their valid ranges or combinations."""
+    if args["num_prototypes"] > args["queue_size"]:
+        raise ConfigError(
+            f"model.init_args.num_prototypes={args['num_prototypes']} exceeds queue_size="
+            f"{args['queue_size']}; valid: 1 <= num_prototypes <= queue_size (k-means "
+            "clusters the teacher's queue)"
+        )
+    for name, valid in (
+        ("key_momentum", "[0, 1]"),
+        ("relation_weight", "[0, 1] (the mix (1 - λ)·InfoNCE + λ·relation loss)"),
+    ):
+        if not 0.0 <= args[name] <= 1.0:
+            raise ConfigError(f"model.init_args.{name}={args[name]}; valid: {valid}")
+    for name, choices in (
+        ("anchor_embedding", ("key", "query")),
+        ("relation", ("teacher", "labels")),
+        ("teacher_embedding", ("head", "backbone")),
+    ):
+        if args[name] not in choices:
+            raise ConfigError(f"model.init_args.{name}={args[name]!r}; valid: {', '.join(choices)}")
+    if args["teacher_frozen"] and not args["teacher_checkpoint"]:
+        raise ConfigError(
+            "model.init_args.teacher_frozen=true needs model.init_args.teacher_checkpoint "
+            "(a frozen random teacher relates nothing)"
+        )
+    if args["teacher_embedding"] == "backbone" and not args["teacher_frozen"]:
+        raise ConfigError(
+            "model.init_args.teacher_embedding=backbone needs teacher_frozen=true: an online "
+            "teacher learns through its MoCo head, whose space then holds the relation"
+        )

@@ -12,6 +12,14 @@ from torch import Tensor, nn
 
 from distill.errors import ConfigError
 from distill.modules.queue import KeyQueue
+from distill.modules.shuffle_bn import (
+    check_shuffle_bn,
+    convert_split_batch_norm,
+    grouped_forward,
+    resolve_shuffle_bn,
+    shuffled_forward,
+)
+from distill.modules.weights import load_state_strict, read_state_dict, sub_state_dict
 
 
 def two_views(batch) -> tuple[list[Tensor], Tensor]:
@@ -30,6 +38,23 @@ def two_views(batch) -> tuple[list[Tensor], Tensor]:
     return list(views), targets
 
 
+def encoder_state(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
+    """A ``MomentumEncoder``-keyed state dict found in a checkpoint's, and what it was.
+
+    See ``MomentumEncoder.load_pretrained`` for the order in which the forms are tried.
+    """
+    for prefix, kind in (("teacher.", "ReKD's teacher"), ("student.", "MoCo's student")):
+        if any(key.startswith(f"{prefix}key_backbone.") for key in state):
+            return sub_state_dict(state, prefix), f"the momentum encoder of {kind}"
+    if any(key.startswith("student.backbone.") for key in state):
+        state, source = sub_state_dict(state, "student.backbone."), "a student backbone"
+    elif any(key.startswith("backbone.") for key in state):
+        return state, "an encoder state dict"
+    else:
+        source = "a backbone state dict"
+    return {f"backbone.{key}": value for key, value in state.items()}, source
+
+
 class MomentumEncoder(nn.Module):
     """A query encoder ``f_q`` (backbone + 2-layer MLP head), its EMA ``f_k`` and a key queue.
 
@@ -37,44 +62,68 @@ class MomentumEncoder(nn.Module):
     gradients that gives the keys and follows ``θ_k ← m·θ_k + (1 − m)·θ_q`` through
     ``update_key_encoder`` (lightly's ``update_momentum``; parameters only, the key
     encoder's batch-norm statistics come from its own forward passes, as in MoCo). The
-    key encoder runs in training mode like the query encoder (batch statistics, no
-    shuffle-BN: one device sees the whole batch). ``backbone`` is the query backbone,
-    the one evaluated by k-NN and linear probes.
+    key encoder runs in training mode like the query encoder, with shuffle-BN
+    (``distill.modules.shuffle_bn``) so that no key is normalised with its query's batch:
+    ``split`` normalises ``bn_groups`` row groups apart, queries in batch order and keys
+    in a shuffled order that mixes the groups; ``ranks`` shuffles keys across DDP ranks
+    (MoCo's ``_batch_shuffle_ddp``); ``auto`` is ``ranks`` under DDP and ``split`` on one
+    process; ``off`` is plain batch norm. ``backbone`` is the query backbone, the one
+    evaluated by k-NN and linear probes.
 
     Args:
         backbone: Feature extractor with an integer ``num_features``.
         proj_hidden_dim: Hidden width of the MLP head (``None``: ``num_features``, MoCo-v2).
-        proj_dim: Output width (128).
+        proj_dim: Output width (128); ``None``: no head, the embedding is the backbone's
+            features (for a frozen teacher whose checkpoint has no trained head).
         queue_size: Number of keys in the queue.
         track_labels: Keep labels next to the queued keys (diagnostics only).
+        shuffle_bn: ``auto``, ``split``, ``ranks`` or ``off``.
+        bn_groups: Batch-norm groups of ``split`` (lightly's CIFAR-10 benchmark: 8).
     """
 
     def __init__(
         self,
         backbone: nn.Module,
         proj_hidden_dim: int | None = None,
-        proj_dim: int = 128,
+        proj_dim: int | None = 128,
         queue_size: int = 65536,
         track_labels: bool = False,
+        shuffle_bn: str = "auto",
+        bn_groups: int = 8,
     ) -> None:
         super().__init__()
+        check_shuffle_bn(shuffle_bn, bn_groups)
+        self.shuffle_bn = shuffle_bn
+        self.bn_groups = bn_groups
         hidden = proj_hidden_dim or backbone.num_features
-        self.backbone = backbone
-        self.head = MoCoProjectionHead(backbone.num_features, hidden, proj_dim)
+        self.backbone = convert_split_batch_norm(backbone)
+        if proj_dim is None:
+            self.head, self.out_dim = nn.Identity(), backbone.num_features
+        else:
+            head = MoCoProjectionHead(backbone.num_features, hidden, proj_dim)
+            self.head, self.out_dim = convert_split_batch_norm(head), proj_dim
         self.key_backbone = copy.deepcopy(backbone)
         self.key_head = copy.deepcopy(self.head)
         deactivate_requires_grad(self.key_backbone)
         deactivate_requires_grad(self.key_head)
-        self.queue = KeyQueue(queue_size, proj_dim, track_labels)
+        self.queue = KeyQueue(queue_size, self.out_dim, track_labels)
 
     def forward(self, images: Tensor) -> Tensor:
-        """L2-normalised queries ``[B, proj_dim]``."""
+        """L2-normalised queries ``[B, proj_dim]`` (batch norm over the whole batch)."""
         return F.normalize(self.head(self.backbone(images)), dim=1)
+
+    def queries(self, images: Tensor) -> Tensor:
+        """L2-normalised queries ``[B, proj_dim]``, batch norm in the query groups."""
+        mode = resolve_shuffle_bn(self.shuffle_bn)
+        encoder = nn.Sequential(self.backbone, self.head)  # a view: no parameters of its own
+        return F.normalize(grouped_forward(encoder, images, mode, self.bn_groups), dim=1)
 
     @torch.no_grad()
     def keys(self, images: Tensor) -> Tensor:
-        """L2-normalised keys ``[B, proj_dim]`` of the key encoder (no gradient)."""
-        return F.normalize(self.key_head(self.key_backbone(images)), dim=1)
+        """L2-normalised keys ``[B, proj_dim]`` of the key encoder, with shuffle-BN."""
+        mode = resolve_shuffle_bn(self.shuffle_bn) if self.key_backbone.training else "off"
+        encoder = nn.Sequential(self.key_backbone, self.key_head)
+        return F.normalize(shuffled_forward(encoder, images, mode, self.bn_groups), dim=1)
 
     def queries_and_keys(self, views: list[Tensor], symmetric: bool) -> tuple[Tensor, Tensor]:
         """Queries and their positive keys, row ``i`` of one pairing with row ``i`` of the other.
@@ -84,7 +133,7 @@ class MomentumEncoder(nn.Module):
         Each view goes through a network on its own, so batch norm sees batches of ``B``.
         """
         pairs = [(0, 1), (1, 0)] if symmetric else [(0, 1)]
-        queries = torch.cat([self(views[q]) for q, _ in pairs])
+        queries = torch.cat([self.queries(views[q]) for q, _ in pairs])
         keys = torch.cat([self.keys(views[k]) for _, k in pairs])
         return queries, keys
 
@@ -93,3 +142,36 @@ class MomentumEncoder(nn.Module):
         """``θ_k ← momentum·θ_k + (1 − momentum)·θ_q`` for the backbone and the head."""
         update_momentum(self.backbone, self.key_backbone, momentum)
         update_momentum(self.head, self.key_head, momentum)
+
+    @torch.no_grad()
+    def load_pretrained(self, path: str) -> str:
+        """Loads encoder weights from a checkpoint; returns what was loaded, for the log.
+
+        Looked for in this order: the ``teacher.`` momentum encoder of a ReKD checkpoint,
+        the ``student.`` momentum encoder of a MoCo checkpoint, the ``student.backbone`` of
+        any other method's checkpoint (e.g. Supervised), then a plain state dict of a
+        ``MomentumEncoder`` or of the backbone alone. The backbone is required; the head
+        and the key encoder are taken when the file has them (a missing key encoder is a
+        copy of the query encoder, a missing head stays as initialised). The queue is
+        never loaded: it must hold the keys of this run's images.
+
+        Raises:
+            ConfigError: Unreadable file, or weights that do not fit this encoder (the
+                message names the file, what it was read as and the keys that differ).
+        """
+        state, source = encoder_state(read_state_dict(path))
+        where = f"{path!r} (read as {source})"
+        load_state_strict(self.backbone, sub_state_dict(state, "backbone."), where)
+        loaded = ["backbone"]
+        has_head = any(True for _ in self.head.parameters())  # False for no head
+        if has_head and sub_state_dict(state, "head."):
+            load_state_strict(self.head, sub_state_dict(state, "head."), where)
+            loaded.append("head")
+        self.key_backbone.load_state_dict(self.backbone.state_dict())
+        self.key_head.load_state_dict(self.head.state_dict())
+        if sub_state_dict(state, "key_backbone.") and (not has_head or "head" in loaded):
+            load_state_strict(self.key_backbone, sub_state_dict(state, "key_backbone."), where)
+            if has_head:
+                load_state_strict(self.key_head, sub_state_dict(state, "key_head."), where)
+            loaded.append("key encoder")
+        return f"{', '.join(loaded)} from {where}"

@@ -258,3 +258,43 @@ def test_resume_from_checkpoint_equals_uninterrupted_fit(tmp_path):
         assert float(trainer.callback_metrics[f"train/{key}"]) == pytest.approx(
             float(straight_trainer.callback_metrics[f"train/{key}"])
         ), key
+
+
+def test_gradient_clipping_is_per_parameter_as_in_dino():
+    model = make()
+    torch.manual_seed(0)
+    params = [p for p in model.student.parameters()]
+    scales = torch.logspace(-3, 2, len(params))
+    for p, scale in zip(params, scales, strict=True):
+        p.grad = torch.randn_like(p) * scale / p.numel() ** 0.5
+    before = [p.grad.double().clone() for p in params]
+    model.configure_gradient_clipping(None, 3.0, "norm")
+    clipped = 0
+    for p, grad in zip(params, before, strict=True):
+        norm = grad.norm()
+        expected = grad * (3.0 / (norm + 1e-6)) if norm > 3.0 else grad
+        clipped += int(norm > 3.0)
+        torch.testing.assert_close(p.grad.double(), expected, rtol=1e-6, atol=0)
+        assert p.grad.norm() <= 3.0 + 1e-5
+    assert 0 < clipped < len(params)  # some tensors above the limit, some below
+
+
+def test_trainer_gradient_clip_val_clips_each_student_tensor(tmp_path):
+    norms = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, closure=None):
+            loss = closure() if closure is not None else None
+            norms.append([p.grad.norm().item() for g in self.param_groups for p in g["params"]
+                          if p.grad is not None])  # fmt: skip
+            super().step()
+            return loss
+
+    model = make(optimizer=lambda p: RecordingAdamW(p, lr=0.05), freeze_last_layer=0)
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0, gradient_clip_val=1e-3)
+    trainer.fit(model, datamodule=colour_data(batch_size=6))
+    assert len(norms) == 2
+    for step in norms:
+        assert max(step) <= 1e-3 * (1 + 1e-4)
+        # Total-norm clipping would leave the joint norm at the limit; here it is far above.
+        assert sum(n**2 for n in step) ** 0.5 > 3e-3

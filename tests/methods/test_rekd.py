@@ -7,7 +7,7 @@ from tests_support import ColourDataModule, quiet_trainer, resumable_fit
 from distill.data import TwoViews
 from distill.errors import ConfigError
 from distill.eval import KNNEval
-from distill.methods import ReKD
+from distill.methods import MoCo, ReKD, Supervised
 from distill.modules import PrototypeBank
 
 OPTIMIZER = lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)  # noqa: E731
@@ -46,13 +46,14 @@ def ready_model(**kwargs):
 
 
 def test_teacher_is_trained_by_its_own_loss_only():
-    model = ready_model(relation_weight=2.0, threshold=-1.0)
+    model = ready_model(relation_weight=0.7, threshold=-1.0)
     loss = model.training_step(batch_of_views(), 0)
     terms = model.logged[-1]
     assert terms["mined_positives"] > 0 and "student_relation" in terms
     student = [p for p in model.student.parameters() if p.requires_grad]
     teacher = [p for p in model.teacher.parameters() if p.requires_grad]
-    student_loss = terms["student_instance"] + 2.0 * terms["student_relation"]
+    student_loss = 0.3 * terms["student_instance"] + 0.7 * terms["student_relation"]
+    torch.testing.assert_close(terms["student"], student_loss)
     torch.testing.assert_close(loss, student_loss + terms["teacher_moco"])
     grads = torch.autograd.grad(student_loss, teacher, allow_unused=True, retain_graph=True)
     assert all(g is None for g in grads)  # the relation carries no gradient to the teacher
@@ -134,7 +135,7 @@ class Watcher(L.Callback):
                 pointer=int(pl_module.teacher.queue.pointer),
                 prototypes=pl_module.prototypes.prototypes.clone(),
                 initialized=bool(pl_module.prototypes.initialized),
-                relation="train/student_relation" in trainer.callback_metrics,
+                relation="train/mined_positives" in trainer.callback_metrics,
             )
         )  # fmt: skip
 
@@ -206,3 +207,145 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ConfigError, match="two views per image, got 3 views"):
         views, targets, indices = batch_of_views()
         model.training_step(([*views, views[0]], targets, indices), 0)
+
+
+def student_gradients(loss, model):
+    params = [p for p in model.student.parameters() if p.requires_grad]
+    return torch.autograd.grad(loss, params, retain_graph=True)
+
+
+def test_relation_weight_zero_is_moco_v2_in_value_and_gradient():
+    model = ready_model(relation_weight=0.0, threshold=-1.0, shuffle_bn="off")
+    moco = MoCo(backbone="resnet8", proj_hidden_dim=32, proj_dim=16, queue_size=20,
+                shuffle_bn="off", optimizer=OPTIMIZER)  # fmt: skip
+    moco.student.load_state_dict(model.student.state_dict())
+    moco.log_terms = lambda terms: None
+    batch = batch_of_views()
+    model.training_step(batch, 0)
+    terms = model.logged[-1]
+    assert terms["mined_positives"] > 0  # relations were mined, and weigh nothing
+    expected = moco.training_step(batch, 0)
+    torch.testing.assert_close(terms["student"], expected, rtol=1e-6, atol=1e-6)
+    for ours, theirs in zip(
+        student_gradients(terms["student"], model), student_gradients(expected, moco), strict=True
+    ):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_relation_loss_alone_is_info_nce_when_no_prototype_is_assigned():
+    model = ready_model(relation_weight=1.0, threshold=1.0, shuffle_bn="off")
+    model.training_step(batch_of_views(), 0)
+    terms = model.logged[-1]
+    assert terms["unassigned_fraction"] == 1.0 and terms["mined_positives"] == 0
+    torch.testing.assert_close(terms["student"], terms["student_instance"])
+    for ours, instance in zip(
+        student_gradients(terms["student"], model),
+        student_gradients(terms["student_instance"], model),
+        strict=True,
+    ):
+        torch.testing.assert_close(ours, instance)
+    # Once relations are mined the relation loss differs from InfoNCE.
+    model = ready_model(relation_weight=1.0, threshold=-1.0, shuffle_bn="off")
+    model.training_step(batch_of_views(), 0)
+    assert not torch.allclose(model.logged[-1]["student"], model.logged[-1]["student_instance"])
+
+
+def test_oracle_relation_marks_same_label_slots():
+    model = ready_model(relation="labels", threshold=1.0)
+    anchors = F.normalize(torch.randn(6, 16))
+    targets = torch.tensor([0, 1, 2, 0, -1, 1])
+    positives, stats = model.mine_positives(anchors, targets)
+    labels = model.teacher.queue.labels
+    expected = (targets.unsqueeze(1) == labels.unsqueeze(0)) & (targets >= 0).unsqueeze(1)
+    assert torch.equal(positives, expected) and positives.any()
+    assert stats["mined_precision"] == 1.0
+
+
+def save_checkpoint(path, model):
+    torch.save({"state_dict": model.state_dict()}, path)
+    return str(path)
+
+
+def test_teacher_is_initialised_from_moco_rekd_supervised_or_state_dict(tmp_path):
+    torch.manual_seed(1)
+    moco = MoCo(backbone="resnet14", proj_hidden_dim=32, proj_dim=16, queue_size=20,
+                optimizer=OPTIMIZER)  # fmt: skip
+    with torch.no_grad():  # the key encoder differs from the query encoder, as after training
+        for p in moco.student.key_backbone.parameters():
+            p.add_(1.0)
+    model = make(teacher_checkpoint=save_checkpoint(tmp_path / "moco.ckpt", moco))
+    assert "momentum encoder of MoCo's student" in model.teacher_source
+    for name, value in moco.student.state_dict().items():
+        if not name.startswith("queue."):
+            assert torch.equal(model.teacher.state_dict()[name], value), name
+    assert not torch.equal(model.teacher.queue.keys, moco.student.queue.keys)  # never loaded
+
+    rekd = make(teacher_checkpoint=save_checkpoint(tmp_path / "rekd.ckpt", model))
+    assert "ReKD's teacher" in rekd.teacher_source
+    assert torch.equal(
+        rekd.teacher.key_backbone.conv1.weight, moco.student.key_backbone.conv1.weight
+    )
+
+    supervised = Supervised(backbone="resnet14", num_classes=5, optimizer=OPTIMIZER)
+    model = make(teacher_checkpoint=save_checkpoint(tmp_path / "sup.ckpt", supervised))
+    assert (
+        model.teacher_source.startswith("backbone from")
+        and "student backbone" in model.teacher_source
+    )
+    for name, value in supervised.student.backbone.state_dict().items():
+        assert torch.equal(model.teacher.backbone.state_dict()[name], value), name
+        assert torch.equal(model.teacher.key_backbone.state_dict()[name], value), name
+
+    path = tmp_path / "backbone.pt"
+    torch.save(supervised.student.backbone.state_dict(), path)
+    model = make(teacher_checkpoint=str(path), teacher_frozen=True, teacher_embedding="backbone")
+    assert "a backbone state dict" in model.teacher_source
+    assert model.prototypes.prototypes.shape == (4, 64) and model.teacher.queue.keys.shape == (
+        20,
+        64,
+    )
+
+
+def test_teacher_checkpoint_that_does_not_fit_is_refused_by_name(tmp_path):
+    moco = MoCo(backbone="resnet8", proj_hidden_dim=32, proj_dim=16, queue_size=20,
+                optimizer=OPTIMIZER)  # fmt: skip
+    path = save_checkpoint(tmp_path / "moco.ckpt", moco)
+    message = (
+        r"moco.ckpt' \(read as the momentum encoder of MoCo's student\) do not fit the "
+        r"CifarResNet: missing keys \[layer1.1"
+    )
+    with pytest.raises(ConfigError, match=message):
+        make(teacher_checkpoint=path)  # a resnet14 teacher
+    with pytest.raises(ConfigError, match="does not exist"):
+        make(teacher_checkpoint=str(tmp_path / "missing.ckpt"))
+
+
+def test_frozen_teacher_never_changes_and_gets_no_loss(tmp_path):
+    moco = MoCo(backbone="resnet14", proj_hidden_dim=32, proj_dim=16, queue_size=20,
+                optimizer=OPTIMIZER)  # fmt: skip
+    model = make(teacher_checkpoint=save_checkpoint(tmp_path / "t.ckpt", moco),
+                 teacher_frozen=True, prototype_init_step=2)  # fmt: skip
+    before = {k: v.clone() for k, v in model.teacher.state_dict().items() if "queue" not in k}
+    trainer = quiet_trainer(tmp_path, max_steps=4, limit_val_batches=0)
+    trainer.fit(model, datamodule=colours())
+    assert not model.teacher.training and model.student.training
+    for name, value in before.items():  # parameters and batch-norm statistics
+        assert torch.equal(model.teacher.state_dict()[name], value), name
+    assert "train/teacher_moco" not in trainer.callback_metrics
+    assert "train/mined_positives" in trainer.callback_metrics
+    optimised = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert not optimised & {id(p) for p in model.teacher.parameters()}
+    assert int(model.teacher.queue.filled) == 20
+
+
+def test_teacher_options_that_cannot_work_are_refused(tmp_path):
+    with pytest.raises(
+        ConfigError, match="teacher_frozen=true needs model.init_args.teacher_checkpoint"
+    ):
+        make(teacher_frozen=True)
+    with pytest.raises(ConfigError, match="teacher_embedding=backbone needs teacher_frozen=true"):
+        make(teacher_embedding="backbone")
+    with pytest.raises(ConfigError, match=r"relation_weight=1.5; valid: \[0, 1\]"):
+        make(relation_weight=1.5)
+    with pytest.raises(ConfigError, match="relation='classes'; valid: teacher, labels"):
+        make(relation="classes")

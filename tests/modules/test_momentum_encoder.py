@@ -8,10 +8,10 @@ from distill.modules import MomentumEncoder
 from distill.modules.momentum_encoder import two_views
 
 
-def make():
+def make(**kwargs):
     torch.manual_seed(0)
     backbone = create_backbone("resnet8")
-    return MomentumEncoder(backbone, proj_hidden_dim=32, proj_dim=16, queue_size=8)
+    return MomentumEncoder(backbone, proj_hidden_dim=32, proj_dim=16, queue_size=8, **kwargs)
 
 
 def test_key_encoder_is_a_frozen_copy_and_follows_the_ema_formula():
@@ -35,7 +35,7 @@ def test_key_encoder_is_a_frozen_copy_and_follows_the_ema_formula():
 
 
 def test_queries_and_keys_pair_rows_and_are_unit_norm():
-    encoder = make()
+    encoder = make(shuffle_bn="off")  # plain batch norm: shuffle-BN has tests of its own
     views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
     queries, keys = encoder.queries_and_keys(views, symmetric=False)
     assert queries.shape == keys.shape == (4, 16) and not keys.requires_grad

@@ -1,0 +1,196 @@
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from tests_support import launch_ddp
+from torch import nn
+
+from distill.backbones import create_backbone
+from distill.errors import ConfigError
+from distill.modules import MomentumEncoder
+from distill.modules.shuffle_bn import (
+    SplitBatchNorm1d,
+    SplitBatchNorm2d,
+    balanced_shuffle,
+    convert_split_batch_norm,
+    resolve_shuffle_bn,
+    shuffled_forward,
+    split_batch_norm,
+)
+
+WORKER = Path(__file__).with_name("ddp_shuffle_bn_worker.py")
+
+
+def encoder(**kwargs) -> MomentumEncoder:
+    torch.manual_seed(0)
+    backbone = create_backbone("resnet8")
+    return MomentumEncoder(backbone, proj_hidden_dim=32, proj_dim=16, queue_size=8, **kwargs)
+
+
+@pytest.mark.parametrize("groups, batch", [(4, 16), (3, 10)])
+def test_split_batch_norm_matches_per_group_formula_and_running_average(groups, batch):
+    torch.manual_seed(0)
+    layer = convert_split_batch_norm(nn.Sequential(nn.BatchNorm2d(3, momentum=0.3)))[0]
+    assert isinstance(layer, SplitBatchNorm2d)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 2.0)
+        layer.bias.normal_()
+        layer.running_mean.normal_()
+    x = torch.randn(batch, 3, 5, 5) * 3 + 1
+    running_mean, running_var = layer.running_mean.double(), layer.running_var.double()
+    with split_batch_norm(layer, groups):
+        out = layer(x)
+    assert layer.groups == 1  # restored after the block
+    x64 = x.double()
+    chunks = x64.tensor_split(groups)
+    expected, means, variances = [], [], []
+    for chunk in chunks:
+        mean = chunk.mean(dim=(0, 2, 3), keepdim=True)
+        var = ((chunk - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
+        normed = (chunk - mean) / torch.sqrt(var + layer.eps)
+        expected.append(
+            normed * layer.weight.double().view(1, 3, 1, 1) + layer.bias.double().view(1, 3, 1, 1)
+        )
+        count = chunk.numel() / 3
+        means.append(mean.flatten())
+        variances.append(var.flatten() * count / (count - 1))  # running stats: unbiased
+    torch.testing.assert_close(out.double(), torch.cat(expected), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        layer.running_mean.double(), 0.7 * running_mean + 0.3 * torch.stack(means).mean(0)
+    )
+    torch.testing.assert_close(
+        layer.running_var.double(), 0.7 * running_var + 0.3 * torch.stack(variances).mean(0)
+    )
+    assert int(layer.num_batches_tracked) == 1
+
+
+def test_conversion_keeps_state_dict_and_plain_behaviour():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    plain = copy.deepcopy(net)
+    convert_split_batch_norm(net)
+    assert isinstance(net[1], SplitBatchNorm1d) and isinstance(net[3], SplitBatchNorm2d)
+    assert net.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(8, 4)
+    torch.testing.assert_close(net[1](net[0](x)), plain[1](plain[0](x)), rtol=0, atol=0)
+    torch.testing.assert_close(net[1].running_mean, plain[1].running_mean, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batch, groups", [(64, 8), (64, 4), (36, 8), (10, 3), (7, 1)])
+def test_balanced_shuffle_deals_each_group_out_evenly(batch, groups):
+    permutation = balanced_shuffle(batch, groups, torch.Generator().manual_seed(batch))
+    assert sorted(permutation.tolist()) == list(range(batch))
+    query_group = torch.empty(batch, dtype=torch.long)
+    for g, rows in enumerate(torch.arange(batch).tensor_split(groups)):
+        query_group[rows] = g
+    size = math.ceil(batch / groups)
+    for key_rows in permutation.tensor_split(groups):
+        counts = torch.bincount(query_group[key_rows], minlength=groups)
+        assert counts.max() <= math.ceil(size / groups)
+        if groups > 1:  # a key group is never its query group
+            assert counts.max() < len(key_rows)
+
+
+def test_balanced_shuffle_is_drawn_from_the_generator():
+    draw = lambda seed: balanced_shuffle(32, 4, torch.Generator().manual_seed(seed))  # noqa: E731
+    assert torch.equal(draw(1), draw(1)) and not torch.equal(draw(1), draw(2))
+
+
+def group_statistics_forward(network: nn.Module, group: torch.Tensor) -> torch.Tensor:
+    """Each image of ``group`` alone, in eval mode, with every batch norm's statistics set to
+    the ones the whole group has at that layer in a training-mode forward (float64)."""
+    network = copy.deepcopy(network).double()
+    captured = {}
+    hooks = [
+        layer.register_forward_pre_hook(lambda m, args: captured.__setitem__(m, args[0]))
+        for layer in network.modules()
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm)
+    ]
+    network.train()
+    network(group.double())
+    for hook in hooks:
+        hook.remove()
+    for layer, inputs in captured.items():
+        dims = [0, *range(2, inputs.dim())]
+        layer.running_mean.copy_(inputs.mean(dim=dims))
+        layer.running_var.copy_(inputs.var(dim=dims, unbiased=False))
+    network.eval()
+    with torch.no_grad():
+        return torch.cat([network(image.unsqueeze(0).double()) for image in group])
+
+
+def test_keys_come_back_in_their_rows_normalised_with_their_shuffled_group():
+    model = encoder(bn_groups=4)
+    images = torch.randn(16, 3, 32, 32)
+    key_network = nn.Sequential(model.key_backbone, model.key_head)
+    generator = torch.Generator().manual_seed(3)
+    keys = shuffled_forward(key_network, images, "split", 4, generator)
+    permutation = balanced_shuffle(16, 4, torch.Generator().manual_seed(3))
+    expected = torch.empty(16, 16, dtype=torch.float64)
+    for rows in permutation.tensor_split(4):
+        expected[rows] = group_statistics_forward(key_network, images[rows])
+    torch.testing.assert_close(keys.double(), expected, rtol=1e-4, atol=1e-4)
+    # Plain batch norm over the whole batch gives other keys: the groups matter.
+    assert not torch.allclose(keys, key_network(images), atol=1e-3)
+
+
+def test_queries_are_normalised_in_batch_order_groups_and_keys_in_other_groups():
+    model = encoder(bn_groups=4)
+    views = [torch.randn(16, 3, 32, 32), torch.randn(16, 3, 32, 32)]
+    torch.manual_seed(5)
+    queries, keys = model.queries_and_keys(views, symmetric=False)
+    query_network = nn.Sequential(model.backbone, model.head)
+    expected = torch.cat(
+        [group_statistics_forward(query_network, rows) for rows in views[0].tensor_split(4)]
+    )
+    torch.testing.assert_close(
+        queries.double(), nn.functional.normalize(expected), atol=1e-4, rtol=1e-4
+    )
+    torch.manual_seed(5)
+    permutation = balanced_shuffle(16, 4)
+    key_network = nn.Sequential(model.key_backbone, model.key_head)
+    expected = torch.empty(16, 16, dtype=torch.float64)
+    for rows in permutation.tensor_split(4):
+        expected[rows] = group_statistics_forward(key_network, views[1][rows])
+        # No key group is a query group: each holds one image of every query group.
+        assert sorted((rows // 4).tolist()) == [0, 1, 2, 3]
+    torch.testing.assert_close(
+        keys.double(), nn.functional.normalize(expected), atol=1e-4, rtol=1e-4
+    )
+
+
+def test_off_is_plain_batch_norm_and_eval_mode_skips_the_shuffle():
+    model = encoder(shuffle_bn="off")
+    images = torch.randn(8, 3, 32, 32)
+    expected = nn.functional.normalize(model.key_head(model.key_backbone(images)))
+    torch.testing.assert_close(model.keys(images), expected)
+    split = encoder()
+    split.eval()
+    per_image = torch.cat([split.keys(image.unsqueeze(0)) for image in images])
+    torch.testing.assert_close(split.keys(images), per_image, rtol=1e-5, atol=1e-5)
+
+
+def test_modes_are_checked_by_name():
+    with pytest.raises(ConfigError, match="shuffle_bn='sync'; valid: auto, split, ranks, off"):
+        encoder(shuffle_bn="sync")
+    with pytest.raises(ConfigError, match="bn_groups=0; valid"):
+        encoder(bn_groups=0)
+    assert resolve_shuffle_bn("auto") == "split"
+    with pytest.raises(ConfigError, match="shuffle_bn=ranks needs multi-process"):
+        resolve_shuffle_bn("ranks")
+
+
+def test_two_ranks_give_the_keys_of_one_process_with_two_groups(tmp_path):
+    launch_ddp(WORKER, [tmp_path], world=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert [r["mode"] for r in ranks] == ["ranks", "ranks"]
+    model = encoder()
+    images = torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(7)
+    key_network = nn.Sequential(model.key_backbone, model.key_head)
+    keys = nn.functional.normalize(shuffled_forward(key_network, images, "split", 2))
+    torch.testing.assert_close(torch.cat([r["keys"] for r in ranks]), keys, rtol=1e-5, atol=1e-5)
+    queries = torch.cat([model(rows) for rows in images.tensor_split(2)])  # per-rank BN
+    torch.testing.assert_close(torch.cat([r["queries"] for r in ranks]), queries)
