@@ -61,22 +61,33 @@ class Row:
         ]
 
 
+SUPERVISED_4EP = (
+    "runs/cifar10-5k/supervised_resnet20_4ep_seed0/lightning_logs/version_0/checkpoints/last.ckpt"
+)
 ROWS = [
+    # Stage 1: the MoCo-v2 baseline (with and without shuffle-BN) and the offline teachers.
     Row("moco", "MoCo-v2 resnet8", "configs/moco/cifar10-5k_resnet8.yaml", stage=1),
     Row("moco_no_shuffle_bn", "MoCo-v2 resnet8, shuffle-BN off",
         "configs/moco/cifar10-5k_resnet8.yaml", stage=1,
-        args=("--model.init_args.shuffle_bn", "off"), variant="no_shuffle_bn"),  # fmt: skip
-    Row("teacher_supervised", "teacher: supervised resnet20",
+        args=("--model.init_args.shuffle_bn", "off"), variant="no_shuffle_bn"),
+    Row("teacher_supervised", "teacher: supervised resnet20, 40 epochs",
         "configs/supervised/cifar10-5k_resnet20.yaml", seeds=(0,), stage=1, args=LAST_EPOCH),
-    Row("teacher_moco", "teacher: MoCo-v2 resnet8x4, 60 epochs",
-        "configs/moco/cifar10-5k_resnet8x4.yaml", seeds=(0,), stage=1),
+    Row("teacher_supervised_4ep", "teacher: supervised resnet20, 4 epochs",
+        "configs/supervised/cifar10-5k_resnet20.yaml", seeds=(0,), stage=1,
+        args=(*LAST_EPOCH, "--trainer.max_epochs", "4"), variant="4ep"),
+    Row("teacher_moco", "teacher: MoCo-v2 vgg8, 60 epochs",
+        "configs/moco/cifar10-5k_vgg8.yaml", seeds=(0,), stage=1, args=LAST_EPOCH),
+    # Stage 2: the same resnet8 student with relations from teachers of rising strength.
     Row("rekd_resnet20", "ReKD, online resnet20 teacher",
         "configs/rekd/cifar10-5k_resnet20_resnet8.yaml", relation="online"),
-    Row("rekd_resnet8x4", "ReKD, online resnet8x4 teacher",
-        "configs/rekd/cifar10-5k_resnet8x4_resnet8.yaml", relation="online"),
-    Row("rekd_offline_moco", "ReKD, offline MoCo-v2 resnet8x4 teacher (frozen)",
-        "configs/rekd/cifar10-5k_moco-resnet8x4_resnet8.yaml", relation="offline"),
-    Row("rekd_offline_supervised", "ReKD, offline supervised resnet20 teacher (frozen)",
+    Row("rekd_vgg8", "ReKD, online vgg8 teacher",
+        "configs/rekd/cifar10-5k_vgg8_resnet8.yaml", relation="online"),
+    Row("rekd_offline_moco", "ReKD, offline MoCo-v2 vgg8 teacher (frozen)",
+        "configs/rekd/cifar10-5k_moco-vgg8_resnet8.yaml", relation="offline"),
+    Row("rekd_offline_supervised_4ep", "ReKD, offline supervised resnet20 teacher, 4 epochs",
+        "configs/rekd/cifar10-5k_supervised-resnet20_resnet8.yaml", relation="offline",
+        args=("--model.init_args.teacher_checkpoint", SUPERVISED_4EP), variant="4ep"),
+    Row("rekd_offline_supervised", "ReKD, offline supervised resnet20 teacher, 40 epochs",
         "configs/rekd/cifar10-5k_supervised-resnet20_resnet8.yaml", relation="offline"),
     Row("rekd_oracle", "ReKD, oracle relation (true labels; diagnostic)",
         "configs/rekd/cifar10-5k_oracle_resnet8.yaml", relation="oracle"),
@@ -136,6 +147,8 @@ def print_table(table: list[dict]) -> None:
               "mined precision", "val top-1 %"]  # fmt: skip
     lines = []
     for t in table:
+        if t["row"].name.startswith("teacher_"):  # an offline teacher's own run
+            t = {**t, "teacher_knn": t["knn"], "knn": []}
         gain = "-"
         if base is not None and t["knn"] and t["row"].name != "moco":
             mean, std = mean_std([v * 100 - base for v in t["knn"]])

@@ -53,19 +53,29 @@ def _find_config_error(error: BaseException | None) -> ConfigError | None:
     return None
 
 
+def build_cli(args: list[str] | None = None, **kwargs) -> DistillCLI:
+    """Builds (and, with a subcommand in ``args``, runs) the CLI; ``kwargs`` go to LightningCLI.
+
+    For programs that need the trainer afterwards or extra ``trainer_defaults`` (e.g. a
+    benchmark's timing callback); ``main`` is the command line's entry point.
+    """
+    return DistillCLI(
+        Method,
+        ViewDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        # No prefix matching: a misspelt --trainer.max_epoch must fail, not guess.
+        parser_kwargs={"allow_abbrev": False},
+        args=args,
+        **kwargs,
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     """Runs the CLI on ``args`` (default: ``sys.argv[1:]``); user errors exit with code 2."""
     try:
-        DistillCLI(
-            Method,
-            ViewDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            auto_configure_optimizers=False,
-            # No prefix matching: a misspelt --trainer.max_epoch must fail, not guess.
-            parser_kwargs={"allow_abbrev": False},
-            args=args,
-        )
+        build_cli(args)
     except Exception as error:
         config_error = _find_config_error(error)
         if config_error is None:
