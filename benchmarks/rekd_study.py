@@ -27,6 +27,7 @@ import statistics
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import yaml
 from cifar10_5k import ROOT, Run, execute, load_scalars
 
 FIGURES = ROOT / "benchmarks" / "figures"
@@ -94,11 +95,21 @@ ROWS = [
 ]  # fmt: skip
 
 
+def planned_epochs(run: Run) -> int:
+    """``--trainer.max_epochs`` of the run's arguments, else of its config."""
+    if "--trainer.max_epochs" in run.args:
+        return int(run.args[run.args.index("--trainer.max_epochs") + 1])
+    with open(ROOT / run.config) as f:
+        return int(yaml.safe_load(f)["trainer"]["max_epochs"])
+
+
 def final_values(run: Run, tag: str, last_epochs: int = 0) -> float | None:
-    """The last logged value of ``tag`` (or the mean over its last ``last_epochs`` epochs)."""
+    """The last logged value of ``tag`` (or the mean over its last ``last_epochs`` epochs) of a
+    finished run; ``None`` for a run that is missing or still training."""
     _, scalars = load_scalars(run)
     events = scalars.get(tag, [])
-    if not events:
+    finished = max((e.value for e in scalars.get("epoch", [])), default=-1) + 1
+    if not events or finished < planned_epochs(run):
         return None
     if not last_epochs:
         return events[-1].value

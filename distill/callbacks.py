@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import signal
+import threading
+
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torchvision.utils import make_grid
 
 from distill.eval.features import eval_mode, extract_features, resolve_submodule
@@ -19,6 +26,14 @@ class MethodCheckpoint(ModelCheckpoint):
     (``val/top1`` for supervised methods, ``val/knn_top1`` for self-supervised ones).
     Epochs on which the metric was not computed (k-NN every few epochs) only update
     ``last.ckpt`` instead of failing. All other arguments are ``ModelCheckpoint``'s.
+
+    What it adds to Lightning's: ``last.ckpt`` is the last state, written at the end of
+    every epoch and of fit whatever the monitor says (Lightning 2.6 writes it only where a
+    top-k checkpoint is saved too, so with a monitor it is a copy of the best epoch), and a
+    SIGTERM (a scheduler's pre-emption) or SIGINT (Ctrl-C) writes the state at the
+    interrupted step as ``last.ckpt``, marked ``interrupted`` in the checkpoint's callback
+    state with the signal, epoch and batch, so that ``--ckpt_path .../last.ckpt`` resumes
+    from there.
     """
 
     def __init__(
@@ -33,15 +48,91 @@ class MethodCheckpoint(ModelCheckpoint):
             monitor=monitor, mode=mode, save_last=save_last, save_top_k=save_top_k, **kwargs
         )
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.monitor == "auto":
-            self.monitor = getattr(pl_module, "monitor", None)
-        super().setup(trainer, pl_module, stage)
-
     def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         if self.monitor is not None and self.monitor not in monitor_candidates:
             return
         super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._last_written_step = trainer.global_step
+
+    def _write_last(self, trainer: L.Trainer) -> None:
+        """Writes ``last.ckpt`` unless it already holds this step."""
+        if (
+            not self.save_last
+            or trainer.fast_dev_run
+            or trainer.sanity_checking
+            or trainer.state.fn != TrainerFn.FITTING
+            or getattr(self, "_last_written_step", None) == trainer.global_step
+        ):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._write_last(trainer)  # after this epoch's validation: the epoch's final state
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._write_last(trainer)  # a fit stopped by max_steps mid-epoch
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.monitor == "auto":
+            self.monitor = getattr(pl_module, "monitor", None)
+        super().setup(trainer, pl_module, stage)
+        self._sigint = None
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, functools.partial(self._on_sigint, trainer))
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        if getattr(self, "_previous_sigint", None) is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _on_sigint(self, trainer: L.Trainer, signum, frame) -> None:
+        """First Ctrl-C: stop after the current batch, as Lightning does for SIGTERM (a
+        KeyboardInterrupt can land mid-step and leave a half-updated state); second: now."""
+        if self._sigint is not None:
+            raise KeyboardInterrupt
+        self._sigint = "SIGINT"
+        rank_zero_info("SIGINT: stopping after this batch (Ctrl-C again to stop at once)")
+        trainer._signal_connector.received_sigterm = True  # Lightning's stop-after-batch flag
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
+        signal_name = self._sigint or interrupt_signal(exception)
+        if signal_name is None or trainer.state.fn != TrainerFn.FITTING:
+            super().on_exception(trainer, pl_module, exception)
+            return
+        exception.signal_name = signal_name  # read by distill.cli.main for the exit code
+        loop = trainer.fit_loop.epoch_loop
+        self.interrupted = {
+            "signal": signal_name,
+            "epoch": trainer.current_epoch,
+            "batch": loop.batch_progress.current.completed,
+            "global_step": trainer.global_step,
+        }
+        self._last_written_step = None
+        self._write_last(trainer)
+        rank_zero_info(
+            f"{signal_name}: wrote {self.last_model_path} at epoch {trainer.current_epoch}, "
+            f"batch {self.interrupted['batch']} (global step {trainer.global_step}); resume with "
+            f"--ckpt_path {self.last_model_path}"
+        )
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "interrupted": getattr(self, "interrupted", None)}
+
+
+def interrupt_signal(exception: BaseException) -> str | None:
+    """``SIGTERM`` or ``SIGINT`` when ``exception`` is how Lightning reports that signal."""
+    if isinstance(exception, SIGTERMException):
+        return "SIGTERM"
+    if isinstance(exception, KeyboardInterrupt):
+        return "SIGINT"
+    return None
 
 
 def _tensorboard(trainer: L.Trainer):

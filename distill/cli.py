@@ -11,16 +11,21 @@ first batch's views in TensorBoard (``--view_grid.num_images 0`` turns it off).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+import torch
+from jsonargparse import Namespace, namespace_to_dict
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import distill.data  # noqa: F401  (registers the DataModules for short class names)
 import distill.eval  # noqa: F401  (registers the callbacks for short class names)
 import distill.methods  # noqa: F401  (registers the methods for short class names)
 from distill.callbacks import MethodCheckpoint, ViewGrid
 from distill.data.base import ViewDataModule
-from distill.errors import ConfigError
+from distill.errors import ConfigError, NonFiniteLossError
 from distill.methods.base import Method
 
 
@@ -33,6 +38,40 @@ class DistillCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(ViewGrid, "view_grid")
 
+    def _parse_ckpt_path(self) -> None:
+        """Checks a ``--ckpt_path`` against the configured model instead of obeying it.
+
+        LightningCLI replaces the configured model (class and arguments) with the
+        checkpoint's, so a Supervised config resumed from a KD checkpoint silently trains KD
+        and command-line model arguments are silently dropped. Here the configuration
+        applies: a checkpoint of another class is refused, and arguments that differ from
+        the checkpoint's are listed in a warning.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        model = self.config[subcommand].get("model") if ckpt_path else None
+        if not ckpt_path or not Path(ckpt_path).is_file() or model is None:
+            return super()._parse_ckpt_path()
+        saved = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        hparams = dict(saved.get("hyper_parameters", {}))
+        saved_class = hparams.pop("_class_path", None)
+        if saved_class and saved_class != model.class_path:
+            raise ConfigError(
+                f"--ckpt_path {ckpt_path} is a checkpoint of {saved_class}, but the configured "
+                f"model is {model.class_path}; resume it with that method's config"
+            )
+        configured = namespace_to_dict(model.get("init_args") or Namespace())
+        changed = [
+            f"{key}: {hparams[key]!r} -> {configured[key]!r}"
+            for key in sorted(hparams)
+            if not key.startswith("_") and key in configured and hparams[key] != configured[key]
+        ]
+        if changed:
+            rank_zero_warn(
+                f"model arguments differ from the checkpoint's ({ckpt_path}); the configured "
+                f"values apply: {'; '.join(changed)}"
+            )
+
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]):
         # The default callbacks step aside where the trainer forbids them.
         if config.get("enable_checkpointing") is False:
@@ -42,11 +81,11 @@ class DistillCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
-def _find_config_error(error: BaseException | None) -> ConfigError | None:
-    """The ConfigError behind ``error``: jsonargparse wraps errors raised while instantiating."""
+def _find_user_error(error: BaseException | None) -> Exception | None:
+    """The ConfigError (or NonFiniteLossError) behind ``error``, which may be wrapped."""
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, ConfigError):
+        if isinstance(error, ConfigError | NonFiniteLossError):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
@@ -72,13 +111,27 @@ def build_cli(args: list[str] | None = None, **kwargs) -> DistillCLI:
     )
 
 
+#: Exit codes: 2 a configuration mistake, 1 a non-finite loss, 128 + signal number after a
+#: SIGTERM (143: schedulers requeue) or SIGINT (130) that wrote an interrupted checkpoint.
+EXIT_CONFIG, EXIT_NONFINITE, EXIT_SIGTERM, EXIT_SIGINT = 2, 1, 143, 130
+
+
 def main(args: list[str] | None = None) -> None:
-    """Runs the CLI on ``args`` (default: ``sys.argv[1:]``); user errors exit with code 2."""
+    """Runs the CLI on ``args`` (default: ``sys.argv[1:]``); see the ``EXIT_*`` codes."""
     try:
         build_cli(args)
+    except SIGTERMException as stop:  # also a first Ctrl-C (see MethodCheckpoint)
+        signal_name = getattr(stop, "signal_name", "SIGTERM")
+        raise SystemExit(EXIT_SIGINT if signal_name == "SIGINT" else EXIT_SIGTERM) from None
+    except SystemExit as exit_:
+        # A second Ctrl-C: Lightning turns it into sys.exit(1) after its shutdown.
+        if isinstance(exit_.__context__, KeyboardInterrupt):
+            raise SystemExit(EXIT_SIGINT) from None
+        raise
     except Exception as error:
-        config_error = _find_config_error(error)
-        if config_error is None:
+        user_error = _find_user_error(error)
+        if user_error is None:
             raise
-        print(f"distill: error: {config_error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        print(f"distill: error: {user_error}", file=sys.stderr)
+        code = EXIT_CONFIG if isinstance(user_error, ConfigError) else EXIT_NONFINITE
+        raise SystemExit(code) from None

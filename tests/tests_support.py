@@ -206,3 +206,31 @@ class InOrderDigits(DigitsDataModule):
             rank = int(os.environ["LOCAL_RANK"])
             sampler = DistributedSampler(self.train_set, world, rank, shuffle=False)
         return self._loader(self.train_set, self.batch_size, False, True, sampler=sampler)
+
+
+class SignalAt(L.Callback):
+    """Sends ``signal_name`` to this very process after global step ``step``: a real signal,
+    as a scheduler's SIGTERM or a user's Ctrl-C would arrive, at a known point of training."""
+
+    def __init__(self, step: int, signal_name: str = "SIGTERM") -> None:
+        self.step = step
+        self.signal_name = signal_name
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            import signal
+
+            os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+class PoisonBatch(L.Callback):
+    """Fills the images of the batch at ``global_step`` with NaN before the step runs."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            views = batch[0] if isinstance(batch[0], list | tuple) else [batch[0]]
+            for view in views:
+                view.fill_(float("nan"))

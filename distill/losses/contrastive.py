@@ -3,7 +3,9 @@
 ``info_nce`` is MoCo's instance-wise objective (He et al. 2020); ``relation_contrastive_loss``
 is ReKD's relation-wise one (Zheng et al. 2022): the same softmax over the positive key and
 the queue, with extra positives in the queue marked by a mask, averaged over the positive
-set as in supervised contrastive learning.
+set as in supervised contrastive learning. Logits and losses are computed in float32 with
+autocast off (``distill.losses.precision``): a bf16 dot product divided by ``τ`` is off by
+a few hundredths.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.precision import float32
 
+
+@float32
 def contrast_logits(query: Tensor, key: Tensor, queue: Tensor, temperature: float) -> Tensor:
     """``[B, 1 + Q]`` logits: ``⟨q, k⁺⟩/τ`` in column 0, then ``⟨q, queue_j⟩/τ``.
 
@@ -27,6 +32,7 @@ def contrast_logits(query: Tensor, key: Tensor, queue: Tensor, temperature: floa
     return torch.cat([positive, query @ queue.T], dim=1) / temperature
 
 
+@float32
 def info_nce(query: Tensor, key: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
     """MoCo's InfoNCE, batch mean: ``-log(exp(q·k⁺/τ) / (exp(q·k⁺/τ) + Σ_j exp(q·u_j/τ)))``.
 
@@ -40,6 +46,7 @@ def info_nce(query: Tensor, key: Tensor, queue: Tensor, temperature: float = 0.2
     return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
 
+@float32
 def relation_contrastive_loss(
     query: Tensor,
     key: Tensor,

@@ -3,7 +3,9 @@
 Both compare the relations among a batch's embeddings rather than the embeddings
 themselves, so student and teacher widths may differ. As in the reference implementation
 (and RepDistiller), each loss is the mean smooth-L1 (Huber, δ = 1) over all B×B, resp.
-B×B×B, entries, and the teacher side carries no gradient.
+B×B×B, entries, and the teacher side carries no gradient. Both run in float32 with autocast
+off (``distill.losses.precision``): in bf16 the Gram form of the angles cancels
+catastrophically.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from distill.precision import float32
 
 
 def _pairwise_distances(embeddings: Tensor) -> Tensor:
@@ -106,6 +110,7 @@ class _AngleHuberSum(torch.autograd.Function):
         return grad_output * d_gram, grad_output * d_inverse, None, None, None
 
 
+@float32
 def rkd_distance_loss(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
     """Distance-wise RKD loss: mean Huber(ψ_D(student), ψ_D(teacher)) over B×B entries.
 
@@ -118,6 +123,7 @@ def rkd_distance_loss(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
     return F.smooth_l1_loss(distance_potential(student_emb), target)
 
 
+@float32
 def rkd_angle_loss(
     student_emb: Tensor, teacher_emb: Tensor, chunk_elements: int = 1 << 18
 ) -> Tensor:
@@ -141,6 +147,7 @@ def rkd_angle_loss(
     return _AngleHuberSum.apply(*student, *teacher, step) / batch**3
 
 
+@float32
 def rkd_angle_loss_direct(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
     """The reference's direct form of ``rkd_angle_loss`` via the ``[B, B, D]`` difference
     tensor; kept for the benchmark and as a cross-check, not for training."""

@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 from lightly.utils.scheduler import cosine_warmup_schedule
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from distill.errors import ConfigError
+from distill.modules.finite import FiniteWatch, nonfinite_error
 
 
 def split_decay_groups(modules: Iterable[nn.Module], exclude_norm_bias: bool) -> list[dict]:
@@ -120,6 +122,13 @@ class Method(L.LightningModule):
         lr_decay: Multistep decay factor.
         min_lr_ratio: Final learning rate of the cosine, as a fraction of the base.
         exclude_norm_bias_from_wd: Put norm weights and biases in a no-weight-decay group.
+        nonfinite_loss: What a NaN or infinite logged training term does: ``error`` stops
+            the run with a ``NonFiniteLossError`` naming the term and step before anything
+            non-finite is checkpointed (checked every ``nonfinite_check_interval`` optimiser
+            steps, at every checkpoint and at the end of fit); ``skip`` drops the gradients of
+            every batch with such a term (its optimiser step does nothing; one host sync per
+            step); ``off`` checks nothing.
+        nonfinite_check_interval: Optimiser steps between checks in ``error`` mode.
     """
 
     #: The validation metric the checkpoint callback keeps the best of.
@@ -134,8 +143,14 @@ class Method(L.LightningModule):
         lr_decay: float = 0.1,
         min_lr_ratio: float = 0.0,
         exclude_norm_bias_from_wd: bool = False,
+        nonfinite_loss: Literal["error", "skip", "off"] = "error",
+        nonfinite_check_interval: int = 50,
     ) -> None:
         super().__init__()
+        if nonfinite_loss not in ("error", "skip", "off"):
+            raise ConfigError(
+                f"model.init_args.nonfinite_loss={nonfinite_loss!r}; valid: error, skip, off"
+            )
         if lr_schedule not in ("cosine", "multistep", "constant"):
             raise ConfigError(
                 f"model.init_args.lr_schedule={lr_schedule!r}; valid: cosine, multistep, constant"
@@ -147,6 +162,10 @@ class Method(L.LightningModule):
         self.lr_decay = lr_decay
         self.min_lr_ratio = min_lr_ratio
         self.exclude_norm_bias_from_wd = exclude_norm_bias_from_wd
+        self.nonfinite_loss = nonfinite_loss
+        self.nonfinite_check_interval = max(1, nonfinite_check_interval)
+        self.finite_watch = FiniteWatch()
+        self.skipped_batches = 0
         self._states_before_sanity_check: dict | None = None
         self._last_optimizer_step = 0
 
@@ -155,6 +174,7 @@ class Method(L.LightningModule):
     # same shuffles, augmentations and negatives as an uninterrupted one (exact when
     # resuming at an epoch boundary with in-process data loading).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_finite()  # never write a checkpoint over the last good one with NaN in it
         checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -214,11 +234,53 @@ class Method(L.LightningModule):
         }
 
     def log_terms(self, terms: dict[str, torch.Tensor | float], prefix: str = "train/") -> None:
-        """Logs every loss term and scheduled value as ``{prefix}{name}`` (``loss`` in the bar)."""
+        """Logs every loss term and scheduled value as ``{prefix}{name}`` (``loss`` in the bar).
+
+        Training terms are also watched for NaN and infinity (``nonfinite_loss``).
+        """
+        watch = self.training and prefix == "train/" and self.nonfinite_loss != "off"
         for name, value in terms.items():
             if isinstance(value, torch.Tensor):
                 value = value.detach()
+                if watch:
+                    self.finite_watch.observe(f"{prefix}{name}", value, self.global_step)
             self.log(f"{prefix}{name}", value, prog_bar=name == "loss")
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.nonfinite_loss == "skip":
+            self.skip_nonfinite_batch(optimizer)
+        elif (self.global_step + 1) % self.nonfinite_check_interval == 0:
+            self.check_finite()
+
+    def on_train_end(self) -> None:
+        self.check_finite()
+
+    def skip_nonfinite_batch(self, optimizer) -> None:
+        """Drops this step's gradients when a watched term was not finite on any rank."""
+        bad = self.finite_watch.pending().to(self.device).float()
+        if not self.trainer.strategy.reduce(bad, reduce_op="max"):
+            return
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                param.grad = None
+        self.skipped_batches += 1
+        self.finite_watch.first_bad.clear()
+        rank_zero_warn(
+            f"non-finite training loss at global step {self.global_step}: skipped that batch's "
+            f"optimiser step ({self.skipped_batches} skipped so far; model.init_args."
+            "nonfinite_loss=skip)"
+        )
+
+    def check_finite(self) -> None:
+        """Raises ``NonFiniteLossError`` if a watched term was not finite on any rank."""
+        if self.nonfinite_loss != "error" or self._trainer is None:
+            return
+        bad = self.finite_watch.bad_terms()
+        flag = torch.tensor(float(bool(bad)), device=self.device)
+        if not self.trainer.strategy.reduce(flag, reduce_op="max"):
+            return
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None
+        raise nonfinite_error(bad, self.current_epoch, lr, self.trainer.precision)
 
     def init_classification_metrics(self, num_classes: int) -> None:
         """Top-1/top-5 accuracy metrics for ``evaluate_classifier``."""

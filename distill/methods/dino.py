@@ -264,6 +264,7 @@ class DINO(Method):
             )
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        super().on_before_optimizer_step(optimizer)
         self.student.head.cancel_last_layer_gradients(self.current_epoch)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:

@@ -5,11 +5,16 @@ from __future__ import annotations
 from typing import Literal
 
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from distill.errors import ConfigError
 from distill.losses import rkd_angle_loss, rkd_distance_loss
 from distill.methods.distillation import TeacherStudent
+
+# Both relations need 3 samples: with 2, the one normalised distance is always 1 and every
+# angle is 1 or 0, so both losses are exactly 0 with no gradient.
+MIN_BATCH_SIZE = 3
 
 
 class RKD(TeacherStudent):
@@ -20,7 +25,8 @@ class RKD(TeacherStudent):
     pairs, resp. triplets, as the reference computes it). Modes ``D``, ``A`` and ``DA``
     (both). Reference weights ``w_D = 25``, ``w_A = 50`` apply to raw pooled features
     (RepDistiller, mdistiller); the RKD authors' CIFAR script L2-normalises first
-    (``normalize: true``).
+    (``normalize: true``). A batch of fewer than 3 samples has no relation to transfer:
+    both terms are then skipped (left out of the loss and the log), with a warning.
 
     Args:
         mode: Which relations to transfer: ``D``, ``A`` or ``DA``.
@@ -51,6 +57,7 @@ class RKD(TeacherStudent):
         self.angle_weight = angle_weight if "A" in mode else 0.0
         self.rkd_weight = rkd_weight
         self.normalize = normalize
+        self._warned_skips: set[str] = set()
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, targets, _ = batch
@@ -59,12 +66,27 @@ class RKD(TeacherStudent):
             student_emb, teacher_emb = F.normalize(student_emb), F.normalize(teacher_emb)
         terms = {"ce": F.cross_entropy(logits, targets)}
         relational = logits.new_zeros(())
-        if self.distance_weight:
-            terms["rkd_distance"] = rkd_distance_loss(student_emb, teacher_emb)
-            relational = relational + self.distance_weight * terms["rkd_distance"]
-        if self.angle_weight:
-            terms["rkd_angle"] = rkd_angle_loss(student_emb, teacher_emb)
-            relational = relational + self.angle_weight * terms["rkd_angle"]
+        for name, weight, relation_loss in (
+            ("rkd_distance", self.distance_weight, rkd_distance_loss),
+            ("rkd_angle", self.angle_weight, rkd_angle_loss),
+        ):
+            if weight and self.has_relations(name, len(student_emb)):
+                terms[name] = relation_loss(student_emb, teacher_emb)
+                relational = relational + weight * terms[name]
         loss = self.ce_weight * terms["ce"] + self.rkd_weight * relational
         self.log_terms({"loss": loss, **terms})
         return loss
+
+    def has_relations(self, term: str, batch_size: int) -> bool:
+        """Whether a batch of ``batch_size`` carries ``term``; warns once per term if not."""
+        if batch_size >= MIN_BATCH_SIZE:
+            return True
+        if term not in self._warned_skips:
+            self._warned_skips.add(term)
+            rank_zero_warn(
+                f"RKD skips its {term} term on a batch of {batch_size} sample(s): it needs at "
+                f"least {MIN_BATCH_SIZE} (not added to the loss, not logged, on every such "
+                "batch). Small last batches come from data.init_args.drop_last=false or a "
+                "training set no larger than the batch size; set data.init_args.drop_last: true."
+            )
+        return False

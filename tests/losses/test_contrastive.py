@@ -53,3 +53,20 @@ def test_half_precision_inputs_are_scored_in_float32():
     assert loss.dtype == torch.float32
     expected = info_nce(query.bfloat16().float(), key.bfloat16().float(), queue.bfloat16().float())
     torch.testing.assert_close(loss, expected)
+
+
+def test_losses_are_float32_exact_under_bf16_autocast():
+    query, key, queue = unit(6, 128, seed=13), unit(6, 128, seed=14), unit(20, 128, seed=15)
+    mask = torch.rand(6, 20, generator=torch.Generator().manual_seed(16)) < 0.3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        instance = info_nce(query, key, queue, 0.1)
+        relation = relation_contrastive_loss(query, key, queue, mask, 0.1)
+    # bf16 logits put the losses about 1e-4 off; float32 is within 1e-7.
+    no_mined = torch.zeros_like(mask)
+    assert instance.item() == pytest.approx(
+        reference_relation(query, key, queue, no_mined, 0.1), rel=2e-6
+    )
+    assert relation.item() == pytest.approx(
+        reference_relation(query, key, queue, mask, 0.1), rel=2e-6
+    )
+    assert instance.dtype == relation.dtype == torch.float32

@@ -96,3 +96,27 @@ def test_update_memory_moves_exactly_the_batch_rows():
 def test_other_class_without_labels_is_refused():
     with pytest.raises(ConfigError, match="one label per training sample"):
         CRDLoss(6, 10, num_rows=40, sampler="other_class")
+
+
+def test_scores_and_z_are_float32_exact_under_bf16_autocast():
+    torch.manual_seed(0)
+    crd = CRDLoss(6, 10, num_rows=40, embed_dim=128, num_negatives=12, sampler="uniform")
+    f_s, f_t, idx = torch.randn(4, 6), torch.randn(4, 10), torch.tensor([0, 5, 9, 33])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_s, z_t = crd.embed(f_s, f_t)  # bf16, as in a bf16-mixed step
+        torch.manual_seed(1)
+        student_loss, teacher_loss = crd(z_s, z_t, idx)
+    torch.manual_seed(1)
+    rows = crd.sample(idx)
+    bank_t, bank_s = crd.teacher_memory.rows.double(), crd.student_memory.rows.double()
+    exp_s = torch.exp(torch.einsum("bd,bkd->bk", z_s.double(), bank_t[rows]) / 0.07)
+    exp_t = torch.exp(torch.einsum("bd,bkd->bk", z_t.double(), bank_s[rows]) / 0.07)
+    z_student, z_teacher = exp_s.mean() * 40, exp_t.mean() * 40
+    # bf16 scores put Z 0.3% and the losses 0.7–1% off; float32 is within 1e-6.
+    expected = torch.stack([z_student, z_teacher])
+    torch.testing.assert_close(crd.normalizers.double(), expected, rtol=1e-5, atol=0)
+    expected_s = reference_nce((exp_s / z_student).detach(), 40)
+    expected_t = reference_nce((exp_t / z_teacher).detach(), 40)
+    assert student_loss.item() == pytest.approx(expected_s, rel=1e-5)
+    assert teacher_loss.item() == pytest.approx(expected_t, rel=1e-5)
+    assert z_s.dtype == torch.bfloat16 and student_loss.dtype == torch.float32

@@ -107,3 +107,36 @@ def test_chunked_angle_loss_equals_one_chunk_in_value_and_gradient(chunk_element
     assert chunked.item() == pytest.approx(reference_angle_loss(s.detach(), t), rel=1e-9)
     torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=0)
     torch.testing.assert_close(chunked_grad, whole_grad, rtol=1e-10, atol=1e-12)
+
+
+def post_relu(seed, rows, dim):
+    """Non-negative features like pooled ReLU outputs: their large common component makes
+    the Gram form's ``G_ik − G_ij − G_jk + G_jj`` cancel."""
+    return torch.relu(torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("loss", "reference", "gradient_reference"),
+    [
+        (rkd_distance_loss, reference_distance_loss, rkd_distance_loss),
+        (rkd_angle_loss, reference_angle_loss, rkd_angle_loss_direct),
+    ],
+    ids=["distance", "angle"],
+)
+def test_losses_and_gradients_are_float32_exact_under_bf16_autocast(
+    loss, reference, gradient_reference, dtype
+):
+    s, t = post_relu(11, rows=10, dim=48).to(dtype), post_relu(12, rows=10, dim=96).to(dtype)
+    student = s.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(student, t)
+    value.backward()
+    # bf16 Gram angles: 4e-3 off in value, 2e-2 in gradient; float32: below 1e-6.
+    assert value.item() == pytest.approx(reference(s.double(), t.double()), rel=1e-4)
+    s64 = s.double().requires_grad_(True)
+    gradient_reference(s64, t.double()).backward()
+    # A bf16 gradient is the float32 one rounded (relative error up to 2⁻⁸ per entry).
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-3
+    assert (student.grad.double() - s64.grad).norm() / s64.grad.norm() < tolerance
+    assert value.dtype == torch.float32 and student.grad.dtype == dtype

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -51,3 +53,39 @@ def test_no_gradient_reaches_the_teacher(teacher_checkpoint):
     model.training_step(batch, 0).backward()
     assert all(p.grad is None for p in model.teacher.parameters())
     assert model.student.backbone.conv1.weight.grad.abs().sum() > 0
+
+
+def test_batches_below_three_skip_both_relations_and_warn_once_per_term(
+    teacher_checkpoint, monkeypatch
+):
+    # With 2 samples the one normalised distance is 1 and every angle is 1 or 0 for any
+    # embeddings: both terms would be 0 with no gradient, so they are skipped, not logged.
+    model = make(teacher_checkpoint).eval()
+    logged = {}
+    monkeypatch.setattr(model, "log", lambda name, value, **_: logged.__setitem__(name, value))
+
+    def step(size):
+        logged.clear()
+        images, targets = torch.randn(size, 3, 32, 32), torch.randint(0, 10, (size,))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss = model.training_step((images, targets, torch.arange(size)), 0)
+        ce = F.cross_entropy(model.student(images), targets)
+        messages = [str(w.message) for w in caught if "RKD" in str(w.message)]
+        return loss, ce, messages, dict(logged)
+
+    loss, ce, messages, first = step(1)
+    torch.testing.assert_close(loss, ce)  # CE alone, no NaN
+    assert set(first) == {"train/loss", "train/ce"}
+    assert len(messages) == 2
+    for term, message in zip(["rkd_distance", "rkd_angle"], messages, strict=True):
+        assert f"skips its {term} term on a batch of 1 sample(s)" in message
+        assert "at least 3" in message and "data.init_args.drop_last" in message
+    loss, ce, messages, second = step(2)
+    torch.testing.assert_close(loss, ce)
+    assert set(second) == {"train/loss", "train/ce"} and messages == []  # warned once
+    loss, ce, messages, third = step(3)
+    assert set(third) == {"train/loss", "train/ce", "train/rkd_distance", "train/rkd_angle"}
+    relational = 25 * third["train/rkd_distance"] + 50 * third["train/rkd_angle"]
+    torch.testing.assert_close(loss, ce + relational)
+    assert messages == [] and third["train/rkd_angle"] > 0

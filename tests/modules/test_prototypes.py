@@ -164,3 +164,68 @@ def test_kmeans_with_duplicate_points_still_gives_k_unit_prototypes():
     assert assignment[0] != assignment[5]
     torch.testing.assert_close(bank.prototypes[assignment[0]], points[0])
     torch.testing.assert_close(bank.prototypes[assignment[5]], points[5])
+
+
+def near_ties(prototypes, seed):
+    """Unit embeddings halfway between two prototypes, nudged by ~1e-3 towards either: their
+    two best similarities differ by less than bf16 resolves near 0.7."""
+    generator = torch.Generator().manual_seed(seed)
+    pairs = torch.randint(len(prototypes), (64, 2), generator=generator)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    nudge = 2e-3 * torch.rand(len(pairs), 1, generator=generator)
+    mixed = (0.5 + nudge) * prototypes[pairs[:, 0]] + (0.5 - nudge) * prototypes[pairs[:, 1]]
+    return F.normalize(mixed + 1e-4 * torch.randn(mixed.shape, generator=generator), dim=1)
+
+
+def test_assignment_and_update_are_float32_exact_under_bf16_autocast():
+    bank = PrototypeBank(8, 32, threshold=0.3, momentum=0.9)
+    bank.prototypes.copy_(
+        F.normalize(torch.randn(8, 32, generator=torch.Generator().manual_seed(0)))
+    )
+    bank.initialized.fill_(True)
+    embeddings = near_ties(bank.prototypes, seed=1)
+    similarity64, assignment64 = (embeddings.double() @ bank.prototypes.double().T).max(dim=1)
+    before = bank.prototypes.clone()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        similarity, assignment = bank.similarities(embeddings)
+        assigned = bank.assign(embeddings)
+    # bf16 similarities are ~2e-3 off and tie or swap the two best prototypes.
+    torch.testing.assert_close(similarity.double(), similarity64, rtol=0, atol=1e-6)
+    assert torch.equal(assignment, assignment64)
+    assert torch.equal(assigned, torch.where(similarity64 >= 0.3, assignment64, -1))
+    assert similarity.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bank.update(embeddings)
+    expected = reference_update(before, embeddings, 0.3, 0.9)
+    torch.testing.assert_close(bank.prototypes.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_kmeans_under_bf16_autocast_is_a_float64_lloyd_fixed_point():
+    points, _, _ = clusters(num=6, per=1000, dim=8, noise=0.5, seed=2)  # overlapping
+    bank = PrototypeBank(6, 8, kmeans_iterations=100, kmeans_restarts=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bank.init_from(points)
+    # Converged: each prototype is the normalised mean of the points nearest to it in
+    # float64. The ~20 points within bf16's resolution of a tie, assigned by a bf16
+    # matmul, move the prototypes by ~1e-3.
+    points64, prototypes64 = points.double(), bank.prototypes.double()
+    nearest = (points64 @ prototypes64.T).argmax(dim=1)
+    sums = torch.zeros_like(prototypes64).index_add_(0, nearest, points64)
+    torch.testing.assert_close(prototypes64, F.normalize(sums, dim=1), rtol=0, atol=1e-5)
+
+
+def test_greedy_kmeans_plus_plus_recovers_six_separated_clusters_for_every_seed():
+    # 6 random directions (cosines up to 0.35), every point at least 0.36 more similar to
+    # its own centre than to any other. Plain k-means++ put two seeds in one cluster and
+    # none in another, in all 3 restarts, for 3 of these 30 seeds.
+    generator = torch.Generator().manual_seed(15)
+    centres = F.normalize(torch.randn(6, 32, generator=generator), dim=1)
+    labels = torch.arange(6).repeat_interleave(60)
+    points = F.normalize(centres[labels] + 0.1 * torch.randn(360, 32, generator=generator))
+    for seed in range(30):
+        bank = PrototypeBank(6, 32, threshold=-1.0, seed=seed)
+        bank.init_from(points)
+        assignment = bank.assign(points)
+        match = assignment[::60]  # the prototype of each cluster's first point
+        assert sorted(match.tolist()) == list(range(6)), f"seed {seed}"
+        assert torch.equal(assignment, match[labels]), f"seed {seed}"

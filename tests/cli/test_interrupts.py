@@ -1,0 +1,106 @@
+"""A real signal to a real ``distill fit``: a checkpoint at the interrupted step, the
+conventional exit code, and a resume from there; resumes that refuse or report changes."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+
+
+def distill(*args, root):
+    """``python -m distill ...`` in a subprocess with the tests' helpers importable."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}",
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        sys.executable, "-m", "distill", *args, "--trainer.default_root_dir", str(root),
+        "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1",
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def checkpoint(root, version=0):
+    path = root / "lightning_logs" / f"version_{version}" / "checkpoints" / "last.ckpt"
+    return path, torch.load(path, map_location="cpu", weights_only=False)
+
+
+def interrupted_state(saved):
+    (state,) = [s for k, s in saved["callbacks"].items() if k.startswith("MethodCheckpoint")]
+    return state["interrupted"]
+
+
+@pytest.mark.parametrize("signal_name, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_writes_a_resumable_checkpoint_and_exits_with_the_signal_code(
+    tmp_path, signal_name, code
+):
+    run = distill(
+        "fit", "--config", QUICKSTART, "--trainer.max_epochs", "2",
+        "--trainer.callbacks+=tests_support.SignalAt",
+        "--trainer.callbacks.step", "5", "--trainer.callbacks.signal_name", signal_name,
+        root=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == code, run.stderr[-3000:]
+    path, saved = checkpoint(tmp_path)
+    assert saved["global_step"] == 5 and saved["epoch"] == 1  # mid-epoch: batch 1 of 4
+    assert interrupted_state(saved) == {
+        "signal": signal_name, "epoch": 1, "batch": 1, "global_step": 5,
+    }  # fmt: skip
+    resumed = distill(
+        "fit", "--config", QUICKSTART, "--trainer.max_epochs", "2", "--ckpt_path", str(path),
+        root=tmp_path,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _, final = checkpoint(tmp_path, version=1)
+    assert final["global_step"] == 8 and final["epoch"] == 1
+    assert interrupted_state(final) is None
+
+
+def test_checkpoint_of_another_method_is_refused_by_class(tmp_path):
+    path = tmp_path / "kd.ckpt"
+    torch.save(
+        {"hyper_parameters": {"_class_path": "distill.methods.KD", "temperature": 4.0}}, path
+    )
+    run = distill("fit", "--config", QUICKSTART, "--ckpt_path", str(path), root=tmp_path)
+    assert run.returncode == 2
+    assert "is a checkpoint of distill.methods.KD, but the configured model is " in run.stderr
+    assert "distill.methods.Supervised" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_changed_model_argument_applies_and_is_reported(tmp_path):
+    first = distill("fit", "--config", QUICKSTART, "--trainer.max_epochs", "1", root=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    path, saved = checkpoint(tmp_path)
+    assert saved["hyper_parameters"]["label_smoothing"] == 0.0
+    resumed = distill(
+        "fit", "--config", QUICKSTART, "--trainer.max_epochs", "2", "--ckpt_path", str(path),
+        "--model.init_args.label_smoothing", "0.5", root=tmp_path,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "label_smoothing: 0.0 -> 0.5" in resumed.stderr
+    _, final = checkpoint(tmp_path, version=1)
+    assert final["hyper_parameters"]["label_smoothing"] == 0.5 and final["global_step"] == 8
+
+
+def test_nonfinite_loss_exits_non_zero_and_keeps_last_good_checkpoint(tmp_path):
+    run = distill(
+        "fit", "--config", QUICKSTART, "--trainer.max_epochs", "2",
+        "--trainer.callbacks+=tests_support.PoisonBatch", "--trainer.callbacks.step", "5",
+        root=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "training loss is not finite: train/loss at global step 5 (epoch 1)" in run.stderr
+    assert "nonfinite_loss: skip" in run.stderr and "Traceback" not in run.stderr
+    _, saved = checkpoint(tmp_path)
+    assert saved["global_step"] == 4  # the end of epoch 0: the last good state
+    assert all(
+        torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point()
+    )
