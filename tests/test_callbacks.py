@@ -1,3 +1,4 @@
+import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -71,3 +72,31 @@ def test_projector_writes_val_embeddings_with_labels(tmp_path):
     assert len(tensors[0].split("\t")) == 3  # the ChannelMeans backbone's width
     assert set(metadata) <= {str(c) for c in range(5)}
     assert torch.tensor([float(v) for v in tensors[0].split("\t")]).isfinite().all()
+
+
+class FirstEpoch(L.Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.__dict__.setdefault("epoch", trainer.current_epoch)
+
+
+def test_last_checkpoint_is_the_final_state_when_the_metric_peaked_early(tmp_path):
+    from distill.methods import Supervised
+
+    def fit_supervised(epochs, ckpt_path=None):
+        L.seed_everything(0)
+        checkpoint = MethodCheckpoint(dirpath=str(tmp_path / "ckpt"), mode="min")  # best: epoch 0
+        first = FirstEpoch()
+        trainer = quiet_trainer(
+            tmp_path, max_epochs=epochs, limit_train_batches=2, limit_val_batches=1,
+            enable_checkpointing=True, callbacks=[checkpoint, first],
+        )  # fmt: skip
+        model = Supervised(backbone="resnet8", num_classes=5)
+        trainer.fit(model, datamodule=ColourDataModule(), ckpt_path=ckpt_path)
+        return checkpoint, first, trainer
+
+    checkpoint, _, trainer = fit_supervised(3)
+    assert "epoch=0" in checkpoint.best_model_path  # the (lowest-accuracy) first epoch
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, 6) == (trainer.current_epoch - 1, 6)
+    _, first, resumed = fit_supervised(4, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert first.epoch == 3 and resumed.global_step == 8

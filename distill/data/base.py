@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import lightning as L
@@ -9,6 +10,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from distill.data.sampling import (
+    LazyDataLoader,
+    SeededSampler,
+    fit_position,
+    ignore_stop_signals,
+    seeded_rngs,
+)
 from distill.data.views import SupervisedViews, ViewRecipe, eval_transform
 
 
@@ -16,7 +24,8 @@ class IndexedDataset(Dataset):
     """Wraps a ``(image, target)`` dataset to return ``(transform(image), target, index)``.
 
     The index is the sample's row in the dataset, which CRD's memory banks and ReKD's queues
-    address; unlabelled samples keep the target ``-1``.
+    address; unlabelled samples keep the target ``-1``. An item ``(seed, index)`` (from
+    ``SeededSampler``) applies the transform with the random generators seeded by ``seed``.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable | None = None) -> None:
@@ -26,15 +35,25 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item: int | tuple[int, int]):
+        seed, index = item if isinstance(item, tuple) else (None, item)
         image, target = self.dataset[index]
         if self.transform is not None:
-            image = self.transform(image)
+            if seed is None:
+                image = self.transform(image)
+            else:
+                with seeded_rngs(seed):
+                    image = self.transform(image)
         return image, -1 if target is None else int(target), index
 
 
 class ViewDataModule(L.LightningDataModule):
     """Base DataModule: subclasses only say where the images come from.
+
+    The training order and every sample's augmentation are functions of the run's seed, the
+    epoch and the sample (``distill.data.sampling``), kept in the checkpoint with the position
+    in the epoch, so a resumed fit sees the data an uninterrupted one would, whatever
+    ``num_workers`` and ``persistent_workers`` (and from a mid-epoch checkpoint too).
 
     Every batch is ``(views, targets, indices)``: ``views`` is a tensor ``[B, C, H, W]`` for
     the ``SupervisedViews`` recipe and a list of such tensors (globals first) for multi-view
@@ -83,6 +102,7 @@ class ViewDataModule(L.LightningDataModule):
         self.eval_resize = eval_resize
         self.eval_batch_size = eval_batch_size
         self.drop_last = drop_last
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
         self.train_set: IndexedDataset | None = None
         self.train_eval_set: IndexedDataset | None = None
         self.val_set: IndexedDataset | None = None
@@ -125,7 +145,7 @@ class ViewDataModule(L.LightningDataModule):
         self.val_set = IndexedDataset(self.val_dataset(), evaluation)
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool, **kw):
-        return DataLoader(
+        return LazyDataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
@@ -133,13 +153,38 @@ class ViewDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            worker_init_fn=ignore_stop_signals if self.num_workers else None,
+            generator=self._generator(),
             **kw,
         )
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         drop_last = self.drop_last and len(self.train_set) > self.batch_size
-        return self._loader(self.train_set, self.batch_size, True, drop_last)
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        position = None
+        if trainer is not None:
+
+            def position() -> tuple[int, int]:
+                epoch, batches = fit_position(trainer)
+                return epoch, batches * self.batch_size
+
+        sampler = SeededSampler(self.train_set, world, rank, self.seed, position)
+        return self._loader(self.train_set, self.batch_size, False, drop_last, sampler=sampler)
+
+    def _generator(self) -> torch.Generator:
+        # Loaders draw their workers' base seeds from this, not from torch's global generator,
+        # whose stream (shuffle-BN permutations, CRD negatives) then does not depend on how
+        # often loaders were created.
+        return torch.Generator().manual_seed(self.seed)
+
+    def state_dict(self) -> dict:
+        """The data seed, so a resumed fit shuffles and augments as the interrupted one."""
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = state.get("seed", self.seed)
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")
@@ -171,6 +216,8 @@ class ViewDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
+            worker_init_fn=ignore_stop_signals if self.num_workers else None,
+            generator=self._generator(),
         )
 
     def train_eval_dataloader(self) -> DataLoader:

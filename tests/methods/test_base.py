@@ -2,9 +2,11 @@ import math
 
 import pytest
 import torch
+from tests_support import ColourDataModule, PoisonBatch, quiet_trainer
 from torch import nn
 
-from distill.errors import ConfigError
+from distill.errors import ConfigError, NonFiniteLossError
+from distill.methods import Supervised
 from distill.methods.base import Method, lr_factor, split_decay_groups
 
 
@@ -82,3 +84,24 @@ def test_optimizer_stepped_once_per_optimizer_step(tmp_path, accumulate):
     # With accumulation the step lands on the last micro-batch of each group.
     assert model.stepped_batches == list(range(accumulate - 1, 12, accumulate))
     assert trainer.global_step == 12 // accumulate
+
+
+def test_finite_guard_skip_mode_drops_the_bad_step_and_keeps_weights_finite(tmp_path):
+    model = Supervised(backbone="resnet8", num_classes=5, nonfinite_loss="skip")
+    trainer = quiet_trainer(
+        tmp_path, max_steps=4, limit_val_batches=0, callbacks=[PoisonBatch(step=1)]
+    )
+    with pytest.warns(UserWarning, match="non-finite training loss at global step 1: skipped"):
+        trainer.fit(model, datamodule=ColourDataModule())
+    assert model.skipped_batches == 1 and trainer.global_step == 4
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_finite_guard_error_mode_raises_at_the_next_check_naming_the_term(tmp_path):
+    model = Supervised(backbone="resnet8", num_classes=5, nonfinite_check_interval=3)
+    trainer = quiet_trainer(
+        tmp_path, max_steps=6, limit_val_batches=0, callbacks=[PoisonBatch(step=1)]
+    )
+    with pytest.raises(NonFiniteLossError, match=r"train/loss at global step 1 \(epoch 0\)"):
+        trainer.fit(model, datamodule=ColourDataModule())
+    assert trainer.global_step == 2  # checked before the 3rd optimiser step

@@ -1,0 +1,122 @@
+"""Training samples that are a function of (seed, epoch, index): exact resume with any workers.
+
+With PyTorch's defaults, the augmentation of a sample depends on which worker drew it and
+on everything that worker drew before; persistent workers carry their random streams from
+epoch to epoch, so a run resumed from a checkpoint draws other crops than the one it
+continues, and a mid-epoch resume replays the epoch's first batches. Here the shuffle is a
+function of (seed, epoch), as in ``DistributedSampler``, and every sample carries its own
+augmentation seed, a function of (seed, epoch, index), so the data a step sees does not
+depend on the number of workers, on their persistence or on an interruption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+_MIX = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: spreads nearby integers apart
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for sample ``index`` in ``epoch`` (splitmix64 of the three)."""
+    value = (seed * _MIX + epoch) * _MIX + index
+    value &= (1 << 64) - 1
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & ((1 << 64) - 1)
+    return (value ^ (value >> 31)) >> 1
+
+
+@contextlib.contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """torch (CPU), Python and NumPy random generators seeded with ``seed``, restored after."""
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
+
+
+class SeededSampler(DistributedSampler):
+    """``DistributedSampler`` (one replica too) yielding ``(augmentation seed, index)`` pairs.
+
+    The order is ``DistributedSampler``'s shuffle of (``seed``, epoch). ``position()``, asked
+    when iteration starts, gives the epoch and how many of its samples were already trained
+    on (non-zero when a fit resumes from a checkpoint written mid-epoch, whose epoch then
+    continues instead of replaying its first batches); without it, the epoch is the one
+    ``set_epoch`` set. (Lightning calls ``set_epoch`` too, but a resumed fit with worker
+    processes starts iterating before that call.) As a ``DistributedSampler`` it stays in
+    place under DDP.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        num_replicas: int,
+        rank: int,
+        seed: int,
+        position: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.position = position
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        skip = 0
+        if self.position is not None:
+            epoch, skip = self.position()
+            self.set_epoch(epoch)
+        for index in list(super().__iter__())[skip:]:
+            yield sample_seed(self.seed, self.epoch, index), index
+
+
+class LazyDataLoader(DataLoader):
+    """A ``DataLoader`` whose iteration starts at the first ``next()``, not at ``iter()``.
+
+    Lightning creates the training iterator when it first sizes the data (for the lr
+    schedule's step count), before a resumed fit has restored its loop state; worker processes
+    would draw that epoch's first indices then, with the wrong epoch. Deferring the start
+    lets ``SeededSampler`` read the restored position.
+    """
+
+    def __iter__(self) -> Iterator:
+        return _Deferred(super().__iter__)
+
+
+class _Deferred:
+    def __init__(self, start: Callable[[], Iterator]) -> None:
+        self._start, self._iterator = start, None
+
+    def __iter__(self) -> _Deferred:
+        return self
+
+    def __next__(self):
+        if self._iterator is None:
+            self._iterator = self._start()
+        return next(self._iterator)
+
+
+def fit_position(trainer) -> tuple[int, int]:
+    """(epoch, batches already trained in it) of a fit, read when the epoch's first batch is
+    drawn (for a resumed fit: from its restored loop state)."""
+    epochs = trainer.fit_loop.epoch_progress.current
+    batches = trainer.fit_loop.epoch_loop.batch_progress.current
+    mid_epoch = epochs.started > epochs.processed
+    return epochs.processed, batches.completed if mid_epoch else 0
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: SIGINT and SIGTERM (sent to a whole process group by
+    Ctrl-C or a scheduler) are left to the main process, which stops after the current step
+    and writes a checkpoint; a worker killed first would fail the run without one."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
