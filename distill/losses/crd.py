@@ -11,6 +11,7 @@ import math
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -36,9 +37,19 @@ def nce_loss(scores: Tensor, num_rows: int) -> Tensor:
     return -(log_positive + log_negatives).mean()
 
 
-def sample_uniform(indices: Tensor, num_negatives: int, num_rows: int) -> Tensor:
-    """``[B, 1 + K]`` memory rows: each anchor's own row, then ``K`` uniform draws of all rows."""
-    negatives = torch.randint(num_rows, (len(indices), num_negatives), device=indices.device)
+def sample_uniform(
+    indices: Tensor, num_negatives: int, num_rows: int, offset: int = 0, total: int | None = None
+) -> Tensor:
+    """``[B, 1 + K]`` memory rows: each anchor's own row, then ``K`` uniform draws of all rows.
+
+    Under DDP the draw is made for the ``total`` anchors of the global batch and this rank
+    keeps its ``B`` rows from ``offset`` on: every rank draws from the same random stream, so
+    the ranks get different negatives, exactly those one process would draw for the batch.
+    """
+    shape = (total or len(indices), num_negatives)
+    negatives = torch.randint(num_rows, shape, device=indices.device)[
+        offset : offset + len(indices)
+    ]
     return torch.cat([indices.unsqueeze(1), negatives], dim=1)
 
 
@@ -49,17 +60,20 @@ def sample_other_class(
     order: Tensor,
     starts: Tensor,
     counts: Tensor,
+    offset: int = 0,
+    total: int | None = None,
 ) -> Tensor:
     """``[B, 1 + K]`` rows: the anchor's own, then ``K`` uniform draws among other classes' rows.
 
     Vectorised on the device: with the rows sorted by class (``order``; class ``c`` occupies
     ``starts[c] : starts[c] + counts[c]``), a uniform draw over the ``N - counts[c]``
     positions outside the anchor's class range is shifted past that range and mapped
-    through ``order``.
+    through ``order``. ``offset`` and ``total`` as in ``sample_uniform``.
     """
     anchor_start, anchor_count = starts[labels].unsqueeze(1), counts[labels].unsqueeze(1)
     outside = len(order) - anchor_count  # [B, 1]
-    uniform = torch.rand(len(indices), num_negatives, device=indices.device)
+    uniform = torch.rand(total or len(indices), num_negatives, device=indices.device)
+    uniform = uniform[offset : offset + len(indices)]
     position = (uniform * outside).long().clamp_max(outside - 1)
     position = position + (position >= anchor_start).long() * anchor_count
     return torch.cat([indices.unsqueeze(1), order[position]], dim=1)
@@ -133,24 +147,34 @@ class CRDLoss(nn.Module):
         z_teacher = F.normalize(self.embed_teacher(teacher_features), dim=1)
         return z_student, z_teacher
 
-    def sample(self, indices: Tensor) -> Tensor:
-        """``[B, 1 + K]`` bank rows: positive first, then the negatives."""
+    def sample(self, indices: Tensor, offset: int = 0, total: int | None = None) -> Tensor:
+        """``[B, 1 + K]`` bank rows: positive first, then the negatives (see ``sample_uniform``
+        for ``offset`` and ``total``, this rank's place in the global batch)."""
         if self.sampler == "uniform":
-            return sample_uniform(indices, self.num_negatives, len(self.student_memory))
+            rows = len(self.student_memory)
+            return sample_uniform(indices, self.num_negatives, rows, offset, total)
         return sample_other_class(
-            indices, self.labels[indices], self.num_negatives, self.order, self.starts, self.counts
-        )
+            indices, self.labels[indices], self.num_negatives, self.order, self.starts,
+            self.counts, offset, total,
+        )  # fmt: skip
 
     @float32
     def forward(
-        self, z_student: Tensor, z_teacher: Tensor, indices: Tensor
+        self,
+        z_student: Tensor,
+        z_teacher: Tensor,
+        indices: Tensor,
+        offset: int = 0,
+        total: int | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Losses of the student-anchor and teacher-anchor directions (scalars).
 
         Scores, ``Z`` and the losses are computed in float32 with autocast off: in bf16,
-        ``exp(zᵀm/τ)`` with ``τ = 0.07`` is off by several percent.
+        ``exp(zᵀm/τ)`` with ``τ = 0.07`` is off by several percent. ``offset`` and ``total``
+        place this rank's anchors in the global batch (``sample``). Under DDP ``Z`` is the
+        mean over the whole first global batch (all-reduced), so every rank holds the same.
         """
-        rows = self.sample(indices)
+        rows = self.sample(indices, offset, total)
         num_rows = len(self.student_memory)
         # Scoring every bank row with one matmul, then picking the sampled ones, avoids the
         # reference's [B, 1 + K, dim] gather of rows (537 MB at B = 64, K = 16384).
@@ -160,9 +184,11 @@ class CRDLoss(nn.Module):
         exp_teacher = torch.exp(teacher_logits / self.temperature)
         if torch.isnan(self.normalizers).any():
             with torch.no_grad():
-                self.normalizers.copy_(
-                    torch.stack([exp_student.mean(), exp_teacher.mean()]) * num_rows
-                )
+                count = torch.tensor(float(exp_student.numel()), device=exp_student.device)
+                sums = torch.stack([exp_student.sum(), exp_teacher.sum(), count])
+                if dist.is_available() and dist.is_initialized():
+                    dist.all_reduce(sums)
+                self.normalizers.copy_(sums[:2] / sums[2] * num_rows)
         student_loss = nce_loss(exp_student / self.normalizers[0], num_rows)
         teacher_loss = nce_loss(exp_teacher / self.normalizers[1], num_rows)
         return student_loss, teacher_loss

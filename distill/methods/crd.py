@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -101,7 +102,9 @@ class CRD(TeacherStudent):
         images, targets, indices = batch
         student_emb, logits, teacher_emb, teacher_logits = self.student_and_teacher(images)
         z_student, z_teacher = self.crd.embed(student_emb, teacher_emb)
-        student_nce, teacher_nce = self.crd(z_student, z_teacher, indices)
+        student_nce, teacher_nce = self.crd(
+            z_student, z_teacher, indices, *self.batch_place(indices)
+        )
         terms = {
             "ce": F.cross_entropy(logits, targets),
             "crd_student": student_nce,
@@ -115,6 +118,13 @@ class CRD(TeacherStudent):
         self.log_terms({"loss": loss, **terms})
         self._pending_update = (z_student.detach(), z_teacher.detach(), indices)
         return loss
+
+    def batch_place(self, indices: Tensor) -> tuple[int, int]:
+        """This rank's offset in the global batch and the global batch size (DDP)."""
+        if self.trainer.world_size <= 1:
+            return 0, len(indices)
+        sizes = self.all_gather(torch.tensor(len(indices), device=self.device)).flatten()
+        return int(sizes[: self.trainer.global_rank].sum()), int(sizes.sum())
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # Every micro-batch writes its own rows (banks are per sample, not per step).

@@ -261,6 +261,11 @@ class ReKD(Method):
         ready = self.global_step >= self.prototype_init_step and self.teacher.queue.is_full
         if ready and not bool(self.prototypes.initialized):
             self.prototypes.init_from(self.teacher.queue.keys)
+            # k-means on equal queues gives equal banks only up to floating-point ties:
+            # rank 0's bank is the one every rank keeps.
+            if self.trainer.world_size > 1:
+                bank = self.trainer.strategy.broadcast(self.prototypes.prototypes, src=0)
+                self.prototypes.prototypes.copy_(bank)
         self._pending = None
 
     def validation_step(self, batch, batch_idx: int) -> None:

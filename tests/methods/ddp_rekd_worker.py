@@ -4,7 +4,9 @@ Usage: python ddp_rekd_worker.py OUT_DIR. Trains four steps of ReKD on the colou
 (4 per rank, queues of 16 keys: full after step 2, when the prototype bank is initialised,
 then updated at steps 3 and 4) and saves the state to rank{r}.pt. DDP's own buffer
 broadcast is turned off, so equal state on the ranks can only come from ReKD gathering
-every rank's keys and embeddings.
+every rank's keys and embeddings and broadcasting rank 0's prototypes. Each rank seeds its
+k-means differently, as a stand-in for floating-point differences between devices that
+would make their k-means diverge.
 """
 
 import os
@@ -38,6 +40,7 @@ def main(out_dir: str) -> None:
         queue_size=16, num_prototypes=3, threshold=0.0,
         optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
     )  # fmt: skip
+    model.prototypes.seed = 1 + int(os.environ.get("LOCAL_RANK", "0"))
     last = LastLocalBatch()
     trainer = L.Trainer(
         accelerator="cpu", devices=world, strategy=DDPStrategy(broadcast_buffers=False),
