@@ -39,7 +39,23 @@ class MomentumMemoryBank(nn.Module):
     def update(self, indices: Tensor, embeddings: Tensor) -> None:
         """Moves rows ``indices`` ``[B]`` towards ``embeddings`` ``[B, dim]`` and renormalises.
 
-        A repeated index (the same sample twice in a gathered batch) keeps its last value.
+        A repeated index (the same sample twice in a gathered batch, e.g. a DistributedSampler
+        padding a rank's share) takes its last occurrence only: an index write with repeats
+        leaves an unspecified one on CUDA, which would let devices disagree.
         """
+        keep = last_occurrences(indices)
+        indices, embeddings = indices[keep], embeddings[keep]
         mixed = self.momentum * self.rows[indices] + (1 - self.momentum) * embeddings.float()
         self.rows[indices] = F.normalize(mixed, dim=1).to(self.rows.dtype)
+
+
+def last_occurrences(indices: Tensor) -> Tensor:
+    """``[B]`` bool: ``True`` at the last occurrence of each value of ``indices`` ``[B]``."""
+    _, group = torch.unique(indices, return_inverse=True)
+    positions = torch.arange(len(indices), device=indices.device)
+    last = torch.zeros(int(group.max()) + 1 if len(group) else 0, dtype=torch.long,
+                       device=indices.device)  # fmt: skip
+    last = last.scatter_reduce(0, group, positions, reduce="amax", include_self=False)
+    keep = torch.zeros(len(indices), dtype=torch.bool, device=indices.device)
+    keep[last] = True
+    return keep

@@ -14,11 +14,13 @@ def _extract_state_dict(obj: object) -> dict[str, torch.Tensor]:
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise ConfigError("expected a Lightning checkpoint or a state dict")
-    return state
+    # A torch.compile'd module saves its weights under "_orig_mod." (at any depth).
+    return {key.replace("_orig_mod.", ""): value for key, value in state.items()}
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """The state dict of a Lightning checkpoint, or the file's own state dict.
+    """The state dict of a Lightning checkpoint, or the file's own state dict, with the
+    ``_orig_mod.`` prefixes of ``torch.compile``d modules stripped.
 
     Raises:
         ConfigError: The file is missing, unreadable or holds neither.

@@ -4,7 +4,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from tests_support import quiet_trainer, resumable_fit
+from tests_support import ColourDataModule, quiet_trainer, resumable_fit
 
 from distill.data import DigitsDataModule
 from distill.errors import ConfigError
@@ -99,3 +99,24 @@ def test_resume_from_checkpoint_equals_uninterrupted_fit(teacher_checkpoint, tmp
     assert trainer.global_step == 12
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, msg=name)
+
+
+def test_a_last_batch_of_one_trains_and_moves_its_bank_row(tmp_path):
+    path = tmp_path / "teacher5.ckpt"
+    torch.save({"state_dict": Supervised(backbone="resnet14", num_classes=5).state_dict()}, path)
+    model = make(str(path), num_classes=5)  # 60 images in batches of 59: the second has one
+    rows = []
+
+    class Before(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if len(batch[2]) == 1:
+                rows.append((int(batch[2]), pl_module.crd.student_memory.rows.clone()))
+
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0, callbacks=[Before()])
+    trainer.fit(model, datamodule=ColourDataModule(batch_size=59, drop_last=False))
+    ((index, before),) = rows
+    assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
+    after = model.crd.student_memory.rows
+    assert not torch.equal(after[index], before[index])
+    others = torch.arange(len(after)) != index
+    assert torch.equal(after[others], before[others])

@@ -298,3 +298,12 @@ def test_trainer_gradient_clip_val_clips_each_student_tensor(tmp_path):
         assert max(step) <= 1e-3 * (1 + 1e-4)
         # Total-norm clipping would leave the joint norm at the limit; here it is far above.
         assert sum(n**2 for n in step) ** 0.5 > 3e-3
+
+
+def test_a_last_batch_of_one_trains_and_moves_the_center(tmp_path):
+    model = make(head_batch_norm=True)  # 60 images in batches of 59: the second holds one
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=colour_data(batch_size=59, drop_last=False))
+    assert trainer.global_step == 2
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert torch.isfinite(model.dino_loss.center).all() and model.dino_loss.center.abs().sum() > 0

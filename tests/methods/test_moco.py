@@ -110,3 +110,13 @@ def test_resume_from_checkpoint_equals_uninterrupted_fit(tmp_path):
     assert int(straight.student.queue.pointer) == 80 % 30
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, msg=name, rtol=0, atol=0)
+
+
+def test_a_last_batch_of_one_trains_and_is_queued(tmp_path):
+    model = make(queue_size=64)  # 60 images in batches of 59: the second batch holds one
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=ColourDataModule(batch_size=59, drop_last=False,
+                                                   views=TwoViews(blur_prob=0.0)))  # fmt: skip
+    assert trainer.global_step == 2 and int(model.student.queue.pointer) == 60
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())

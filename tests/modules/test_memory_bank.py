@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from distill.modules.memory_bank import MomentumMemoryBank
+from distill.modules.memory_bank import MomentumMemoryBank, last_occurrences
 
 
 def test_initial_rows_are_uniform_in_the_reference_range():
@@ -36,3 +36,16 @@ def test_rows_are_a_checkpointed_buffer():
     other = MomentumMemoryBank(5, 3)
     other.load_state_dict(bank.state_dict())
     assert torch.equal(other(torch.arange(5)), bank.rows)
+
+
+def test_repeated_index_takes_its_last_occurrence_only():
+    torch.manual_seed(0)
+    bank = MomentumMemoryBank(6, 4, momentum=0.5)
+    before = bank.rows.clone().double()
+    indices = torch.tensor([3, 1, 3, 5, 3])
+    new = torch.nn.functional.normalize(torch.randn(5, 4), dim=1)
+    bank.update(indices, new)
+    for index, row in ((3, 4), (1, 1), (5, 3)):  # row 4 is index 3's last occurrence
+        mixed = 0.5 * before[index] + 0.5 * new[row].double()
+        torch.testing.assert_close(bank.rows[index].double(), mixed / mixed.norm())
+    assert torch.equal(last_occurrences(indices), torch.tensor([False, True, False, True, True]))

@@ -47,3 +47,19 @@ def test_classifier_returns_embedding_and_logits():
     features, logits = model.forward_features(x)
     assert features.shape == (3, model.backbone.num_features) and logits.shape == (3, 5)
     torch.testing.assert_close(logits, model.head(model.backbone(x)))
+
+
+def test_compiled_module_prefixes_are_stripped(tmp_path):
+    source = Supervised(backbone="resnet8", num_classes=10)
+    # What a checkpoint of torch.compile(model.student) holds: keys under "_orig_mod.".
+    compiled = {
+        k.replace("student.", "student._orig_mod.", 1): v for k, v in source.state_dict().items()
+    }
+    path = tmp_path / "compiled.ckpt"
+    torch.save({"state_dict": compiled}, path)
+    target = load_weights(Classifier(create_backbone("resnet8"), 10), str(path))
+    for name, value in source.student.state_dict().items():
+        assert torch.equal(target.state_dict()[name], value)
+    plain = tmp_path / "compiled.pt"
+    torch.save({f"_orig_mod.{k}": v for k, v in source.student.state_dict().items()}, plain)
+    load_weights(Classifier(create_backbone("resnet8"), 10), str(plain))
