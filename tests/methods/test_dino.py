@@ -307,3 +307,15 @@ def test_a_last_batch_of_one_trains_and_moves_the_center(tmp_path):
     assert trainer.global_step == 2
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert torch.isfinite(model.dino_loss.center).all() and model.dino_loss.center.abs().sum() > 0
+
+
+def test_fit_on_single_view_data_is_refused_before_any_step(tmp_path):
+    from distill.data import SupervisedViews
+
+    model = make()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    with pytest.raises(ConfigError, match="DINO needs multi-crop batches.*MultiCropViews"):
+        trainer.fit(model, datamodule=ColourDataModule(views=SupervisedViews()))
+    assert trainer.global_step == 0
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
