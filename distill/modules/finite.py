@@ -49,7 +49,8 @@ def nonfinite_error(
     after = f" after step {first}" if first is not None else ""
     return NonFiniteLossError(
         f"training loss is not finite: {where or 'on another rank'} (epoch {epoch}). The run "
-        f"stops without writing a checkpoint{after}, so last.ckpt holds the last good state. "
+        f"stops without writing a checkpoint{after}, so the last.ckpt written before (if "
+        "any) is the last good state. "
         f"Likely causes: a learning rate too high (lr now {lr}), an overflow at "
         f"trainer.precision={precision}, or a bad input batch. To skip such batches instead, "
         "set model.init_args.nonfinite_loss: skip"
