@@ -62,9 +62,7 @@ class Row:
         ]
 
 
-SUPERVISED_4EP = (
-    "runs/cifar10-5k/supervised_resnet20_4ep_seed0/lightning_logs/version_0/checkpoints/last.ckpt"
-)
+SUPERVISED_4EP = "runs/cifar10-5k/supervised_resnet20_4ep_seed0"  # the run's last.ckpt
 ROWS = [
     # Stage 1: the MoCo-v2 baseline (with and without shuffle-BN) and the offline teachers.
     Row("moco", "MoCo-v2 resnet8", "configs/moco/cifar10-5k_resnet8.yaml", stage=1),

@@ -18,8 +18,9 @@ class TeacherStudent(Method):
     Args:
         student_backbone: Backbone name of the student.
         teacher_backbone: Backbone name of the teacher.
-        teacher_checkpoint: A ``Supervised`` checkpoint (its ``student.*`` weights) or a
-            state dict of the teacher classifier.
+        teacher_checkpoint: A ``Supervised`` run directory (its ``trainer.default_root_dir``:
+            the newest version's ``last.ckpt`` is loaded), a ``Supervised`` checkpoint file
+            (its ``student.*`` weights) or a state dict of the teacher classifier.
         num_classes: Number of classes; must match the DataModule.
         ce_weight: Weight γ of the student's cross-entropy on labels.
         student_backbone_kwargs: Extra student backbone arguments.

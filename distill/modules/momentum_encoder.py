@@ -19,7 +19,12 @@ from distill.modules.shuffle_bn import (
     resolve_shuffle_bn,
     shuffled_forward,
 )
-from distill.modules.weights import load_state_strict, read_state_dict, sub_state_dict
+from distill.modules.weights import (
+    load_state_strict,
+    read_state_dict,
+    resolve_checkpoint,
+    sub_state_dict,
+)
 
 
 def two_views(batch) -> tuple[list[Tensor], Tensor]:
@@ -147,6 +152,9 @@ class MomentumEncoder(nn.Module):
     def load_pretrained(self, path: str) -> str:
         """Loads encoder weights from a checkpoint; returns what was loaded, for the log.
 
+        ``path`` is a checkpoint or state-dict file, or a run directory (its newest
+        ``last.ckpt``; see ``distill.modules.weights.resolve_checkpoint``).
+
         Looked for in this order: the ``teacher.`` momentum encoder of a ReKD checkpoint,
         the ``student.`` momentum encoder of a MoCo checkpoint, the ``student.backbone`` of
         any other method's checkpoint (e.g. Supervised), then a plain state dict of a
@@ -159,6 +167,7 @@ class MomentumEncoder(nn.Module):
             ConfigError: Unreadable file, or weights that do not fit this encoder (the
                 message names the file, what it was read as and the keys that differ).
         """
+        path = resolve_checkpoint(path)
         state, source = encoder_state(read_state_dict(path))
         where = f"{path!r} (read as {source})"
         load_state_strict(self.backbone, sub_state_dict(state, "backbone."), where)

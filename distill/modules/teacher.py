@@ -7,7 +7,7 @@ from torch import nn
 from distill.backbones import create_backbone
 from distill.errors import ConfigError
 from distill.modules.heads import Classifier
-from distill.modules.weights import load_weights
+from distill.modules.weights import load_weights, resolve_checkpoint
 
 
 class FrozenTeacher(Classifier):
@@ -20,7 +20,9 @@ class FrozenTeacher(Classifier):
     Args:
         backbone: Backbone name of the teacher.
         num_classes: Classes of its head.
-        checkpoint: A ``Supervised`` checkpoint or a plain state dict of the classifier.
+        checkpoint: A ``Supervised`` run directory (its ``trainer.default_root_dir``; the
+            newest ``last.ckpt`` is loaded, see ``resolve_checkpoint``), checkpoint file, or
+            a plain state dict of the classifier.
         backbone_kwargs: Extra backbone arguments.
     """
 
@@ -34,11 +36,11 @@ class FrozenTeacher(Classifier):
         super().__init__(create_backbone(backbone, **(backbone_kwargs or {})), num_classes)
         if not checkpoint:
             raise ConfigError(
-                "model.init_args.teacher_checkpoint is required: the path of a trained "
-                "teacher, e.g. the best checkpoint of a Supervised run "
-                "(runs/.../checkpoints/epoch=...ckpt) or a state dict of the classifier."
+                "model.init_args.teacher_checkpoint is required: a trained teacher, e.g. the "
+                "run directory of a Supervised run (runs/cifar10-5k/supervised_resnet20, its "
+                "newest last.ckpt), a checkpoint file or a state dict of the classifier."
             )
-        load_weights(self, checkpoint)
+        load_weights(self, resolve_checkpoint(checkpoint))
         self.requires_grad_(False)
         self.eval()
 

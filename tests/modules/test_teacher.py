@@ -41,3 +41,14 @@ def test_missing_checkpoint_setting_names_the_key():
 def test_wrong_teacher_architecture_lists_keys(checkpoint):
     with pytest.raises(ConfigError, match="missing keys"):
         FrozenTeacher("resnet14", 10, checkpoint)
+
+
+def test_teacher_loads_the_newest_version_of_a_run_directory(write_run):
+    sources = []
+    for version, seed in ((0, 0), (1, 1)):
+        torch.manual_seed(seed)
+        sources.append(Supervised(backbone="resnet8", num_classes=10))
+        newest = write_run(version, state_dict=sources[-1].state_dict())
+    teacher = FrozenTeacher("resnet8", 10, str(newest.parents[3]))
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(teacher(x), sources[1].student.eval()(x))

@@ -1,3 +1,7 @@
+import logging
+import os
+import warnings
+
 import pytest
 import torch
 
@@ -5,6 +9,7 @@ from distill.backbones import create_backbone
 from distill.errors import ConfigError
 from distill.methods import Supervised
 from distill.modules import Classifier, load_weights
+from distill.modules.weights import resolve_checkpoint
 
 
 def test_loads_student_weights_from_a_lightning_checkpoint(tmp_path):
@@ -63,3 +68,71 @@ def test_compiled_module_prefixes_are_stripped(tmp_path):
     plain = tmp_path / "compiled.pt"
     torch.save({f"_orig_mod.{k}": v for k, v in source.student.state_dict().items()}, plain)
     load_weights(Classifier(create_backbone("resnet8"), 10), str(plain))
+
+
+@pytest.fixture
+def lightning_log(caplog, monkeypatch):
+    """Lightning's rank-zero messages in ``caplog`` (its logger does not propagate)."""
+    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
+    caplog.set_level(logging.INFO)
+    return caplog
+
+
+def test_run_directory_resolves_to_the_highest_version_with_a_last_ckpt(write_run):
+    write_run(2)
+    newest = write_run(10)
+    (newest.parents[2] / "version_11").mkdir()  # a later `validate`: no checkpoints
+    older = newest.parents[2] / "version_2" / "checkpoints" / "last.ckpt"
+    os.utime(older, (newest.stat().st_mtime + 60,) * 2)  # file times must not matter
+    assert resolve_checkpoint(str(newest.parents[3])) == str(newest)
+
+
+def test_a_file_path_is_used_as_given(write_run):
+    path = str(write_run(0))
+    assert resolve_checkpoint(path) == path
+
+
+def test_resolution_logs_the_file_epoch_step_and_best_metric(write_run, lightning_log):
+    path = write_run(1, epoch=39)
+    resolve_checkpoint(str(path.parents[3]))
+    assert (
+        f"Loading weights from {path}: epoch=39, global step 400, "
+        "best val/top1 0.6250 (epoch=2-step=30.ckpt)"
+    ) in lightning_log.text
+
+
+def test_unfinished_run_warns_with_its_epochs(write_run):
+    path = write_run(0, epoch=11, max_epochs=40)
+    with pytest.warns(UserWarning, match="unfinished run: 12 of 40 epochs done, global step 120"):
+        resolve_checkpoint(str(path.parents[3]))
+
+
+def test_interrupted_last_checkpoint_warns(write_run):
+    interrupted = {"signal": "SIGTERM", "epoch": 39, "batch": 3, "global_step": 390}
+    path = write_run(0, epoch=39, max_epochs=40, interrupted=interrupted)
+    with pytest.warns(UserWarning, match="interrupted by SIGTERM, 39 of 40 epochs done"):
+        resolve_checkpoint(str(path.parents[3]))
+
+
+def test_finished_run_does_not_warn(write_run):
+    path = write_run(0, epoch=39, max_epochs=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve_checkpoint(str(path.parents[3]))
+
+
+def test_directory_without_last_ckpt_names_what_was_searched(tmp_path):
+    run = tmp_path / "run"
+    (run / "lightning_logs" / "version_0").mkdir(parents=True)
+    searched = os.path.join(str(run), "lightning_logs", "version_*", "checkpoints", "last.ckpt")
+    with pytest.raises(ConfigError) as error:
+        resolve_checkpoint(str(run))
+    assert f"run directory {str(run)!r} has no last.ckpt" in str(error.value)
+    assert f"searched {searched} (found version_0)" in str(error.value)
+    with pytest.raises(ConfigError, match="found no version_\\* folder"):
+        resolve_checkpoint(str(tmp_path))
+
+
+def test_missing_path_names_both_accepted_forms(tmp_path):
+    with pytest.raises(ConfigError, match="'.*nowhere' does not exist: give a run directory"):
+        resolve_checkpoint(str(tmp_path / "nowhere"))

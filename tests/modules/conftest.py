@@ -1,0 +1,43 @@
+"""Fake training runs: ``<run>/lightning_logs/version_N/`` with a tiny ``last.ckpt``."""
+
+import pytest
+import torch
+import yaml
+
+
+@pytest.fixture
+def write_run(tmp_path):
+    """``write_run(version, epoch=..., ...)`` writes one version of ``tmp_path/run``.
+
+    The checkpoint has what Lightning and ``MethodCheckpoint`` save (``epoch``,
+    ``global_step``, the callback's monitor, best score and ``interrupted``); the version's
+    ``config.yaml`` has ``trainer.max_epochs``.
+    """
+
+    def write(
+        version: int,
+        epoch: int = 39,
+        max_epochs: int = 40,
+        state_dict: dict | None = None,
+        best_score: float | None = 0.625,
+        interrupted: dict | None = None,
+    ):
+        folder = tmp_path / "run" / "lightning_logs" / f"version_{version}"
+        (folder / "checkpoints").mkdir(parents=True)
+        callback = {
+            "monitor": "val/top1",
+            "best_model_score": None if best_score is None else torch.tensor(best_score),
+            "best_model_path": str(folder / "checkpoints" / "epoch=2-step=30.ckpt"),
+            "interrupted": interrupted,
+        }
+        checkpoint = {
+            "state_dict": state_dict or {},
+            "epoch": epoch,
+            "global_step": 10 * (epoch + 1),
+            "callbacks": {"MethodCheckpoint{'monitor': 'val/top1', 'mode': 'max'}": callback},
+        }
+        torch.save(checkpoint, folder / "checkpoints" / "last.ckpt")
+        (folder / "config.yaml").write_text(yaml.safe_dump({"trainer": {"max_epochs": max_epochs}}))
+        return folder / "checkpoints" / "last.ckpt"
+
+    return write
