@@ -37,10 +37,12 @@ def measure(ref: str, extras: str) -> dict:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         spec = f".[{extras}]" if extras else "."
         start = time.perf_counter()
-        subprocess.run(
+        install = subprocess.run(
             [str(venv / "bin" / "pip"), "install", "-q", "-e", spec],
-            cwd=source, check=True, stdout=subprocess.DEVNULL,
+            cwd=source, capture_output=True, text=True,
         )  # fmt: skip
+        if install.returncode:
+            raise SystemExit(f"pip install of {ref} failed:\n{install.stderr[-3000:]}")
         seconds = time.perf_counter() - start
         listed = subprocess.run(
             [str(venv / "bin" / "pip"), "list", "--format=freeze"],
