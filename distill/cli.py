@@ -6,6 +6,10 @@
 LightningCLI. Every run also gets a checkpoint callback (last and best by the method's main
 metric; ``--checkpoint.*``), a learning-rate monitor (``--lr_monitor.*``) and a grid of the
 first batch's views in TensorBoard (``--view_grid.num_images 0`` turns it off).
+
+Two subcommands of distill's own take the same config: ``distill eval`` (k-NN and linear
+probe of a checkpoint's backbone) and ``distill export`` (the backbone as a state dict
+with a JSON sidecar); see ``distill.commands``.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import docstring_parser
 import torch
-from jsonargparse import Namespace, namespace_to_dict
+from jsonargparse import Namespace, class_from_function, namespace_to_dict
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
@@ -24,13 +29,47 @@ import distill.data  # noqa: F401  (registers the DataModules for short class na
 import distill.eval  # noqa: F401  (registers the callbacks for short class names)
 import distill.methods  # noqa: F401  (registers the methods for short class names)
 from distill.callbacks import MethodCheckpoint, ViewGrid
+from distill.commands import COMMANDS, add_command_arguments, provided_arguments
 from distill.data.base import ViewDataModule
 from distill.errors import ConfigError, NonFiniteLossError
 from distill.methods.base import Method
 
 
 class DistillCLI(LightningCLI):
-    """LightningCLI with distill's default callbacks."""
+    """LightningCLI with distill's default callbacks and its ``eval`` and ``export`` commands."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), **{name: set() for name in COMMANDS}}
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
+        """Lightning's, plus a parser per distill command (from its function, not the trainer)."""
+        trainer_class = self.trainer_class
+        if not isinstance(trainer_class, type):
+            trainer_class = class_from_function(trainer_class)
+        self._subcommand_parsers: dict[str, LightningArgumentParser] = {}
+        subcommands = parser.add_subcommands()
+        for name in self.subcommands():
+            function = COMMANDS.get(name) or getattr(trainer_class, name)
+            description = docstring_parser.parse(function.__doc__ or "").short_description
+            subparser_kwargs = {"description": description, **kwargs.get(name, {})}
+            if name in COMMANDS:
+                subparser = self.init_parser(**subparser_kwargs)
+                self._add_arguments(subparser)
+                added = add_command_arguments(subparser, function)
+                self._subcommand_method_arguments[name] = added
+            else:
+                subparser = self._prepare_subcommand_parser(trainer_class, name, **subparser_kwargs)
+            self._subcommand_parsers[name] = subparser
+            subcommands.add_subcommand(name, subparser, help=description)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        command = COMMANDS.get(subcommand)
+        if command is None:
+            return super()._run_subcommand(subcommand)
+        options = self._prepare_subcommand_kwargs(subcommand)  # with model and datamodule
+        config = namespace_to_dict(self.config[subcommand])
+        command(**provided_arguments(command, trainer=self.trainer, config=config), **options)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(MethodCheckpoint, "checkpoint")
@@ -73,12 +112,25 @@ class DistillCLI(LightningCLI):
             )
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]):
+        if self.subcommand in COMMANDS:
+            # eval and export only read a checkpoint: no logs, files or per-epoch callbacks.
+            config = {**config, **COMMAND_TRAINER, "callbacks": []}
+            callbacks, self.save_config_callback = [], None
         # The default callbacks step aside where the trainer forbids them.
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if config.get("logger") is False:
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         return super()._instantiate_trainer(config, callbacks)
+
+
+#: Trainer settings under ``eval`` and ``export``, over the config's.
+COMMAND_TRAINER = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
 
 
 def _find_user_error(error: BaseException | None) -> Exception | None:

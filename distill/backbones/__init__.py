@@ -7,8 +7,11 @@ Heads are separate modules (``distill.modules``).
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
+from pathlib import Path
 
+import torch
 from torch import nn
 
 from distill.errors import ConfigError
@@ -55,6 +58,39 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
     return factory(**kwargs)
 
 
+def load_pretrained(path: str) -> nn.Module:
+    """Rebuilds a backbone written by ``distill export`` and loads its weights strictly.
+
+    ``path`` is the state-dict file; its JSON sidecar (the same path with ``.json``) names
+    the backbone and its keyword arguments, and records ``num_features`` and the mean, std
+    and image size of the data it was trained on (normalise inputs with those).
+
+    Returns:
+        The backbone, in eval mode.
+
+    Raises:
+        ConfigError: A missing or unreadable file, or weights that do not fit the backbone.
+    """
+    sidecar = Path(path).with_suffix(".json")
+    for file in (Path(path), sidecar):
+        if not file.is_file():
+            raise ConfigError(f"{file} does not exist (distill export writes both files)")
+    info = json.loads(sidecar.read_text())
+    backbone = create_backbone(info["backbone"], **info.get("kwargs", {}))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ConfigError(f"cannot read weights from {path}: {error}") from error
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as error:
+        raise ConfigError(
+            f"the weights in {path} do not fit backbone {info['backbone']!r} with "
+            f"{info.get('kwargs', {})}: {error}"
+        ) from error
+    return backbone.eval()
+
+
 # Importing the modules registers their backbones.
 from distill.backbones import (  # noqa: E402, F401
     cifar_resnet,
@@ -65,4 +101,4 @@ from distill.backbones import (  # noqa: E402, F401
     wrn,
 )
 
-__all__ = ["available_backbones", "create_backbone", "register_backbone"]
+__all__ = ["available_backbones", "create_backbone", "load_pretrained", "register_backbone"]

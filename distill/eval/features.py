@@ -7,18 +7,25 @@ import contextlib
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torchmetrics import Metric
 
+from distill.errors import ConfigError
 from distill.modules.distributed import gather_rows
 from distill.modules.heads import backbone_features
 
 
 def resolve_submodule(pl_module: L.LightningModule, name: str) -> nn.Module:
-    """The submodule called ``name`` (``student``, ``teacher``, ...) with a clear error."""
+    """The submodule called ``name`` (``student``, ``teacher``, ...).
+
+    Raises:
+        ConfigError: ``pl_module`` has no such submodule (the message lists those it has).
+    """
     module = getattr(pl_module, name, None)
-    if not isinstance(module, nn.Module):
-        available = sorted(n for n, _ in pl_module.named_children())
-        raise ValueError(
-            f"{type(pl_module).__name__} has no submodule {name!r} to evaluate; "
+    if not isinstance(module, nn.Module) or isinstance(module, Metric):
+        children = pl_module.named_children()
+        available = sorted(n for n, m in children if not isinstance(m, Metric))
+        raise ConfigError(
+            f"{type(pl_module).__name__} has no submodule {name!r}; "
             f"available: {', '.join(available)}"
         )
     return module
@@ -65,3 +72,28 @@ def extract_features(
     keep = torch.ones_like(indices, dtype=torch.bool)
     keep[1:] = indices[1:] != indices[:-1]
     return features[keep], labels[keep]
+
+
+class FeatureCache(L.Callback):
+    """Extracts a submodule's backbone features of the un-augmented train and val splits once.
+
+    At the end of the first validation it runs ``extract_features`` on both splits (its own
+    loaders, so one val batch of the trainer's loop is enough) and keeps the result in
+    ``train`` and ``val``, each ``(features [N, D], labels [N])``: what ``distill eval``
+    fits its probes on.
+
+    Args:
+        submodule: Network whose backbone embeds the images (``student``, ``teacher``, ...).
+    """
+
+    def __init__(self, submodule: str = "student") -> None:
+        self.submodule = submodule
+        self.train: tuple[Tensor, Tensor] | None = None
+        self.val: tuple[Tensor, Tensor] | None = None
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.val is not None:
+            return
+        module = resolve_submodule(pl_module, self.submodule)
+        self.train = extract_features(trainer, pl_module, module, "train")
+        self.val = extract_features(trainer, pl_module, module, "val")

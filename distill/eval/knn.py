@@ -8,9 +8,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.functional.classification import multiclass_accuracy
 
 from distill.eval.features import extract_features, resolve_submodule
+from distill.eval.metrics import top_k_accuracies
 
 
 @torch.no_grad()
@@ -57,6 +57,29 @@ def knn_class_scores(
             chunk_scores.scatter_add_(1, labels[:, :k_used], votes[:, :k_used])
             scores[k].append(chunk_scores)
     return {k: torch.cat(parts) for k, parts in scores.items()}
+
+
+def knn_accuracies(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    ks: Sequence[int] = (20,),
+    temperature: float = 0.07,
+    chunk_size: int = 256,
+) -> dict[int, dict[str, float]]:
+    """Top-1 (and top-5 with at least 5 classes) accuracy of the weighted k-NN for each ``k``.
+
+    The arguments are those of ``knn_class_scores`` plus ``test_labels`` ``[M]``.
+
+    Returns:
+        ``{k: {"top1": ..., "top5": ...}}``, fractions in [0, 1].
+    """
+    scores = knn_class_scores(
+        train_features, train_labels, test_features, num_classes, ks, temperature, chunk_size
+    )
+    return {k: top_k_accuracies(scores[k], test_labels, num_classes) for k in ks}
 
 
 class KNNEval(L.Callback):
@@ -109,21 +132,17 @@ class KNNEval(L.Callback):
         module = resolve_submodule(pl_module, self.submodule)
         train_x, train_y = extract_features(trainer, pl_module, module, "train")
         val_x, val_y = extract_features(trainer, pl_module, module, "val")
-        num_classes = trainer.datamodule.num_classes
-        scores = knn_class_scores(
-            train_x, train_y, val_x, num_classes, self.ks, self.temperature, self.chunk_size
-        )
+        accuracies = knn_accuracies(
+            train_x, train_y, val_x, val_y, trainer.datamodule.num_classes,
+            self.ks, self.temperature, self.chunk_size,
+        )  # fmt: skip
         metrics = {}
-        for i, k in enumerate(self.ks):
-            top1 = multiclass_accuracy(scores[k], val_y, num_classes, average="micro", top_k=1)
-            metrics[f"{self.log_prefix}_k{k}_top1"] = float(top1)
-            if i == 0:
-                metrics[f"{self.log_prefix}_top1"] = float(top1)
-                if num_classes >= 5:
-                    top5 = multiclass_accuracy(
-                        scores[k], val_y, num_classes, average="micro", top_k=5
-                    )
-                    metrics[f"{self.log_prefix}_top5"] = float(top5)
+        for k in self.ks:
+            metrics[f"{self.log_prefix}_k{k}_top1"] = accuracies[k]["top1"]
+        headline = accuracies[self.ks[0]]
+        metrics[f"{self.log_prefix}_top1"] = headline["top1"]
+        if "top5" in headline:
+            metrics[f"{self.log_prefix}_top5"] = headline["top5"]
         return metrics
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

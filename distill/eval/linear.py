@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from distill.errors import ConfigError
 from distill.eval.features import eval_mode, extract_features, resolve_submodule
 from distill.modules.distributed import gather_rows
 from distill.modules.heads import backbone_features
@@ -32,31 +34,48 @@ def fit_linear_classifier(
     weight_decay: float = 0.0,
     batch_size: int = 256,
     seed: int = 0,
+    optimizer: Literal["adam", "sgd", "lbfgs"] = "adam",
 ) -> nn.Module:
-    """Trains a linear classifier on fixed features with Adam and a cosine schedule.
+    """Trains a ``linear_classifier`` on fixed features.
+
+    ``adam`` and ``sgd`` (momentum 0.9) take mini-batch steps for ``epochs`` passes under a
+    cosine schedule, the batch norm normalising each batch. ``lbfgs`` minimises the
+    full-batch cross-entropy plus ``weight_decay / 2 · ‖W‖²`` for at most ``epochs``
+    iterations (strong-Wolfe line search), on features standardised once with the training
+    set's mean and variance (set as the batch norm's running statistics).
 
     Args:
         train_features: ``[N, D]`` features.
         train_labels: ``[N]`` labels; negative labels (unlabelled) are skipped.
         num_classes: Number of classes.
-        epochs: Passes over the features.
-        lr: Adam learning rate.
-        weight_decay: Adam weight decay.
-        batch_size: Mini-batch size.
+        epochs: Passes over the features (``lbfgs``: iterations).
+        lr: Learning rate (``lbfgs``: step size, 1 is usual).
+        weight_decay: Weight decay (``lbfgs``: the L2 penalty on the weights).
+        batch_size: Mini-batch size (not used by ``lbfgs``).
         seed: Seed of the initialisation and the shuffling.
+        optimizer: ``adam``, ``sgd`` or ``lbfgs``.
 
     Returns:
         The trained classifier in eval mode.
     """
+    if optimizer not in ("adam", "sgd", "lbfgs"):
+        raise ConfigError(f"linear probe optimizer={optimizer!r}; valid: adam, sgd, lbfgs")
     keep = train_labels >= 0
     features, labels = train_features[keep].float(), train_labels[keep]
-    generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         classifier = linear_classifier(features.shape[1], num_classes).to(features.device)
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer == "lbfgs":
+        _fit_lbfgs(classifier, features, labels, epochs, lr, weight_decay)
+        return classifier.eval()
+    if optimizer == "sgd":
+        parameters = classifier.parameters()
+        step_rule = torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    else:
+        step_rule = torch.optim.Adam(classifier.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * max(1, -(-len(features) // batch_size))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(step_rule, steps)
+    generator = torch.Generator().manual_seed(seed)
     classifier.train()
     for _ in range(epochs):
         order = torch.randperm(len(features), generator=generator).to(features.device)
@@ -64,22 +83,63 @@ def fit_linear_classifier(
             if len(rows) < 2:  # batch norm needs two samples
                 continue
             loss = F.cross_entropy(classifier(features[rows]), labels[rows])
-            optimizer.zero_grad(set_to_none=True)
+            step_rule.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            step_rule.step()
             scheduler.step()
     return classifier.eval()
+
+
+def _fit_lbfgs(
+    classifier: nn.Module,
+    features: Tensor,
+    labels: Tensor,
+    iterations: int,
+    lr: float,
+    weight_decay: float,
+) -> None:
+    """Full-batch L-BFGS on the linear layer of ``linear_classifier``, standardisation fixed."""
+    norm, linear = classifier
+    norm.running_mean.copy_(features.mean(dim=0))
+    norm.running_var.copy_(features.var(dim=0, correction=0))
+    classifier.eval()
+    with torch.no_grad():
+        standardised = norm(features)
+    step_rule = torch.optim.LBFGS(
+        linear.parameters(), lr=lr, max_iter=iterations, history_size=20,
+        line_search_fn="strong_wolfe",
+    )  # fmt: skip
+
+    def closure() -> Tensor:
+        step_rule.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(linear(standardised), labels)
+        loss = loss + weight_decay / 2 * linear.weight.square().sum()
+        loss.backward()
+        return loss
+
+    step_rule.step(closure)
 
 
 class LinearProbe(L.Callback):
     """Online linear probe of a submodule's backbone, with an optional offline fit at the end.
 
-    Online: after every training batch, the backbone embeds the batch's first view in eval
-    mode without gradient, and a linear classifier (its own Adam optimiser) takes one step on
-    it; the backbone is never touched. Logs ``train/linear_loss`` and, after validation,
-    ``{log_prefix}_top1``. Under DDP the features and labels are all-gathered and every
-    rank takes the same step, so the probes stay identical. The probe's weights and
-    optimiser are saved in the checkpoint.
+    Online: after every training batch a linear classifier (its own Adam optimiser) takes
+    one step on the backbone features of the batch's first view; the backbone is never
+    touched. The features are the ones the method's training step computed anyway
+    (``Method.step_features``: detached, batch norm in the step's training mode), so the
+    probe adds no backbone forward, as in lightly and solo-learn; when the module hands
+    none over (a plain LightningModule, a frozen teacher the step does not run), the
+    backbone embeds the view itself in eval mode without gradient. Logs
+    ``train/linear_loss`` and, after validation, ``{log_prefix}_top1``. Under DDP the
+    features and labels are all-gathered and every rank takes the same step, so the probes
+    stay identical. The probe's weights and optimiser are saved in the checkpoint.
+
+    Outside fit (``distill validate``) the probe is the one in the checkpoint (Lightning
+    restores callback states). A probe with nothing trained, neither in this process nor
+    in a checkpoint (validate without ``--ckpt_path``, or a probe the run did not have), is
+    fitted first, as the offline fit below (on the frozen features of the un-augmented
+    training set, ``offline_epochs`` epochs or 100 when 0), and that classifier's val
+    accuracy is logged as ``{log_prefix}_top1``: never the accuracy of an untrained probe.
 
     Offline (``offline_epochs > 0``): when fit ends, a fresh classifier is trained on the
     features of the un-augmented training set and evaluated on val; the result is logged as
@@ -117,6 +177,7 @@ class LinearProbe(L.Callback):
         self.accuracy: MulticlassAccuracy | None = None
         self.offline_top1: float | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._trained = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.classifier is not None:  # a later fit/validate/test keeps the trained probe
@@ -149,17 +210,35 @@ class LinearProbe(L.Callback):
                     state[name] = value.to(device)
 
     def _features(self, pl_module: L.LightningModule, images: Tensor) -> Tensor:
-        self._place(images.device)
+        """The backbone's own eval-mode features of ``images`` ``[B, D]``."""
         module = resolve_submodule(pl_module, self.submodule)
         with eval_mode(module), pl_module.trainer.precision_plugin.forward_context():
             return backbone_features(module, images).float()
+
+    def _step_features(self, pl_module: L.LightningModule, images: Tensor) -> Tensor | None:
+        """The features the training step handed over for ``images``, if it did."""
+        handed = getattr(pl_module, "step_features", None)
+        features = handed.get(self.submodule) if isinstance(handed, dict) else None
+        if features is None or len(features) != len(images):
+            return None
+        return features.float()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        # What an earlier step handed over must not pass for this step's features.
+        handed = getattr(pl_module, "step_features", None)
+        if isinstance(handed, dict):
+            handed.pop(self.submodule, None)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if not self.online:
             return
         views, targets, _ = batch
         images = views[0] if isinstance(views, list | tuple) else views
-        features, targets = gather_rows(pl_module, self._features(pl_module, images), targets)
+        self._place(images.device)
+        features = self._step_features(pl_module, images)
+        if features is None:
+            features = self._features(pl_module, images)
+        features, targets = gather_rows(pl_module, features, targets)
         labelled = targets >= 0
         if labelled.sum() < 2:
             return
@@ -169,14 +248,20 @@ class LinearProbe(L.Callback):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+        self._trained = True
         pl_module.log("train/linear_loss", loss.detach())
+
+    def _fits_at_validation(self, trainer: L.Trainer) -> bool:
+        """Outside fit, with nothing trained or restored: fit a probe before reporting."""
+        return trainer.state.fn != TrainerFn.FITTING and not self._trained
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if not self.online:
+        if not self.online or self._fits_at_validation(trainer):
             return
         images, targets, _ = batch
+        self._place(images.device)
         self.classifier.eval()
         with torch.no_grad():
             self.accuracy.update(self.classifier(self._features(pl_module, images)), targets)
@@ -184,22 +269,36 @@ class LinearProbe(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.online:
             return
+        if self._fits_at_validation(trainer):
+            top1 = self.fit_offline(trainer, pl_module, self.offline_epochs or 100)
+            pl_module.log(f"{self.log_prefix}_top1", top1, prog_bar=True)
+            return
         top1 = self.accuracy.compute()  # syncs across ranks under DDP
         self.accuracy.reset()
         if not trainer.sanity_checking:
             pl_module.log(f"{self.log_prefix}_top1", top1, prog_bar=True)
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.offline_epochs <= 0:
-            return
+    def fit_offline(self, trainer: L.Trainer, pl_module: L.LightningModule, epochs: int) -> float:
+        """Fits a fresh classifier on frozen un-augmented train features; its val top-1.
+
+        Under DDP the features are gathered, so every rank fits the same classifier.
+        """
         module = resolve_submodule(pl_module, self.submodule)
         train_x, train_y = extract_features(trainer, pl_module, module, "train")
         val_x, val_y = extract_features(trainer, pl_module, module, "val")
-        classifier = fit_linear_classifier(
-            train_x, train_y, trainer.datamodule.num_classes, self.offline_epochs, self.offline_lr
-        )
-        with torch.no_grad():
-            self.offline_top1 = float((classifier(val_x).argmax(1) == val_y).float().mean())
+        # Validation runs in inference mode; the fit needs autograd on ordinary tensors.
+        with torch.inference_mode(False), torch.enable_grad():
+            train_x, train_y, val_x = train_x.clone(), train_y.clone(), val_x.clone()
+            classifier = fit_linear_classifier(
+                train_x, train_y, trainer.datamodule.num_classes, epochs, self.offline_lr
+            )
+            with torch.no_grad():
+                return float((classifier(val_x).argmax(1) == val_y).float().mean())
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.offline_epochs <= 0:
+            return
+        self.offline_top1 = self.fit_offline(trainer, pl_module, self.offline_epochs)
         name = f"{self.log_prefix}_offline_top1"
         rank_zero_info(f"{name}: {self.offline_top1:.4f}")
         for logger in trainer.loggers:
@@ -216,6 +315,7 @@ class LinearProbe(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return
+        self._trained = True
         if self.classifier is None:  # restored before setup: apply it then
             self._pending_state = state_dict
             return

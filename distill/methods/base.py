@@ -9,9 +9,10 @@ and drop the no-weight-decay parameter group.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import ClassVar, Literal
 
 import lightning as L
@@ -168,6 +169,8 @@ class Method(L.LightningModule):
         self.skipped_batches = 0
         self._states_before_sanity_check: dict | None = None
         self._last_optimizer_step = 0
+        #: The step's backbone features of its first view, by submodule (see below).
+        self.step_features: dict[str, torch.Tensor] = {}
 
     # Lightning does not checkpoint random states. Saving them with the checkpoint, and
     # keeping the sanity check from drawing random numbers, makes a resumed fit draw the
@@ -186,6 +189,31 @@ class Method(L.LightningModule):
 
     def on_sanity_check_end(self) -> None:
         set_rng_states(self._states_before_sanity_check)
+
+    @contextlib.contextmanager
+    def keep_step_features(self, rows: int, *submodules: str) -> Iterator[None]:
+        """Within the block, keeps each submodule's first backbone output, first ``rows`` rows.
+
+        They go to ``step_features[name]``, detached ``[rows, D]``: the features of the
+        step's first view (``rows`` is its batch size, when views share a forward), which
+        online probes (``LinearProbe``) take instead of running the backbone again.
+        """
+        kept: set[str] = set()
+        handles = []
+        for name in submodules:
+            self.step_features.pop(name, None)
+
+            def keep(module, inputs, output, name=name) -> None:
+                if name not in kept:
+                    kept.add(name)
+                    self.step_features[name] = output[:rows].detach()
+
+            handles.append(getattr(self, name).backbone.register_forward_hook(keep))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def on_train_start(self) -> None:
         self._last_optimizer_step = self.global_step

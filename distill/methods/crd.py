@@ -100,7 +100,8 @@ class CRD(TeacherStudent):
                 "(images, targets, indices), as distill's DataModules provide"
             )
         images, targets, indices = batch
-        student_emb, logits, teacher_emb, teacher_logits = self.student_and_teacher(images)
+        with self.keep_step_features(len(images), "student", "teacher"):
+            student_emb, logits, teacher_emb, teacher_logits = self.student_and_teacher(images)
         z_student, z_teacher = self.crd.embed(student_emb, teacher_emb)
         student_nce, teacher_nce = self.crd(
             z_student, z_teacher, indices, *self.batch_place(indices)

@@ -236,9 +236,10 @@ class DINO(Method):
         views = self.multi_crop_views(batch)
         step = self.global_step
         teacher_temp = self.dino_loss.teacher_temp_at(step, self.steps_per_epoch())
-        with torch.no_grad():
-            teacher_out = self.teacher(views[: self.num_global_views])
-        student_out = self.student(views)
+        with self.keep_step_features(len(views[0]), "teacher", "student"):  # first global
+            with torch.no_grad():
+                teacher_out = self.teacher(views[: self.num_global_views])
+            student_out = self.student(views)
         loss = self.dino_loss(student_out, teacher_out, teacher_temp)
         probs = teacher_probabilities(teacher_out, self.dino_loss.center, teacher_temp)
         entropy, kl_uniform = collapse_monitors(probs)

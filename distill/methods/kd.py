@@ -34,8 +34,9 @@ class KD(TeacherStudent):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, targets, _ = batch
-        logits = self.student(images)
-        teacher_logits = self.teacher(images)
+        with self.keep_step_features(len(images), "student", "teacher"):
+            logits = self.student(images)
+            teacher_logits = self.teacher(images)
         ce = F.cross_entropy(logits, targets)
         kd = kd_loss(logits, teacher_logits, self.temperature)
         loss = self.ce_weight * ce + self.kd_weight * kd

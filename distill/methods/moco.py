@@ -87,7 +87,8 @@ class MoCo(Method):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         views, _ = two_views(batch)
-        queries, keys = self.student.queries_and_keys(views, self.symmetric)
+        with self.keep_step_features(len(views[0]), "student"):  # the query view's
+            queries, keys = self.student.queries_and_keys(views, self.symmetric)
         loss = info_nce(queries, keys, self.student.queue.keys, self.temperature)
         self.log_terms({"loss": loss})
         self._pending_keys = keys

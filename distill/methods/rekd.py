@@ -197,8 +197,9 @@ class ReKD(Method):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         views, targets = two_views(batch)
-        teacher_q, teacher_k, anchors = self.teacher_embeddings(views)
-        student_q, student_k = self.student.queries_and_keys(views, self.symmetric)
+        with self.keep_step_features(len(views[0]), "student", "teacher"):  # query views
+            teacher_q, teacher_k, anchors = self.teacher_embeddings(views)
+            student_q, student_k = self.student.queries_and_keys(views, self.symmetric)
         targets = targets.repeat(len(anchors) // len(targets))
         positives, terms = self.mine_positives(anchors, targets)
         queue, tau, weight = self.student.queue.keys, self.temperature, self.relation_weight

@@ -61,7 +61,8 @@ class RKD(TeacherStudent):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, targets, _ = batch
-        student_emb, logits, teacher_emb, _ = self.student_and_teacher(images)
+        with self.keep_step_features(len(images), "student", "teacher"):
+            student_emb, logits, teacher_emb, _ = self.student_and_teacher(images)
         if self.normalize:
             student_emb, teacher_emb = F.normalize(student_emb), F.normalize(teacher_emb)
         terms = {"ce": F.cross_entropy(logits, targets)}

@@ -51,7 +51,8 @@ class Supervised(Method):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, targets, _ = batch
-        logits = self.student(images)
+        with self.keep_step_features(len(images), "student"):
+            logits = self.student(images)
         loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
         top1 = (logits.argmax(1) == targets).float().mean()
         self.log_terms({"loss": loss, "top1": top1})

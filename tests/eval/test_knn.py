@@ -80,3 +80,18 @@ def test_callback_logs_one_on_separable_images_and_chance_on_shuffled(tmp_path):
     )
     assert shuffled["val/knn_top1"] < 0.5
     assert np.isfinite(shuffled["val/knn_top5"])
+
+
+def test_accuracies_are_direct_counts_of_the_scores_for_each_k():
+    from distill.eval.knn import knn_accuracies
+
+    generator = torch.Generator().manual_seed(2)
+    bank, labels = torch.randn(60, 8, generator=generator), torch.arange(60) % 6
+    queries, query_labels = torch.randn(25, 8, generator=generator), torch.arange(25) % 6
+    accuracies = knn_accuracies(bank, labels, queries, query_labels, 6, ks=(30, 60))
+    for k in (30, 60):
+        expected = reference_scores(bank, labels, queries, 6, k, 0.07)
+        assert (expected > 0).all()  # every class voted: no ties in the top 5
+        top1 = (expected.argmax(1) == query_labels).double().mean()
+        top5 = (expected.topk(5, dim=1).indices == query_labels[:, None]).any(1).double().mean()
+        assert accuracies[k] == pytest.approx({"top1": float(top1), "top5": float(top5)})

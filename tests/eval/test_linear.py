@@ -1,9 +1,12 @@
 import copy
 
+import lightning as L
+import pytest
 import torch
-from tests_support import ColourDataModule, FrozenModel, quiet_trainer
+from tests_support import ColourDataModule, FrozenModel, quiet_trainer, run_validate
 
-from distill.eval.linear import LinearProbe, fit_linear_classifier
+from distill.errors import ConfigError
+from distill.eval.linear import LinearProbe, fit_linear_classifier, linear_classifier
 
 
 def fit_with_probe(probe, root, epochs=3, **data):
@@ -71,3 +74,154 @@ def test_fit_linear_classifier_skips_unlabelled_rows():
 def test_student_and_teacher_probes_have_separate_checkpoint_entries():
     keys = {LinearProbe(submodule="student").state_key, LinearProbe(submodule="teacher").state_key}
     assert len(keys) == 2
+
+
+def clusters(generator, num_classes=4, per_class=50, dim=10):
+    centres = torch.randn(num_classes, dim, generator=generator) * 4
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    return centres, labels, centres[labels] + torch.randn(len(labels), dim, generator=generator)
+
+
+@pytest.mark.parametrize(("optimizer", "lr"), [("sgd", 0.1), ("lbfgs", 1.0), ("adam", 0.01)])
+def test_each_optimiser_separates_clusters_on_held_out_points(optimizer, lr):
+    generator = torch.Generator().manual_seed(0)
+    centres, labels, features = clusters(generator)
+    classifier = fit_linear_classifier(features, labels, 4, 50, lr, optimizer=optimizer)
+    held_out = centres[labels] + torch.randn(200, 10, generator=generator)
+    assert (classifier(held_out).argmax(1) == labels).float().mean() > 0.95
+
+
+def test_lbfgs_reaches_the_regularised_logistic_regression_optimum():
+    from sklearn.linear_model import LogisticRegression
+
+    generator = torch.Generator().manual_seed(1)
+    _, labels, features = clusters(generator, per_class=40)
+    features = features + 2 * torch.randn(160, 10, generator=generator)  # overlapping classes
+    weight_decay = 0.01
+    classifier = fit_linear_classifier(
+        features, labels, 4, 500, 1.0, weight_decay=weight_decay, optimizer="lbfgs"
+    )
+    # The same objective in scikit-learn: C·Σ CE + ½‖W‖² = (mean CE + λ/2·‖W‖²)·C·N, C = 1/(λN),
+    # on the features standardised as the classifier's batch norm does.
+    mean, var = features.mean(0), features.var(0, correction=0)
+    standardised = ((features - mean) / (var + 1e-5).sqrt()).double().numpy()
+    reference = LogisticRegression(C=1 / (weight_decay * 160), tol=1e-10, max_iter=10_000)
+    reference.fit(standardised, labels.numpy())
+    with torch.no_grad():
+        probabilities = classifier(features).softmax(1).double()
+    expected = torch.from_numpy(reference.predict_proba(standardised))
+    torch.testing.assert_close(probabilities, expected, rtol=0, atol=2e-3)
+
+
+def test_unknown_optimiser_is_a_config_error():
+    with pytest.raises(ConfigError, match="valid: adam, sgd, lbfgs"):
+        fit_linear_classifier(torch.randn(4, 2), torch.arange(4) % 2, 2, optimizer="lars")
+
+
+def test_untrained_probe_is_fitted_before_validate_reports(tmp_path):
+    # No fit, no checkpoint: the probe is fitted on the train features, then scored on val.
+    metrics = run_validate(FrozenModel(), ColourDataModule(), LinearProbe(), tmp_path)
+    assert metrics["val/linear_top1"] == 1.0  # an untrained probe scores about 0.2
+    shuffled = run_validate(
+        FrozenModel(), ColourDataModule(shuffle_labels=True), LinearProbe(), tmp_path
+    )
+    assert shuffled["val/linear_top1"] < 0.6
+
+
+def test_restored_probe_is_evaluated_as_it_is(tmp_path):
+    # A checkpoint's probe that always says class 0: 6 of the 30 val images.
+    classifier = linear_classifier(3, 5)
+    with torch.no_grad():
+        classifier[1].weight.zero_()
+        classifier[1].bias.copy_(torch.tensor([1.0, 0, 0, 0, 0]))
+    optimizer = torch.optim.Adam(classifier.parameters())
+    probe = LinearProbe()
+    probe.load_state_dict(
+        {"classifier": classifier.state_dict(), "optimizer": optimizer.state_dict()}
+    )
+    metrics = run_validate(FrozenModel(), ColourDataModule(), probe, tmp_path)
+    assert metrics["val/linear_top1"] == pytest.approx(0.2)
+
+
+class ForwardSpy(L.Callback):
+    """Counts a submodule's backbone forwards in training steps; pairs each probe input with
+    the first backbone output of its step."""
+
+    def __init__(self, submodule: str, probe: LinearProbe) -> None:
+        self.submodule, self.probe = submodule, probe
+        self.forwards, self.pairs, self.first = 0, [], None
+
+    def on_train_start(self, trainer, pl_module):
+        backbone = getattr(pl_module, self.submodule).backbone
+        backbone.register_forward_hook(self.on_backbone)
+        self.probe.classifier.register_forward_pre_hook(self.on_classifier)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.first = None
+
+    def on_backbone(self, module, inputs, output):
+        self.forwards += 1
+        if self.first is None:
+            self.first = output.detach().clone()
+
+    def on_classifier(self, module, inputs):
+        self.pairs.append((inputs[0].detach().clone(), self.first))
+
+
+def supervised_method():
+    from distill.methods import Supervised
+
+    return Supervised(backbone="resnet8", num_classes=5), ColourDataModule()
+
+
+def moco_method():
+    from distill.data import TwoViews
+    from distill.methods import MoCo
+
+    model = MoCo(backbone="resnet8", proj_hidden_dim=16, proj_dim=8, queue_size=20)
+    return model, ColourDataModule(views=TwoViews(blur_prob=0.0))
+
+
+def dino_method():
+    from distill.data import MultiCropViews
+    from distill.methods import DINO
+
+    model = DINO(backbone="resnet8", output_dim=32, hidden_dim=16, bottleneck_dim=8)
+    views = MultiCropViews(num_global=2, num_local=2, blur_probs=(0.0, 0.0, 0.0))
+    return model, ColourDataModule(views=views)
+
+
+@pytest.mark.parametrize(
+    ("make", "submodule", "forwards_per_step"),
+    [
+        (supervised_method, "student", 1),
+        (moco_method, "student", 1),  # the query view (keys: the key encoder)
+        (dino_method, "teacher", 1),  # the two globals in one batch
+        (dino_method, "student", 2),  # globals, then locals
+    ],
+)
+def test_probe_takes_the_steps_features_and_adds_no_backbone_forward(
+    tmp_path, make, submodule, forwards_per_step
+):
+    torch.manual_seed(0)
+    model, data = make()
+    probe = LinearProbe(submodule=submodule, lr=0.05)
+    spy = ForwardSpy(submodule, probe)
+    trainer = quiet_trainer(
+        tmp_path, max_steps=3, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[probe, spy]
+    )
+    trainer.fit(model, datamodule=data)
+    assert spy.forwards == 3 * forwards_per_step  # what the method's own step runs
+    assert len(spy.pairs) == 3 and "train/linear_loss" in trainer.callback_metrics
+    for features, first_output in spy.pairs:  # the first view's rows of the step's forward
+        torch.testing.assert_close(features, first_output[: len(features)].float())
+
+
+def test_probe_embeds_the_view_itself_when_the_module_hands_nothing_over(tmp_path):
+    probe = LinearProbe(lr=0.05)
+    spy = ForwardSpy("student", probe)
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=0, callbacks=[probe, spy]
+    )  # FrozenModel takes no optimiser step: max_steps would never be reached
+    trainer.fit(FrozenModel(), datamodule=ColourDataModule())
+    assert spy.forwards == 3 and len(spy.pairs) == 3  # the probe's own eval-mode forwards

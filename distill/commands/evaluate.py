@@ -1,0 +1,140 @@
+"""``distill eval``: weighted k-NN and linear probe of a checkpoint's frozen backbone.
+
+    distill eval --config configs/moco/cifar10-5k_resnet8.yaml --ckpt_path runs/.../last.ckpt
+    distill eval --config ... --ckpt_path ... --submodule teacher --knn_k 20 200 \\
+        --linear_optimizer lbfgs --linear_epochs 200
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+
+from distill.commands.checkpoint import checkpoint_file, weights_must_fit
+from distill.data.base import ViewDataModule
+from distill.errors import ConfigError
+from distill.eval.features import FeatureCache, resolve_submodule
+from distill.eval.knn import knn_accuracies
+from distill.eval.linear import fit_linear_classifier
+from distill.eval.metrics import top_k_accuracies
+
+#: Learning rate of each linear-probe optimiser when ``--linear_lr`` is not given.
+DEFAULT_LINEAR_LR = {"sgd": 0.1, "lbfgs": 1.0, "adam": 0.01}
+
+
+def evaluate(
+    trainer: L.Trainer,
+    model: L.LightningModule,
+    datamodule: ViewDataModule,
+    config: dict[str, Any],
+    ckpt_path: str,
+    submodule: str = "student",
+    knn_k: Sequence[int] = (20, 200),
+    knn_temperature: float = 0.07,
+    linear_optimizer: Literal["sgd", "lbfgs", "adam"] = "sgd",
+    linear_epochs: int = 100,
+    linear_lr: float | None = None,
+    linear_weight_decay: float = 0.0,
+    linear_batch_size: int = 256,
+    output: str | None = None,
+) -> dict[str, Any]:
+    """k-NN and linear probe of a checkpoint's backbone on frozen, un-augmented features.
+
+    The model and the data come from the config, as for ``fit``; the checkpoint's weights
+    are restored strictly by Lightning's ``validate`` (one val batch), whose end extracts
+    the backbone features of the un-augmented train and val splits once (eval mode, the
+    trainer's devices and precision). The k-NN is ``KNNEval``'s; the linear probe is fitted
+    on the cached train features and scored on val. Writes the results as JSON and prints
+    a table.
+
+    Args:
+        ckpt_path: Checkpoint to evaluate.
+        submodule: Network whose backbone is evaluated (student, teacher).
+        knn_k: Neighbourhood sizes of the weighted k-NN, e.g. --knn_k 20 200.
+        knn_temperature: Vote temperature of the k-NN.
+        linear_optimizer: sgd (momentum 0.9, cosine schedule), lbfgs (full batch) or adam.
+        linear_epochs: Epochs of the linear probe (lbfgs: iterations).
+        linear_lr: Learning rate of the linear probe (default: sgd 0.1, lbfgs 1, adam 0.01).
+        linear_weight_decay: Weight decay of the linear probe (lbfgs: L2 penalty on weights).
+        linear_batch_size: Mini-batch size of the linear probe (sgd, adam).
+        output: Results file (default: <ckpt_path>.<submodule>.eval.json).
+
+    Returns:
+        The results that were written.
+    """
+    checkpoint_file(ckpt_path)
+    resolve_submodule(model, submodule)
+    if not knn_k or min(knn_k) < 1:
+        raise ConfigError(f"--knn_k {list(knn_k)}: give one or more positive integers")
+    cache = FeatureCache(submodule)
+    trainer.callbacks.append(cache)
+    trainer.limit_val_batches = 1  # the cache reads the splits through its own loaders
+    with weights_must_fit(ckpt_path), warnings.catch_warnings():
+        # The run's callbacks are left out on purpose: their states are not needed here.
+        warnings.filterwarnings("ignore", "Be aware that when using `ckpt_path`, callbacks")
+        trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    # Made under the validation loop's inference mode: clones are ordinary tensors.
+    train_x, train_y = (t.clone() for t in cache.train)
+    val_x, val_y = (t.clone() for t in cache.val)
+    num_classes = datamodule.num_classes
+    knn = knn_accuracies(train_x, train_y, val_x, val_y, num_classes, knn_k, knn_temperature)
+    lr = DEFAULT_LINEAR_LR[linear_optimizer] if linear_lr is None else linear_lr
+    classifier = fit_linear_classifier(
+        train_x, train_y, num_classes, linear_epochs, lr, linear_weight_decay,
+        linear_batch_size, optimizer=linear_optimizer,
+    )  # fmt: skip
+    with torch.no_grad():
+        linear = top_k_accuracies(classifier(val_x), val_y, num_classes)
+    results = {
+        "checkpoint": str(ckpt_path),
+        "model": config.get("model", {}).get("class_path", type(model).__name__),
+        "submodule": submodule,
+        "num_features": train_x.shape[1],
+        "data": config.get("data"),
+        "num_classes": num_classes,
+        "train_images": len(train_x),
+        "val_images": len(val_x),
+        "knn": {str(k): knn[k] for k in knn_k},
+        "linear": linear,
+        "settings": {
+            "features": "frozen backbone in eval mode, un-augmented train and val splits",
+            "knn_k": list(knn_k), "knn_temperature": knn_temperature,
+            "linear_optimizer": linear_optimizer, "linear_epochs": linear_epochs,
+            "linear_lr": lr, "linear_weight_decay": linear_weight_decay,
+            "linear_batch_size": linear_batch_size, "linear_seed": 0,
+        },
+    }  # fmt: skip
+    if trainer.is_global_zero:
+        path = Path(output or f"{ckpt_path}.{submodule}.eval.json")
+        path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(results_table(results) + f"\nwrote {path}")
+    return results
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """The results as a short Markdown table with a two-line header."""
+
+    def percent(accuracies: dict[str, float], name: str) -> str:
+        return f"{100 * accuracies[name]:.2f}" if name in accuracies else "-"
+
+    settings = results["settings"]
+    rows = [
+        f"{results['submodule']} backbone of {results['checkpoint']} ({results['model']}, "
+        f"{results['num_features']} features)",
+        f"{results['train_images']} train / {results['val_images']} val images, "
+        f"{results['num_classes']} classes",
+        "| probe | top-1 % | top-5 % |",
+        "| --- | ---: | ---: |",
+    ]
+    probes = [(f"k-NN, k = {k}", accuracies) for k, accuracies in results["knn"].items()]
+    linear = f"linear, {settings['linear_optimizer']}, {settings['linear_epochs']} epochs"
+    probes.append((linear, results["linear"]))
+    for name, accuracies in probes:
+        rows.append(f"| {name} | {percent(accuracies, 'top1')} | {percent(accuracies, 'top5')} |")
+    return "\n".join(rows)

@@ -1,0 +1,95 @@
+"""Tiny runs the command tests read: a Supervised (quickstart) and a DINO checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.cli import main
+from distill.data import DigitsDataModule
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+
+DINO_CONFIG = """
+seed_everything: 0
+model:
+  class_path: distill.methods.DINO
+  init_args: {backbone: resnet8, output_dim: 64, hidden_dim: 32, bottleneck_dim: 16,
+              lr_reference_batch: null}
+data:
+  class_path: distill.data.DigitsDataModule
+  init_args:
+    batch_size: 32
+    views:
+      class_path: distill.data.MultiCropViews
+      init_args: {num_local: 0, blur_probs: [0.0, 0.0, 0.0]}
+"""
+
+
+def run_cli(args: list[str], capsys=None) -> tuple[int, str, str]:
+    """Runs the CLI; returns (exit code, stdout, stderr) (empty strings without capsys)."""
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    out, err = capsys.readouterr() if capsys is not None else ("", "")
+    return code, out, err
+
+
+def tiny_fit(config: str, root: Path, steps: int) -> Path:
+    """``distill fit`` for ``steps`` steps and one val batch; the path of its last.ckpt."""
+    code, _, _ = run_cli(
+        [
+            "fit", "--config", config, "--trainer.default_root_dir", root,
+            "--trainer.max_epochs", 1, "--trainer.limit_train_batches", steps,
+            "--trainer.limit_val_batches", 1, "--trainer.enable_progress_bar", "false",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def supervised_ckpt(tmp_path_factory) -> Path:
+    """The quickstart (Supervised resnet8 on digits, k-NN and probe callbacks), 3 steps."""
+    return tiny_fit(QUICKSTART, tmp_path_factory.mktemp("supervised"), steps=3)
+
+
+@pytest.fixture(scope="session")
+def dino_config(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("dino_config") / "dino.yaml"
+    path.write_text(DINO_CONFIG)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def dino_ckpt(tmp_path_factory, dino_config) -> Path:
+    """DINO resnet8 on digits (2 global crops), 2 steps: the teacher is an EMA, not the student."""
+    return tiny_fit(dino_config, tmp_path_factory.mktemp("dino"), steps=2)
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(args)`` runs the CLI and returns (exit code, stdout, stderr)."""
+    return lambda args: run_cli(args, capsys)
+
+
+@torch.no_grad()
+def digits_features(backbone: torch.nn.Module, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode backbone features and labels of the digits' un-augmented ``split``, directly."""
+    backbone.eval()
+    features, labels = [], []
+    for images, targets, _ in DigitsDataModule().eval_dataloader(split):
+        features.append(backbone(images))
+        labels.append(targets)
+    return torch.cat(features), torch.cat(labels)
+
+
+@pytest.fixture(scope="session")
+def split_features():
+    """``split_features(backbone, "train" | "val")``: digits features computed directly."""
+    return digits_features

@@ -1,0 +1,130 @@
+"""``distill eval``: the numbers KNNEval logs, a linear probe counted directly, clear refusals."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.cli import build_cli
+from distill.eval import fit_linear_classifier, knn_accuracies
+from distill.methods import DINO, Supervised
+
+QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
+
+
+@pytest.fixture(scope="module")
+def validated_and_evaluated(supervised_ckpt, tmp_path_factory):
+    """``distill validate`` metrics and ``distill eval`` results (and output) of one checkpoint."""
+    root = tmp_path_factory.mktemp("validate")
+    validate = build_cli(
+        [
+            "validate", "--config", QUICKSTART, "--ckpt_path", str(supervised_ckpt),
+            "--trainer.default_root_dir", str(root), "--trainer.limit_val_batches", "1",
+            "--trainer.enable_progress_bar", "false",
+        ]
+    )  # fmt: skip
+    logged = {name: float(value) for name, value in validate.trainer.callback_metrics.items()}
+    build_cli(["eval", "--config", QUICKSTART, "--ckpt_path", str(supervised_ckpt)])
+    default_output = supervised_ckpt.with_name("last.ckpt.student.eval.json")
+    return logged, json.loads(default_output.read_text())
+
+
+def test_knn_numbers_are_those_knn_eval_logs_during_validate(validated_and_evaluated):
+    logged, results = validated_and_evaluated
+    assert results["knn"]["20"]["top1"] == logged["val/knn_k20_top1"] == logged["val/knn_top1"]
+    assert results["knn"]["20"]["top5"] == logged["val/knn_top5"]
+    assert results["knn"]["200"]["top1"] == logged["val/knn_k200_top1"]
+    assert results["knn"]["20"]["top1"] != results["knn"]["200"]["top1"]  # two real numbers
+
+
+def test_linear_top1_is_a_direct_count_on_the_checkpoints_features(
+    validated_and_evaluated, supervised_ckpt, split_features
+):
+    _, results = validated_and_evaluated
+    model = Supervised(backbone="resnet8", num_classes=10)
+    model.load_state_dict(torch.load(supervised_ckpt, weights_only=True)["state_dict"])
+    train_x, train_y = split_features(model.student.backbone, "train")
+    val_x, val_y = split_features(model.student.backbone, "val")
+    classifier = fit_linear_classifier(train_x, train_y, 10, 100, 0.1, optimizer="sgd")
+    with torch.no_grad():
+        correct = int((classifier(val_x).argmax(1) == val_y).sum())
+    assert results["linear"]["top1"] == pytest.approx(correct / 360, abs=1e-6)
+    assert results["linear"]["top1"] > 0.5  # a probe that learnt, not chance (0.1)
+    assert results["linear"]["top5"] >= results["linear"]["top1"]
+
+
+def test_results_record_checkpoint_data_and_settings(validated_and_evaluated, supervised_ckpt):
+    _, results = validated_and_evaluated
+    assert results["checkpoint"] == str(supervised_ckpt)
+    assert results["model"] == "distill.methods.Supervised"
+    assert results["submodule"] == "student" and results["num_features"] == 64
+    assert results["data"]["class_path"] == "distill.data.DigitsDataModule"
+    assert (results["train_images"], results["val_images"], results["num_classes"]) == (
+        1437, 360, 10
+    )  # fmt: skip
+    settings = results["settings"]
+    assert settings["knn_k"] == [20, 200] and settings["knn_temperature"] == 0.07
+    assert (settings["linear_optimizer"], settings["linear_epochs"]) == ("sgd", 100)
+    assert settings["linear_lr"] == 0.1
+
+
+def test_teacher_with_lbfgs_matches_direct_knn_and_probe(
+    dino_ckpt, dino_config, split_features, tmp_path, cli
+):
+    output = tmp_path / "teacher.json"
+    code, out, err = cli(
+        [
+            "eval", "--config", dino_config, "--ckpt_path", dino_ckpt, "--submodule", "teacher",
+            "--knn_k", "5", "50", "--linear_optimizer", "lbfgs", "--linear_epochs", "30",
+            "--output", output,
+        ]
+    )  # fmt: skip
+    assert code == 0, err
+    assert "| k-NN, k = 5 |" in out and "| linear, lbfgs, 30 epochs |" in out
+    results = json.loads(output.read_text())
+    model = DINO(backbone="resnet8", output_dim=64, hidden_dim=32, bottleneck_dim=16)
+    model.load_state_dict(torch.load(dino_ckpt, weights_only=True)["state_dict"])
+    train_x, train_y = split_features(model.teacher.backbone, "train")
+    val_x, val_y = split_features(model.teacher.backbone, "val")
+    knn = knn_accuracies(train_x, train_y, val_x, val_y, 10, [5, 50])
+    assert results["knn"] == {"5": knn[5], "50": knn[50]}
+    classifier = fit_linear_classifier(train_x, train_y, 10, 30, 1.0, optimizer="lbfgs")
+    with torch.no_grad():
+        correct = int((classifier(val_x).argmax(1) == val_y).sum())
+    assert results["linear"]["top1"] == pytest.approx(correct / 360, abs=1e-6)
+    # The student's features differ: the teacher, not the student, was evaluated.
+    student_x, _ = split_features(model.student.backbone, "val")
+    assert not torch.allclose(student_x, val_x)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ckpt_path", "missing.ckpt"], "missing.ckpt: no such checkpoint file"),
+        (["--submodule", "teacher"], "has no submodule 'teacher'; available: student"),
+        (["--knn_k", "0"], "--knn_k [0]: give one or more positive integers"),
+        (["--model.init_args.backbone", "resnet14"], "do not fit the configured model"),
+    ],
+)
+def test_mistakes_end_in_one_message_and_write_nothing(
+    supervised_ckpt, tmp_path, cli, extra, message
+):
+    output = tmp_path / "never.json"
+    args = ["eval", "--config", QUICKSTART, "--ckpt_path", supervised_ckpt, "--output", output]
+    code, _, err = cli(args + extra)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not output.exists()
+
+
+def test_help_lists_the_options(cli):
+    code, out, _ = cli(["eval", "--help"])
+    assert code == 0
+    for option in (
+        "--ckpt_path",
+        "--submodule",
+        "--knn_k",
+        "--linear_optimizer",
+        "--linear_epochs",
+    ):
+        assert option in out

@@ -1,0 +1,116 @@
+"""``distill export``: a backbone state dict that rebuilds the checkpoint's backbone exactly."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from distill.backbones import load_pretrained
+from distill.methods import DINO, Supervised
+
+QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
+
+
+def checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_round_trip_gives_the_checkpoints_backbone_outputs(supervised_ckpt, cli):
+    code, out, err = cli(["export", "--config", QUICKSTART, "--ckpt_path", supervised_ckpt])
+    assert code == 0, err
+    weights = supervised_ckpt.with_name("last.student-backbone.pt")
+    assert str(weights) in out
+    info = json.loads(weights.with_suffix(".json").read_text())
+    assert info["backbone"] == "resnet8" and info["kwargs"] == {} and info["num_features"] == 64
+    assert info["mean"] == [0.306] * 3 and info["std"] == [0.324] * 3  # DigitsDataModule's
+    assert info["image_size"] == 32 and info["submodule"] == "student"
+    model = Supervised(backbone="resnet8", num_classes=10)
+    model.load_state_dict(checkpoint_state(supervised_ckpt))
+    # The backbone's own keys: no student./backbone. prefix, no classifier head.
+    exported = torch.load(weights, weights_only=True)
+    assert set(exported) == set(model.student.backbone.state_dict())
+    backbone = load_pretrained(str(weights))
+    assert not backbone.training
+    images = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.student.backbone.eval()(images)
+        torch.testing.assert_close(backbone(images), expected, rtol=0, atol=0)
+
+
+def test_teacher_export_takes_the_teacher_weights(dino_ckpt, dino_config, tmp_path, cli):
+    weights = tmp_path / "teacher.pt"
+    args = ["export", "--config", dino_config, "--ckpt_path", dino_ckpt, "--output", weights]
+    code, _, err = cli(args + ["--submodule", "teacher"])
+    assert code == 0, err
+    state = checkpoint_state(dino_ckpt)
+    exported = torch.load(weights, weights_only=True)
+    for name, value in exported.items():
+        assert torch.equal(value, state[f"teacher.backbone.{name}"]), name
+    name = "conv1.weight"
+    assert not torch.equal(exported[name], state[f"student.backbone.{name}"])  # an EMA
+    model = DINO(backbone="resnet8", output_dim=64, hidden_dim=32, bottleneck_dim=16)
+    model.load_state_dict(state)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.teacher.backbone.eval()(images)
+        torch.testing.assert_close(load_pretrained(str(weights))(images), expected)
+
+
+@pytest.fixture
+def resnet18_checkpoint(tmp_path):
+    """A Supervised resnet18 state with non-trivial batch-norm statistics, as a checkpoint."""
+    torch.manual_seed(0)
+    model = Supervised(backbone="resnet18", num_classes=10)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "compiled.ckpt"
+    # A torch.compile'd student stores its weights under _orig_mod.
+    state = {
+        k.replace("student.", "student._orig_mod.", 1): v for k, v in model.state_dict().items()
+    }
+    torch.save({"state_dict": state}, path)
+    return model, path
+
+
+def test_torchvision_backbone_loads_into_torchvision_resnet18(resnet18_checkpoint, cli):
+    model, path = resnet18_checkpoint
+    args = [
+        "export", "--model", "distill.methods.Supervised",
+        "--model.init_args.backbone", "resnet18", "--data", "distill.data.DigitsDataModule",
+        "--ckpt_path", path,
+    ]  # fmt: skip
+    code, _, err = cli(args)
+    assert code == 0, err
+    state = torch.load(path.with_name("compiled.student-backbone.pt"), weights_only=True)
+    plain = torchvision.models.resnet18()
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    headless = torchvision.models.resnet18()
+    headless.fc = nn.Identity()
+    headless.load_state_dict(state, strict=True)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.student.backbone.eval()(images)
+        torch.testing.assert_close(headless.eval()(images), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--submodule", "teacher"], "has no submodule 'teacher'"),
+        (["--model.init_args.backbone", "resnet14"], "do not fit the CifarResNet"),
+    ],
+)
+def test_mistakes_end_in_one_message_and_write_nothing(
+    supervised_ckpt, tmp_path, cli, extra, message
+):
+    weights = tmp_path / "never.pt"
+    args = ["export", "--config", QUICKSTART, "--ckpt_path", supervised_ckpt, "--output", weights]
+    code, _, err = cli(args + extra)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not weights.exists() and not weights.with_suffix(".json").exists()
