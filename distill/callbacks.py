@@ -204,3 +204,52 @@ class EmbeddingProjector(L.Callback):
             tag=f"val/{self.submodule}_embedding",
             global_step=trainer.global_step,
         )
+
+
+def flatten_config(config: dict, prefix: str = "") -> dict[str, float | int | bool | str]:
+    """``{"model.init_args.lr": 0.1, ...}``: TensorBoard's HParams take scalars and strings."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{name}."))
+        elif isinstance(value, bool | int | float | str):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+class RunHParams(L.Callback):
+    """The run's whole resolved config in TensorBoard's HParams tab, with ``hp_metric``.
+
+    Lightning logs only the model's arguments and leaves ``hp_metric`` at -1. Here every
+    config entry (model, optimiser, data, trainer, callbacks) is a hyper-parameter, and
+    ``hp_metric`` follows the method's main metric (its ``monitor``: ``val/top1`` or
+    ``val/knn_top1``) after every validation, so runs compare in one table.
+
+    Args:
+        config: The resolved config of the run (nested dicts).
+    """
+
+    def __init__(self, config: dict) -> None:
+        self.params = flatten_config({k: v for k, v in config.items() if k != "config"})
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pl_module._log_hyperparams = False  # this callback logs them, with the config
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = _tensorboard_logger(trainer)
+        if logger is not None:
+            logger.log_hyperparams(self.params, {"hp_metric": float("nan")})
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        monitor = getattr(pl_module, "monitor", None)
+        value = trainer.callback_metrics.get(monitor) if monitor else None
+        logger = _tensorboard_logger(trainer)
+        if logger is not None and value is not None and not trainer.sanity_checking:
+            logger.log_metrics({"hp_metric": float(value)}, step=trainer.global_step)
+
+
+def _tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)

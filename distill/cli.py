@@ -4,7 +4,7 @@
 ``--print_config``, stacked ``--config`` files and dotted overrides such as
 ``--trainer.max_epochs 3`` or ``--model.init_args.backbone resnet8`` work as in any
 LightningCLI. Every run also gets a checkpoint callback (last and best by the method's main
-metric; ``--checkpoint.*``), a learning-rate monitor (``--lr_monitor.*``) and a grid of the
+metric; ``--checkpoint.*``), the resolved config in TensorBoard's HParams tab and a grid of the
 first batch's views in TensorBoard (``--view_grid.num_images 0`` turns it off).
 
 Two subcommands of distill's own take the same config: ``distill eval`` (k-NN and linear
@@ -20,7 +20,7 @@ from pathlib import Path
 import docstring_parser
 import torch
 from jsonargparse import Namespace, class_from_function, namespace_to_dict
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -28,7 +28,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 import distill.data  # noqa: F401  (registers the DataModules for short class names)
 import distill.eval  # noqa: F401  (registers the callbacks for short class names)
 import distill.methods  # noqa: F401  (registers the methods for short class names)
-from distill.callbacks import MethodCheckpoint, ViewGrid
+from distill.callbacks import MethodCheckpoint, RunHParams, ViewGrid
 from distill.commands import COMMANDS, add_command_arguments, provided_arguments
 from distill.data.base import ViewDataModule
 from distill.errors import ConfigError, NonFiniteLossError
@@ -73,8 +73,6 @@ class DistillCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(MethodCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
-        parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(ViewGrid, "view_grid")
 
     def _parse_ckpt_path(self) -> None:
@@ -119,8 +117,8 @@ class DistillCLI(LightningCLI):
         # The default callbacks step aside where the trainer forbids them.
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        if config.get("logger") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        if config.get("logger") is not False and self.subcommand == "fit":
+            callbacks = [*callbacks, RunHParams(namespace_to_dict(self.config[self.subcommand]))]
         return super()._instantiate_trainer(config, callbacks)
 
 

@@ -100,3 +100,29 @@ def test_last_checkpoint_is_the_final_state_when_the_metric_peaked_early(tmp_pat
     assert (last["epoch"], last["global_step"]) == (2, 6) == (trainer.current_epoch - 1, 6)
     _, first, resumed = fit_supervised(4, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert first.epoch == 3 and resumed.global_step == 8
+
+
+def test_run_hparams_log_the_whole_config_and_follow_the_main_metric(tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from distill.callbacks import RunHParams, flatten_config
+    from distill.methods import Supervised
+
+    config = {"model": {"init_args": {"label_smoothing": 0.1, "milestones": [3, 5]}},
+              "data": {"init_args": {"batch_size": 10}}, "config": ["a.yaml"]}  # fmt: skip
+    assert flatten_config(config) == {
+        "model.init_args.label_smoothing": 0.1, "model.init_args.milestones": "[3, 5]",
+        "data.init_args.batch_size": 10, "config": "['a.yaml']",
+    }  # fmt: skip
+    trainer, logger = fit(
+        tmp_path, [RunHParams(config)], model=Supervised(backbone="resnet8", num_classes=5),
+        max_epochs=2,
+    )  # fmt: skip
+    events = EventAccumulator(logger.log_dir).Reload()
+    hp_metric = [e.value for e in events.Scalars("hp_metric")]
+    top1 = [e.value for e in events.Scalars("val/top1")]
+    assert hp_metric[-2:] == top1[-2:] and len(top1) == 2  # after each validation
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    logged = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert {"model.init_args.label_smoothing", "data.init_args.batch_size"} <= set(logged)
+    assert "config" not in logged

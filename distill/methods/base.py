@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import ClassVar, Literal
 
@@ -235,6 +236,21 @@ class Method(L.LightningModule):
         """Modules whose parameters the optimiser updates (default: the student)."""
         return [self.student]
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """Modules kept in eval mode on purpose for the whole fit (a frozen teacher)."""
+        return []
+
+    def on_fit_start(self) -> None:
+        # Lightning warns about modules in eval mode at the start of training; a frozen
+        # teacher is one on purpose. Only that exact count is silenced: any other module left
+        # in eval mode changes the count, and the warning shows.
+        frozen = {id(m) for f in self.frozen_modules() for m in f.modules()}
+        evaluating = [m for m in self.modules() if not m.training]
+        if evaluating and all(id(m) in frozen for m in evaluating):
+            warnings.filterwarnings(
+                "ignore", message=rf"Found {len(evaluating)} module\(s\) in eval mode at the start"
+            )
+
     def steps_per_epoch(self) -> int:
         """Optimiser steps per training epoch (after gradient accumulation)."""
         trainer = self.trainer
@@ -275,6 +291,10 @@ class Method(L.LightningModule):
             self.log(f"{prefix}{name}", value, prog_bar=name == "loss")
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        # The same schedule tags for every method: the first (decaying) group's lr and wd.
+        group = optimizer.param_groups[0]
+        self.log("train/lr", group["lr"])
+        self.log("train/wd", group.get("weight_decay", 0.0))
         if self.nonfinite_loss == "skip":
             self.skip_nonfinite_batch(optimizer)
         elif (self.global_step + 1) % self.nonfinite_check_interval == 0:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from lightly.models.modules.heads import DINOProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from lightning.pytorch.cli import OptimizerCallable
@@ -14,6 +13,7 @@ from distill.backbones import create_backbone
 from distill.errors import ConfigError
 from distill.losses.dino import DINOLoss, collapse_monitors, teacher_probabilities
 from distill.methods.base import Method, clip_gradients_per_parameter
+from distill.modules.heads import dino_head
 
 
 class MultiCropWrapper(nn.Module):
@@ -140,7 +140,7 @@ class DINO(Method):
 
         def network() -> MultiCropWrapper:
             net = create_backbone(backbone, **(backbone_kwargs or {}))
-            head = DINOProjectionHead(
+            head = dino_head(
                 net.num_features, hidden_dim, bottleneck_dim, output_dim,
                 batch_norm=head_batch_norm, freeze_last_layer=freeze_last_layer,
                 norm_last_layer=norm_last_layer,
@@ -148,8 +148,8 @@ class DINO(Method):
             return MultiCropWrapper(net, head)
 
         self.student = network()
-        # A second network loaded with the student's weights (weight-normalised heads cannot
-        # be deep-copied): a copy, never an alias, which would collapse DINO silently.
+        # A second network loaded with the student's weights: a copy, never an alias, which
+        # would collapse DINO silently.
         self.teacher = network()
         self.teacher.load_state_dict(self.student.state_dict())
         deactivate_requires_grad(self.teacher)
@@ -244,12 +244,9 @@ class DINO(Method):
         probs = teacher_probabilities(teacher_out, self.dino_loss.center, teacher_temp)
         entropy, kl_uniform = collapse_monitors(probs)
         self.watch_collapse(float(entropy), float(kl_uniform))
-        optimizer = self.trainer.optimizers[0]
         self.log_terms({
-            "loss": loss, "lr": optimizer.param_groups[0]["lr"],
-            "wd": optimizer.param_groups[0]["weight_decay"], "momentum": self.momentum_at(step),
-            "teacher_temp": teacher_temp, "teacher_entropy": entropy,
-            "teacher_kl_uniform": kl_uniform,
+            "loss": loss, "momentum": self.momentum_at(step), "teacher_temp": teacher_temp,
+            "teacher_entropy": entropy, "teacher_kl_uniform": kl_uniform,
         })  # fmt: skip
         self._teacher_out = [t.detach() for t in teacher_out]
         return loss

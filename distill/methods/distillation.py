@@ -5,7 +5,7 @@ Not a method itself: ``KD``, ``RKD`` and ``CRD`` subclass it and add their own t
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from distill.backbones import create_backbone
 from distill.methods.base import Method
@@ -51,6 +51,9 @@ class TeacherStudent(Method):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.student(images)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.teacher]
 
     def setup(self, stage: str) -> None:
         self.check_num_classes(self.num_classes)

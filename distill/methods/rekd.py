@@ -173,7 +173,11 @@ class ReKD(Method):
             self.teacher.eval()
         return self
 
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.teacher] if self.teacher_frozen else []
+
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         rank_zero_info(f"ReKD teacher: {self.teacher_source}")
         if self.relation == "labels":
             rank_zero_warn(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+from lightly.models.modules.heads import DINOProjectionHead
 from torch import Tensor, nn
+from torch.nn.utils import parametrizations
 
 
 class Classifier(nn.Module):
@@ -36,3 +40,38 @@ class Classifier(nn.Module):
 def backbone_features(module: nn.Module, images: Tensor) -> Tensor:
     """Features of ``module.backbone`` (or of ``module`` itself if it has none), no gradient."""
     return getattr(module, "backbone", module)(images)
+
+
+def dino_head(
+    input_dim: int,
+    hidden_dim: int,
+    bottleneck_dim: int,
+    output_dim: int,
+    batch_norm: bool = False,
+    freeze_last_layer: int = -1,
+    norm_last_layer: bool = True,
+) -> DINOProjectionHead:
+    """lightly's ``DINOProjectionHead`` with its last layer on ``parametrizations.weight_norm``.
+
+    lightly builds the last layer with the deprecated ``torch.nn.utils.weight_norm`` (a
+    FutureWarning on every run, and hooks that ``copy.deepcopy`` cannot copy). The same
+    layer (direction ``v`` as lightly initialised it, norm ``g = 1``, ``g`` frozen with
+    ``norm_last_layer``) replaces it at once, on the current API; its weights are the
+    parametrisation's ``original0`` (``g``) and ``original1`` (``v``).
+    """
+    with warnings.catch_warnings():  # the layer that warns is replaced below
+        warnings.filterwarnings("ignore", "`torch.nn.utils.weight_norm` is deprecated")
+        head = DINOProjectionHead(
+            input_dim, hidden_dim, bottleneck_dim, output_dim, batch_norm=batch_norm,
+            freeze_last_layer=freeze_last_layer, norm_last_layer=norm_last_layer,
+        )  # fmt: skip
+    layer = nn.Linear(bottleneck_dim, output_dim, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(head.last_layer.weight_v)
+    layer = parametrizations.weight_norm(layer)
+    norm = layer.parametrizations.weight.original0
+    with torch.no_grad():
+        norm.fill_(1.0)
+    norm.requires_grad_(not norm_last_layer)
+    head.last_layer = layer
+    return head

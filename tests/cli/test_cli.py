@@ -44,7 +44,16 @@ def test_quickstart_fit_writes_checkpoints_config_and_scalars(tmp_path, capsys):
     assert saved["model"]["init_args"]["backbone"] == "resnet8"
     events = EventAccumulator(str(version), size_guidance={"images": 0}).Reload()
     scalars = set(events.Tags()["scalars"])
-    expected = {"train/loss", "val/top1", "val/top5", "val/knn_top1", "val/linear_top1", "lr"}
+    expected = {
+        "train/loss",
+        "val/top1",
+        "val/top5",
+        "val/knn_top1",
+        "val/linear_top1",
+        "train/lr",
+        "train/wd",
+        "hp_metric",
+    }
     assert expected <= scalars, scalars
     assert "train/views" in events.Tags()["images"]
     knn = events.Scalars("val/knn_top1")[-1].value

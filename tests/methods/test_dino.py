@@ -1,4 +1,6 @@
+import copy
 import math
+import warnings
 
 import lightning as L
 import pytest
@@ -170,13 +172,13 @@ def test_schedules_at_start_middle_end_and_as_logged(fitted):
 
 def test_last_layer_is_frozen_during_the_first_epoch_only(fitted):
     model, _, watcher, initial = fitted
-    name = "head.last_layer.weight_v"
+    name = "head.last_layer.parametrizations.weight.original1"  # v
     for record in watcher.steps[:3]:
         assert torch.equal(record["student"][name], initial[name])
     assert not torch.equal(watcher.steps[3]["student"][name], initial[name])
     # norm_last_layer: the weight norm's g stays 1 and is not trained.
-    assert not model.student.head.last_layer.weight_g.requires_grad
-    assert torch.equal(model.student.head.last_layer.weight_g, torch.ones(64, 1))
+    norm = model.student.head.last_layer.parametrizations.weight.original0  # g
+    assert not norm.requires_grad and torch.equal(norm, torch.ones(64, 1))
 
 
 def test_knn_and_linear_probe_evaluate_the_teacher_backbone(fitted):
@@ -319,3 +321,12 @@ def test_fit_on_single_view_data_is_refused_before_any_step(tmp_path):
         trainer.fit(model, datamodule=ColourDataModule(views=SupervisedViews()))
     assert trainer.global_step == 0
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_heads_use_the_current_weight_norm_api_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        model = make()
+    layer = model.student.head.last_layer
+    assert torch.nn.utils.parametrize.is_parametrized(layer, "weight")
+    copy.deepcopy(model.student)  # the old weight-norm hooks could not be deep-copied

@@ -1,4 +1,5 @@
 import copy
+import warnings
 
 import pytest
 import torch
@@ -68,3 +69,17 @@ def test_teacher_with_other_logit_width_is_refused_with_the_shapes(teacher_check
     # KD compares logits class by class: a 10-class teacher cannot teach a 5-class student.
     with pytest.raises(ConfigError, match=r"head\.weight \(10, \d+\) vs \(5, \d+\).*num_classes"):
         make(teacher_checkpoint, num_classes=5)
+
+
+def test_frozen_teacher_alone_raises_no_eval_mode_warning(tmp_path, teacher_checkpoint):
+    def eval_mode_warnings(model):
+        trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))
+        return [str(w.message) for w in caught if "in eval mode at the start" in str(w.message)]
+
+    assert eval_mode_warnings(make(teacher_checkpoint)) == []
+    model = make(teacher_checkpoint)
+    model.student.head.eval()  # a module left in eval mode by mistake is still reported
+    assert len(eval_mode_warnings(model)) == 1
