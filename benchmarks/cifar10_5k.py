@@ -165,16 +165,20 @@ def print_curves(runs: list[Run], metrics: list[str], points: int = 12) -> None:
             print(f"{run.label} {metric} (value@step): {values}")
 
 
-def print_table(rows: list[tuple[str, dict[str, str]]], metrics: list[str]) -> None:
-    columns = ["epochs", *metrics, "wall", "run"]
-    header = ["method", *columns]
-    lines = [[label, *(row.get(c, "-") for c in columns)] for label, row in rows]
+def print_markdown(header: list[str], lines: list[list[str]]) -> None:
+    """A Markdown table with aligned columns."""
     widths = [max(len(x) for x in col) for col in zip(header, *lines, strict=True)]
     fmt = "| " + " | ".join(f"{{:<{w}}}" for w in widths) + " |"
     print(fmt.format(*header))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for line in lines:
         print(fmt.format(*line))
+
+
+def print_table(rows: list[tuple[str, dict[str, str]]], metrics: list[str]) -> None:
+    columns = ["epochs", *metrics, "wall", "run"]
+    lines = [[label, *(row.get(c, "-") for c in columns)] for label, row in rows]
+    print_markdown(["method", *columns], lines)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import yaml
-from cifar10_5k import ROOT, Run, execute, load_scalars
+from cifar10_5k import ROOT, Run, execute, load_scalars, print_markdown
 
 FIGURES = ROOT / "benchmarks" / "figures"
 SEEDS = (0, 1, 2)
@@ -81,6 +81,12 @@ ROWS = [
         "configs/rekd/cifar10-5k_resnet20_resnet8.yaml", relation="online"),
     Row("rekd_vgg8", "ReKD, online vgg8 teacher",
         "configs/rekd/cifar10-5k_vgg8_resnet8.yaml", relation="online"),
+    Row("rekd_resnet20_k400", "ReKD, online resnet20 teacher, K = 400",
+        "configs/rekd/cifar10-5k_resnet20_resnet8.yaml", relation="online",
+        args=("--model.init_args.num_prototypes", "400"), variant="k400"),
+    Row("rekd_vgg8_k400", "ReKD, online vgg8 teacher, K = 400",
+        "configs/rekd/cifar10-5k_vgg8_resnet8.yaml", relation="online",
+        args=("--model.init_args.num_prototypes", "400"), variant="k400"),
     Row("rekd_offline_moco", "ReKD, offline MoCo-v2 vgg8 teacher (frozen)",
         "configs/rekd/cifar10-5k_moco-vgg8_resnet8.yaml", relation="offline"),
     Row("rekd_offline_supervised_4ep", "ReKD, offline supervised resnet20 teacher, 4 epochs",
@@ -166,12 +172,7 @@ def print_table(table: list[dict]) -> None:
             t["row"].label, str(t["seeds"]), fmt(t["knn"]), gain, fmt(t["teacher_knn"]),
             fmt(t["precision"], 1.0, 3), fmt(t["top1"]),
         ])  # fmt: skip
-    widths = [max(len(x) for x in col) for col in zip(header, *lines, strict=True)]
-    line = "| " + " | ".join(f"{{:<{w}}}" for w in widths) + " |"
-    print(line.format(*header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for cells in lines:
-        print(line.format(*cells))
+    print_markdown(header, lines)
 
 
 def plot(table: list[dict]) -> None:
