@@ -1,5 +1,6 @@
 """Feature extractors by name: ``create_backbone("resnet20")`` returns a module with
-``num_features`` whose ``forward`` gives the pooled penultimate embedding ``[B, D]``.
+``num_features`` whose ``forward`` gives the pooled penultimate embedding ``[B, D]``, and
+``backbone_name``, its registry name.
 
 Heads are separate modules (``distill.modules``).
 """
@@ -55,7 +56,45 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
             f"Backbone {name!r} does not take {', '.join(unknown)}; "
             f"it accepts: {', '.join(accepted) or 'no arguments'}"
         )
-    return factory(**kwargs)
+    backbone = factory(**kwargs)
+    backbone.backbone_name = name
+    return backbone
+
+
+def to_channels_last(network: nn.Module) -> list[nn.Module]:
+    """Puts the convolutional backbones in ``network`` (or ``network`` itself) in channels-last.
+
+    In the channels-last (NHWC) memory format oneDNN on CPUs and cuDNN on GPUs (whose tensor
+    cores need it) pick faster convolution kernels (``benchmarks/channels_last.py``). Each
+    backbone made by ``create_backbone`` gets its 4-d weights converted in place (the same
+    parameter objects, so optimisers and EMA copies keep following them) and a forward
+    pre-hook that converts 4-d inputs, so its activations are channels-last throughout;
+    outputs and gradients are those of the contiguous network up to float rounding. A
+    backbone whose class sets ``prefers_channels_last = False`` is left as it is: the ViTs,
+    whose one convolution cuts patches that are then reshaped to tokens, which would copy a
+    channels-last output back. Converting twice does nothing more.
+
+    Returns:
+        The backbones converted by this call.
+    """
+    converted = []
+    for module in network.modules():
+        wanted = hasattr(module, "backbone_name") and getattr(module, "prefers_channels_last", True)
+        if wanted and not getattr(module, "channels_last", False):
+            module.to(memory_format=torch.channels_last)
+            module.register_forward_pre_hook(_channels_last_inputs)
+            module.channels_last = True
+            converted.append(module)
+    return converted
+
+
+def _channels_last_inputs(module: nn.Module, args: tuple) -> tuple:
+    return tuple(
+        arg.contiguous(memory_format=torch.channels_last)
+        if isinstance(arg, torch.Tensor) and arg.dim() == 4
+        else arg
+        for arg in args
+    )
 
 
 def load_pretrained(path: str) -> nn.Module:
@@ -101,4 +140,10 @@ from distill.backbones import (  # noqa: E402, F401
     wrn,
 )
 
-__all__ = ["available_backbones", "create_backbone", "load_pretrained", "register_backbone"]
+__all__ = [
+    "available_backbones",
+    "create_backbone",
+    "load_pretrained",
+    "register_backbone",
+    "to_channels_last",
+]

@@ -23,6 +23,10 @@ class ViTBackbone(nn.Module):
         num_heads: Attention heads.
     """
 
+    #: ``to_channels_last`` leaves ViTs alone: their one convolution cuts patches, whose
+    #: channels-last output the reshape to tokens would copy back.
+    prefers_channels_last = False
+
     def __init__(
         self, image_size: int, patch_size: int, hidden_dim: int, depth: int, num_heads: int
     ) -> None:

@@ -95,7 +95,8 @@ def export(
         "submodule": submodule,
         "model": config.get("model", {}).get("class_path", type(model).__name__),
     }
-    torch.save(backbone.state_dict(), weights)
+    # Plain (contiguous) tensors: channels_last training leaves NHWC-strided conv weights.
+    torch.save({k: v.contiguous() for k, v in backbone.state_dict().items()}, weights)
     sidecar.write_text(json.dumps(info, indent=2) + "\n")
     print(f"wrote {weights} ({name}, {len(state)} tensors) and {sidecar}")
     return weights, sidecar

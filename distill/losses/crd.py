@@ -127,7 +127,11 @@ class CRDLoss(nn.Module):
         self.student_memory = MomentumMemoryBank(num_rows, embed_dim, memory_momentum)
         self.teacher_memory = MomentumMemoryBank(num_rows, embed_dim, memory_momentum)
         # Z of the student-anchor and teacher-anchor directions; NaN until the first batch.
+        # Whether they are fixed is a Python flag, read back from the buffer on loading, so
+        # that no step reads the buffer from the device.
         self.register_buffer("normalizers", torch.full((2,), math.nan))
+        self.normalizers_fixed = False
+        self.register_load_state_dict_post_hook(CRDLoss._read_normalizers_fixed)
         if sampler == "other_class":
             if labels is None or len(labels) != num_rows:
                 raise ConfigError(
@@ -140,6 +144,9 @@ class CRDLoss(nn.Module):
             self.register_buffer("order", torch.argsort(labels, stable=True))
             self.register_buffer("starts", torch.cumsum(counts, 0) - counts)
             self.register_buffer("counts", counts)
+
+    def _read_normalizers_fixed(self, incompatible_keys) -> None:
+        self.normalizers_fixed = not torch.isnan(self.normalizers).any()
 
     def embed(self, student_features: Tensor, teacher_features: Tensor) -> tuple[Tensor, Tensor]:
         """L2-normalised embeddings ``z_s``, ``z_t`` ``[B, embed_dim]``."""
@@ -182,13 +189,14 @@ class CRDLoss(nn.Module):
         teacher_logits = (z_teacher.float() @ self.student_memory.rows.T).gather(1, rows)
         exp_student = torch.exp(student_logits / self.temperature)
         exp_teacher = torch.exp(teacher_logits / self.temperature)
-        if torch.isnan(self.normalizers).any():
+        if not self.normalizers_fixed:
             with torch.no_grad():
-                count = torch.tensor(float(exp_student.numel()), device=exp_student.device)
+                count = exp_student.new_full((), exp_student.numel())
                 sums = torch.stack([exp_student.sum(), exp_teacher.sum(), count])
                 if dist.is_available() and dist.is_initialized():
                     dist.all_reduce(sums)
                 self.normalizers.copy_(sums[:2] / sums[2] * num_rows)
+            self.normalizers_fixed = True
         student_loss = nce_loss(exp_student / self.normalizers[0], num_rows)
         teacher_loss = nce_loss(exp_teacher / self.normalizers[1], num_rows)
         return student_loss, teacher_loss

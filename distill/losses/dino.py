@@ -71,7 +71,9 @@ def dino_loss(
         batch = log_probs.shape[1]
         cross = -torch.einsum("gbk,vbk->gv", targets, log_probs) / batch  # [G, V]
     same_view = torch.eye(num_global, num_views, dtype=torch.bool, device=cross.device)
-    return cross[~same_view].mean()
+    # A masked sum over the fixed number of pairs: cross[~same_view] would have a size the
+    # host must wait for.
+    return cross.masked_fill(same_view, 0.0).sum() / (num_global * (num_views - 1))
 
 
 def collapse_monitors(probs: Tensor) -> tuple[Tensor, Tensor]:
@@ -171,7 +173,7 @@ class DINOLoss(nn.Module):
     def update_center(self, teacher_out: list[Tensor]) -> None:
         """Moves the center towards the mean of ``G`` teacher outputs ``[B, K]`` (all ranks)."""
         outputs = torch.cat(list(teacher_out)).float()  # [G*B, K]
-        totals = torch.cat([outputs.sum(0), outputs.new_tensor([len(outputs)])])
+        totals = torch.cat([outputs.sum(0), outputs.new_full((1,), len(outputs))])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(totals)
         batch_center = totals[:-1] / totals[-1]

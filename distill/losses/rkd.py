@@ -25,10 +25,10 @@ def _pairwise_distances(embeddings: Tensor) -> Tensor:
 def distance_potential(embeddings: Tensor) -> Tensor:
     """``ψ_D(i, j) = ‖e_i − e_j‖ / μ`` with ``μ`` the mean non-zero pairwise distance. ``[B, B]``"""
     distances = _pairwise_distances(embeddings)
-    nonzero = distances[distances > 0]
-    if nonzero.numel() == 0:  # all rows equal: no relation to scale
-        return distances
-    return distances / nonzero.mean()
+    # The zeros add nothing to the sum; counting the others keeps every size fixed (no sync).
+    count = (distances > 0).sum()
+    mean = distances.sum() / count.clamp_min(1)
+    return distances / torch.where(count > 0, mean, 1.0)  # all rows equal: nothing to scale
 
 
 def _gram_and_inverse_distances(embeddings: Tensor) -> tuple[Tensor, Tensor]:

@@ -13,6 +13,7 @@ from distill.backbones import create_backbone
 from distill.errors import ConfigError
 from distill.losses.dino import DINOLoss, collapse_monitors, teacher_probabilities
 from distill.methods.base import Method, clip_gradients_per_parameter
+from distill.modules.collapse import CollapseWatch
 from distill.modules.heads import dino_head
 
 
@@ -86,6 +87,8 @@ class DINO(Method):
         collapse_patience: Steps of a collapsed-looking teacher before the warning.
         collapse_tolerance: Entropy or KL within this fraction of ``log K`` of ``log K``
             counts as collapsed.
+        collapse_check_interval: Training steps between reads of the collapse counts (kept
+            on the device in between; also read at the end of training).
         optimizer: Optimiser (AdamW in DINO; SGD or ``lightly.utils.lars.LARS`` for convnets).
         exclude_norm_bias_from_wd: No weight decay for norms and biases.
         **kwargs: The other ``Method`` arguments (lr_schedule, warmup_epochs, min_lr_ratio).
@@ -116,6 +119,7 @@ class DINO(Method):
         lr_reference_batch: int | None = 256,
         collapse_patience: int = 50,
         collapse_tolerance: float = 0.05,
+        collapse_check_interval: int = 50,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         exclude_norm_bias_from_wd: bool = True,
         **kwargs,
@@ -135,8 +139,7 @@ class DINO(Method):
         self.momentum_start, self.momentum_end = momentum_start, momentum_end
         self.weight_decay_start, self.weight_decay_end = weight_decay_start, weight_decay_end
         self.lr_reference_batch = lr_reference_batch
-        self.collapse_patience = collapse_patience
-        self.collapse_tolerance = collapse_tolerance
+        self.collapse_check_interval = max(1, collapse_check_interval)
 
         def network() -> MultiCropWrapper:
             net = create_backbone(backbone, **(backbone_kwargs or {}))
@@ -157,9 +160,11 @@ class DINO(Method):
             output_dim, student_temp, teacher_temp, warmup_teacher_temp,
             warmup_teacher_temp_epochs, center_momentum,
         )  # fmt: skip
+        self.collapse_watch = CollapseWatch(
+            self.dino_loss.max_entropy, collapse_patience, collapse_tolerance
+        )
         self._teacher_out: list[Tensor] | None = None
-        self._collapsed_steps = 0
-        self._warned_collapse = False
+        self._watched_steps = 0
 
     def forward(self, images: Tensor) -> Tensor:
         """Teacher backbone features ``[B, D]``, the representation DINO evaluates."""
@@ -243,7 +248,7 @@ class DINO(Method):
         loss = self.dino_loss(student_out, teacher_out, teacher_temp)
         probs = teacher_probabilities(teacher_out, self.dino_loss.center, teacher_temp)
         entropy, kl_uniform = collapse_monitors(probs)
-        self.watch_collapse(float(entropy), float(kl_uniform))
+        self.collapse_watch.observe(entropy, kl_uniform)
         self.log_terms({
             "loss": loss, "momentum": self.momentum_at(step), "teacher_temp": teacher_temp,
             "teacher_entropy": entropy, "teacher_kl_uniform": kl_uniform,
@@ -271,27 +276,19 @@ class DINO(Method):
         self._teacher_out = None
         if self.optimizer_stepped():
             update_momentum(self.student, self.teacher, self.momentum_at(self.global_step - 1))
+        self._watched_steps += 1
+        if self._watched_steps % self.collapse_check_interval == 0:
+            self.check_collapse()
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        self.check_collapse()
+
+    def check_collapse(self) -> None:
+        """Warns once when the teacher looked collapsed for ``collapse_patience`` steps."""
+        warning = self.collapse_watch.check()
+        if warning:
+            rank_zero_warn(warning)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         """Nothing: ``KNNEval`` and ``LinearProbe`` callbacks evaluate the backbones."""
-
-    def watch_collapse(self, entropy: float, kl_uniform: float) -> None:
-        """Warns once when the teacher looked collapsed for ``collapse_patience`` steps."""
-        near = self.collapse_tolerance * self.dino_loss.max_entropy
-        uniform = entropy >= self.dino_loss.max_entropy - near
-        one_hot = kl_uniform >= self.dino_loss.max_entropy - near
-        self._collapsed_steps = self._collapsed_steps + 1 if uniform or one_hot else 0
-        if self._collapsed_steps >= self.collapse_patience and not self._warned_collapse:
-            self._warned_collapse = True
-            advice = (
-                "the teacher is too flat: lower teacher_temp (sharpen) and check that the "
-                "teacher moves (momentum_start < 1) and the lr is not too high"
-                if uniform
-                else "centering is too weak: keep center_momentum < 1 and teacher_temp not "
-                "too small"
-            )
-            rank_zero_warn(
-                f"DINO teacher collapse to {'uniform' if uniform else 'one dimension'} for "
-                f"{self._collapsed_steps} steps: entropy {entropy:.3f}, KL(mean || uniform) "
-                f"{kl_uniform:.3f}, log K {self.dino_loss.max_entropy:.3f}; {advice}."
-            )

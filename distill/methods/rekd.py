@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -158,6 +159,7 @@ class ReKD(Method):
             kmeans_iterations, kmeans_restarts,
         )  # fmt: skip
         self._pending: tuple[Tensor, ...] | None = None
+        self._mined_precision: Tensor | None = None
 
     def forward(self, images: Tensor) -> Tensor:
         """Student backbone features ``[B, D]``."""
@@ -216,7 +218,8 @@ class ReKD(Method):
         if teacher_q is not None:
             terms["teacher_moco"] = info_nce(teacher_q, teacher_k, self.teacher.queue.keys, tau)
             loss = loss + terms["teacher_moco"]
-        self.log_terms({"loss": loss, **terms})
+        # mined_precision is NaN until a labelled pair is mined, which is no failed loss.
+        self.log_terms({"loss": loss, **terms}, unwatched={"mined_precision"})
         self._pending = (student_k, teacher_k, anchors, targets)
         return loss
 
@@ -226,10 +229,12 @@ class ReKD(Method):
 
         All false until the bank is initialised. With ``relation: teacher`` labels
         (``targets``, the queued labels) only enter the diagnostic ``mined_precision``: the
-        fraction of mined (anchor, slot) pairs, both labelled, of the same class.
+        fraction of mined (anchor, slot) pairs, both labelled, of the same class; a step that
+        mined no such pair keeps the last value (NaN before the first). Every diagnostic is
+        computed at a fixed size, without reading anything back to the host.
         """
         queue = self.teacher.queue
-        if not bool(self.prototypes.initialized):
+        if not self.prototypes.is_initialized:
             return torch.zeros(
                 len(anchors), len(queue), dtype=torch.bool, device=anchors.device
             ), {}
@@ -242,16 +247,19 @@ class ReKD(Method):
             positives = same_class & labelled
         else:
             positives = PrototypeBank.relation_of(anchor_q, candidate_q) & valid
-        in_use = torch.cat([anchor_q, candidate_q[valid]]).unique()
-        diagnostics = {
-            "prototypes_in_use": float((in_use >= 0).sum()),
+        in_use = self.prototypes.count_in_use(anchor_q, candidate_q.masked_fill(~valid, -1))
+        mined = positives & labelled
+        count = mined.sum()
+        precision = (mined & same_class).sum() / count.clamp_min(1)
+        if self._mined_precision is None:
+            self._mined_precision = torch.full_like(precision, math.nan)
+        self._mined_precision = torch.where(count > 0, precision, self._mined_precision)
+        return positives, {
+            "prototypes_in_use": in_use.float(),
             "unassigned_fraction": (anchor_q < 0).float().mean(),
             "mined_positives": positives.sum(dim=1).float().mean(),
+            "mined_precision": self._mined_precision,
         }
-        mined = positives & labelled
-        if mined.any():
-            diagnostics["mined_precision"] = (mined & same_class).sum() / mined.sum()
-        return positives, diagnostics
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.optimizer_stepped():
@@ -264,13 +272,13 @@ class ReKD(Method):
         self.student.queue.enqueue(student_k)
         self.teacher.queue.enqueue(teacher_k, targets)
         ready = self.global_step >= self.prototype_init_step and self.teacher.queue.is_full
-        if ready and not bool(self.prototypes.initialized):
+        if ready and not self.prototypes.is_initialized:
             self.prototypes.init_from(self.teacher.queue.keys)
             # k-means on equal queues gives equal banks only up to floating-point ties:
             # rank 0's bank is the one every rank keeps.
             if self.trainer.world_size > 1:
                 bank = self.trainer.strategy.broadcast(self.prototypes.prototypes, src=0)
-                self.prototypes.prototypes.copy_(bank)
+                self.prototypes.set_prototypes(bank)
         self._pending = None
 
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -40,22 +40,23 @@ class MomentumMemoryBank(nn.Module):
         """Moves rows ``indices`` ``[B]`` towards ``embeddings`` ``[B, dim]`` and renormalises.
 
         A repeated index (the same sample twice in a gathered batch, e.g. a DistributedSampler
-        padding a rank's share) takes its last occurrence only: an index write with repeats
-        leaves an unspecified one on CUDA, which would let devices disagree.
+        padding a rank's share) takes its last occurrence only: every occurrence writes the
+        row computed from the last one, so the result does not depend on which of the equal
+        writes lands last (unspecified on CUDA, where devices could otherwise disagree).
         """
-        keep = last_occurrences(indices)
-        indices, embeddings = indices[keep], embeddings[keep]
-        mixed = self.momentum * self.rows[indices] + (1 - self.momentum) * embeddings.float()
+        last = embeddings[last_occurrence(indices)]
+        mixed = self.momentum * self.rows[indices] + (1 - self.momentum) * last.float()
         self.rows[indices] = F.normalize(mixed, dim=1).to(self.rows.dtype)
 
 
-def last_occurrences(indices: Tensor) -> Tensor:
-    """``[B]`` bool: ``True`` at the last occurrence of each value of ``indices`` ``[B]``."""
-    _, group = torch.unique(indices, return_inverse=True)
+def last_occurrence(indices: Tensor) -> Tensor:
+    """``[B]`` long: for each position, the last position holding the same value of ``indices``.
+
+    A ``[B, B]`` comparison rather than ``torch.unique``, whose output size the host would
+    have to wait for.
+    """
     positions = torch.arange(len(indices), device=indices.device)
-    last = torch.zeros(int(group.max()) + 1 if len(group) else 0, dtype=torch.long,
-                       device=indices.device)  # fmt: skip
-    last = last.scatter_reduce(0, group, positions, reduce="amax", include_self=False)
-    keep = torch.zeros(len(indices), dtype=torch.bool, device=indices.device)
-    keep[last] = True
-    return keep
+    if not len(indices):
+        return positions
+    same = indices.unsqueeze(0) == indices.unsqueeze(1)
+    return torch.where(same, positions, -1).amax(dim=1)

@@ -94,7 +94,10 @@ class PrototypeBank(nn.Module):
       ``p_k ← normalise(m_k·p_k + (1 − m_k)·c_k)``, which for one anchor is the formula
       above. Prototypes with no anchor stay.
 
-    Before ``init_from`` every embedding is unassigned (``-1``), so no pair is related.
+    Before ``init_from`` (or ``set_prototypes``) every embedding is unassigned (``-1``), so no
+    pair is related. Whether the bank is initialised is a Python flag (``is_initialized``),
+    mirrored into the ``initialized`` buffer for the checkpoint and read back from it when a
+    state dict is loaded, so that no step reads it from the device.
     Similarities, k-means and the update run in float32 with autocast off: in bf16 two
     similarities near 0.9 that differ by less than 0.004 tie.
 
@@ -139,9 +142,21 @@ class PrototypeBank(nn.Module):
         self.seed = seed
         self.register_buffer("prototypes", torch.zeros(num_prototypes, dim))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.is_initialized = False
+        self.register_load_state_dict_post_hook(PrototypeBank._read_initialized)
+
+    def _read_initialized(self, incompatible_keys) -> None:
+        self.is_initialized = bool(self.initialized)
 
     def __len__(self) -> int:
         return self.prototypes.shape[0]
+
+    @torch.no_grad()
+    def set_prototypes(self, prototypes: Tensor) -> None:
+        """Sets the bank to ``prototypes`` ``[K, dim]`` (unit vectors) and marks it initialised."""
+        self.prototypes.copy_(prototypes)
+        self.initialized.fill_(True)
+        self.is_initialized = True
 
     @float32
     @torch.no_grad()
@@ -161,8 +176,7 @@ class PrototypeBank(nn.Module):
             )
             if objective > best_objective:
                 best, best_objective = centroids, objective
-        self.prototypes.copy_(best)
-        self.initialized.fill_(True)
+        self.set_prototypes(best)
 
     @float32
     def similarities(self, embeddings: Tensor) -> tuple[Tensor, Tensor]:
@@ -172,7 +186,7 @@ class PrototypeBank(nn.Module):
     @torch.no_grad()
     def assign(self, embeddings: Tensor) -> Tensor:
         """``Q(e)`` ``[N]`` long: the most similar prototype, ``-1`` below ``Θ`` or before init."""
-        if not bool(self.initialized):
+        if not self.is_initialized:
             return torch.full((len(embeddings),), -1, dtype=torch.long, device=embeddings.device)
         similarity, assignment = self.similarities(embeddings)
         return torch.where(similarity >= self.threshold, assignment, -1)
@@ -181,6 +195,16 @@ class PrototypeBank(nn.Module):
     def relation(self, anchors: Tensor, candidates: Tensor) -> Tensor:
         """``[A, C]`` bool: ``Q(anchor) = Q(candidate) ≠ -1``."""
         return self.relation_of(self.assign(anchors), self.assign(candidates))
+
+    def count_in_use(self, *assignments: Tensor) -> Tensor:
+        """How many prototypes some entry of ``assignments`` (``[N]`` each, ``-1``: none) points to.
+
+        A fixed-size count (``[]`` long): ``unique`` would give a size the host waits for.
+        """
+        assigned = torch.cat(assignments)
+        used = torch.zeros(len(self) + 1, dtype=torch.bool, device=assigned.device)
+        used.index_fill_(0, torch.where(assigned >= 0, assigned, len(self)), True)
+        return used[:-1].sum()
 
     @staticmethod
     def relation_of(anchor_assignment: Tensor, candidate_assignment: Tensor) -> Tensor:
@@ -192,13 +216,13 @@ class PrototypeBank(nn.Module):
     @torch.no_grad()
     def update(self, anchors: Tensor) -> None:
         """Moves each prototype towards its assigned ``anchors`` ``[N, dim]`` (see class doc)."""
-        if not bool(self.initialized):
+        if not self.is_initialized:
             return
         anchors = F.normalize(anchors.float(), dim=1)
-        similarity, assignment = self.similarities(anchors)
-        keep = similarity >= self.threshold
-        index, anchors = assignment[keep], anchors[keep]
-        weight = (1 - self.momentum) * similarity[keep].clamp_min(0)
+        similarity, index = self.similarities(anchors)
+        # Anchors below Θ weigh 0 (adding nothing below), which keeps every shape fixed.
+        weight = (1 - self.momentum) * similarity.clamp_min(0)
+        weight = weight.masked_fill(similarity < self.threshold, 0.0)
         num, dim = self.prototypes.shape
         total = torch.zeros(num, device=anchors.device).index_add_(0, index, weight)
         pulled = torch.zeros(num, dim, device=anchors.device)

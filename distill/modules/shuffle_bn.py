@@ -132,6 +132,14 @@ def balanced_shuffle(
     return (rank_in_group * groups + group_of).argsort()
 
 
+def to_device_async(host: Tensor, like: Tensor) -> Tensor:
+    """``host`` on ``like``'s device, copied without waiting (a blocking host-to-GPU copy
+    waits for the GPU to finish its queued work); pinned first, as such a copy needs."""
+    if like.device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(like.device, non_blocking=True)
+
+
 def effective_groups(batch_size: int, groups: int) -> int:
     """Groups actually used for a batch: at most ``groups``, at least two rows per group."""
     return max(1, min(groups, batch_size // 2))
@@ -203,7 +211,7 @@ def shuffled_forward(
         return network(images)
     if mode == "split":
         groups = effective_groups(len(images), groups)
-        permutation = balanced_shuffle(len(images), groups, generator).to(images.device)
+        permutation = to_device_async(balanced_shuffle(len(images), groups, generator), images)
         with split_batch_norm(network, groups):
             shuffled = network(images[permutation])
         return shuffled[permutation.argsort()]

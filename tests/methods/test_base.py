@@ -105,3 +105,21 @@ def test_finite_guard_error_mode_raises_at_the_next_check_naming_the_term(tmp_pa
     with pytest.raises(NonFiniteLossError, match=r"train/loss at global step 1 \(epoch 0\)"):
         trainer.fit(model, datamodule=ColourDataModule())
     assert trainer.global_step == 2  # checked before the 3rd optimiser step
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_flag_sets_the_layout_the_fit_trains_in(tmp_path, channels_last):
+    model = Supervised(backbone="resnet8", num_classes=5, channels_last=channels_last)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    before = [c.weight.detach().clone() for c in convs]
+    inputs = []
+    convs[0].register_forward_hook(lambda module, args, out: inputs.append(args[0]))
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(model, datamodule=ColourDataModule())
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert all(c.weight.is_contiguous(memory_format=layout) for c in convs)
+    assert all(x.is_contiguous(memory_format=layout) for x in inputs)
+    # The optimiser trained the converted parameters themselves.
+    optimised = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert {id(c.weight) for c in convs} <= optimised
+    assert all(not torch.equal(c.weight, b) for c, b in zip(convs, before, strict=True))

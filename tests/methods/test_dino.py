@@ -214,11 +214,14 @@ def test_bf16_mixed_fit_keeps_loss_and_center_in_float32(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.teacher.parameters())
 
 
-def test_collapsed_teacher_triggers_one_warning(tmp_path):
+@pytest.mark.parametrize(("interval", "steps"), [(1, 3), (50, 5)], ids=["every_step", "at_end"])
+def test_collapsed_teacher_triggers_one_warning(tmp_path, interval, steps):
     # A teacher temperature of 100 makes every target almost uniform: entropy ~ log K.
-    model = make(teacher_temp=100.0, warmup_teacher_temp=100.0, collapse_patience=3)
+    model = make(teacher_temp=100.0, warmup_teacher_temp=100.0, collapse_patience=3,
+                 collapse_check_interval=interval)  # fmt: skip
     trainer = quiet_trainer(tmp_path, max_steps=5, limit_val_batches=0)
-    with pytest.warns(UserWarning, match="collapse to uniform for 3 steps") as record:
+    # Checked every step: at the 3rd; every 50: at the end of training, after 5 steps.
+    with pytest.warns(UserWarning, match=f"collapse to uniform for {steps} steps") as record:
         trainer.fit(model, datamodule=colour_data())
     assert sum("collapse" in str(w.message) for w in record) == 1
     assert trainer.callback_metrics["train/teacher_entropy"] > 0.95 * math.log(64)

@@ -41,7 +41,7 @@ def ready_model(**kwargs):
     model.teacher.queue.enqueue(keys, torch.arange(20) % 3)
     model.prototypes.init_from(keys)
     model.logged = []
-    model.log_terms = lambda terms: model.logged.append(terms)
+    model.log_terms = lambda terms, **_: model.logged.append(terms)
     return model
 
 
@@ -106,7 +106,18 @@ def test_positives_come_from_teacher_prototypes_and_labels_only_from_diagnostics
     torch.manual_seed(1)
     unlabelled = model.training_step((views, torch.full((8,), -1), indices), 0)
     assert torch.equal(with_labels, unlabelled)
-    assert "mined_precision" not in model.logged[-1]
+    # A step without a labelled mined pair keeps the precision of the last step that had one.
+    assert torch.equal(model.logged[-1]["mined_precision"], model.logged[-2]["mined_precision"])
+
+
+def test_mined_precision_is_nan_until_a_labelled_pair_is_mined():
+    model = ready_model(threshold=-1.0)
+    anchors = F.normalize(torch.randn(4, 16))
+    _, stats = model.mine_positives(anchors, torch.full((4,), -1))
+    assert stats["mined_positives"] > 0 and stats["mined_precision"].isnan()
+    positives, stats = model.mine_positives(anchors, torch.zeros(4, dtype=torch.long))
+    correct = positives & (model.teacher.queue.labels == 0)
+    assert stats["mined_precision"].item() == pytest.approx(correct.sum() / positives.sum())
 
 
 def test_unfilled_slots_are_never_positives():

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from distill.modules.memory_bank import MomentumMemoryBank, last_occurrences
+from distill.modules.memory_bank import MomentumMemoryBank, last_occurrence
 
 
 def test_initial_rows_are_uniform_in_the_reference_range():
@@ -48,4 +48,4 @@ def test_repeated_index_takes_its_last_occurrence_only():
     for index, row in ((3, 4), (1, 1), (5, 3)):  # row 4 is index 3's last occurrence
         mixed = 0.5 * before[index] + 0.5 * new[row].double()
         torch.testing.assert_close(bank.rows[index].double(), mixed / mixed.norm())
-    assert torch.equal(last_occurrences(indices), torch.tensor([False, True, False, True, True]))
+    assert torch.equal(last_occurrence(indices), torch.tensor([4, 1, 4, 3, 4]))

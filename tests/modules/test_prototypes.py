@@ -23,7 +23,7 @@ def test_spherical_kmeans_recovers_separated_clusters(restarts):
     global_state = torch.get_rng_state()
     bank.init_from(points)
     assert torch.equal(torch.get_rng_state(), global_state)  # its own generator
-    assert bool(bank.initialized)
+    assert bank.is_initialized and bool(bank.initialized)
     torch.testing.assert_close(bank.prototypes.norm(dim=1), torch.ones(4))
     # Each true centre has one prototype at cosine > 0.99: a one-to-one match.
     match = (centres @ bank.prototypes.T).argmax(dim=1)
@@ -45,8 +45,7 @@ def test_assign_is_minus_one_below_threshold_and_before_init():
     bank = PrototypeBank(2, 3, threshold=0.6)
     embeddings = F.normalize(torch.tensor([[1.0, 0.1, 0], [0.2, 1, 0], [1, 1, 0], [0, 0, 1.0]]))
     assert torch.equal(bank.assign(embeddings), torch.full((4,), -1))
-    bank.prototypes.copy_(torch.eye(3)[:2])
-    bank.initialized.fill_(True)
+    bank.set_prototypes(torch.eye(3)[:2])
     # Similarities: 0.995 | 0.981 | 0.707 (tie, first wins) | 0: below 0.6.
     assert torch.equal(bank.assign(embeddings), torch.tensor([0, 1, 0, -1]))
     bank.threshold = 0.75
@@ -89,8 +88,7 @@ def reference_update(prototypes, anchors, threshold, momentum):
 def test_update_follows_its_formula_and_keeps_unit_norm():
     torch.manual_seed(0)
     bank = PrototypeBank(5, 8, threshold=0.3, momentum=0.9)
-    bank.prototypes.copy_(F.normalize(torch.randn(5, 8)))
-    bank.initialized.fill_(True)
+    bank.set_prototypes(F.normalize(torch.randn(5, 8)))
     near = bank.prototypes[torch.tensor([0, 0, 1, 3, 3, 3])] + 0.4 * torch.randn(6, 8)
     anchors = torch.cat([F.normalize(near), F.normalize(torch.randn(4, 8))])
     before = bank.prototypes.clone()
@@ -106,8 +104,7 @@ def test_update_follows_its_formula_and_keeps_unit_norm():
 
 def test_one_anchor_is_the_papers_momentum_step():
     bank = PrototypeBank(2, 2, threshold=0.0, momentum=0.8)
-    bank.prototypes.copy_(torch.eye(2))
-    bank.initialized.fill_(True)
+    bank.set_prototypes(torch.eye(2))
     z = F.normalize(torch.tensor([[3.0, 1.0]]))
     bank.update(z)
     s = float(z[0, 0])  # similarity to p_0
@@ -129,10 +126,28 @@ def test_update_is_independent_of_anchor_order():
     assert not torch.equal(bank.prototypes, PrototypeBank(3, 16).prototypes)
 
 
+def test_initialised_flag_follows_a_loaded_state_dict():
+    points, _, _ = clusters(num=3, per=10)
+    bank, fresh = PrototypeBank(3, 16), PrototypeBank(3, 16)
+    bank.init_from(points)
+    restored = PrototypeBank(3, 16)
+    restored.load_state_dict(bank.state_dict())
+    assert restored.is_initialized and torch.equal(restored.assign(points), bank.assign(points))
+    restored.load_state_dict(fresh.state_dict())
+    assert not restored.is_initialized and (restored.assign(points) == -1).all()
+
+
+def test_count_in_use_counts_distinct_assigned_prototypes():
+    bank = PrototypeBank(5, 2)
+    count = bank.count_in_use(torch.tensor([3, -1, 3, 0]), torch.tensor([-1, 0, 4]))
+    assert count.dtype == torch.long and count.item() == 3  # prototypes 0, 3 and 4
+    assert bank.count_in_use(torch.full((4,), -1)).item() == 0
+
+
 def test_update_before_init_changes_nothing():
     bank = PrototypeBank(3, 4)
     bank.update(torch.randn(5, 4))
-    assert torch.equal(bank.prototypes, torch.zeros(3, 4)) and not bool(bank.initialized)
+    assert torch.equal(bank.prototypes, torch.zeros(3, 4)) and not bank.is_initialized
 
 
 @pytest.mark.parametrize(
@@ -179,10 +194,7 @@ def near_ties(prototypes, seed):
 
 def test_assignment_and_update_are_float32_exact_under_bf16_autocast():
     bank = PrototypeBank(8, 32, threshold=0.3, momentum=0.9)
-    bank.prototypes.copy_(
-        F.normalize(torch.randn(8, 32, generator=torch.Generator().manual_seed(0)))
-    )
-    bank.initialized.fill_(True)
+    bank.set_prototypes(F.normalize(torch.randn(8, 32, generator=torch.Generator().manual_seed(0))))
     embeddings = near_ties(bank.prototypes, seed=1)
     similarity64, assignment64 = (embeddings.double() @ bank.prototypes.double().T).max(dim=1)
     before = bank.prototypes.clone()

@@ -41,7 +41,7 @@ def test_queues_fed_the_same_counts_stay_aligned():
     assert torch.equal(teacher.keys[:, 0].long(), teacher.labels)
 
 
-def test_state_is_in_buffers():
+def test_state_is_in_buffers_and_a_loaded_queue_goes_on_from_it():
     queue = KeyQueue(3, 2, track_labels=True)
     queue.enqueue(torch.ones(2, 2), torch.tensor([4, 5]))
     restored = KeyQueue(3, 2, track_labels=True)
@@ -49,6 +49,12 @@ def test_state_is_in_buffers():
     assert set(queue.state_dict()) == {"keys", "pointer", "filled", "labels"}
     for name, value in queue.state_dict().items():
         assert torch.equal(restored.state_dict()[name], value)
+    # The pointer and count the steps use are read back from the loaded buffers.
+    for q in (queue, restored):
+        assert not q.is_full and q.valid().tolist() == [True, True, False]
+        q.enqueue(torch.full((2, 2), 7.0), torch.tensor([6, 7]))  # slots 2, then 0
+    assert torch.equal(restored.keys, queue.keys) and torch.equal(restored.labels, queue.labels)
+    assert restored.is_full and int(restored.pointer) == 1
 
 
 @pytest.mark.parametrize(("size", "dim", "key"), [(0, 4, "queue_size=0"), (4, 0, "dim=0")])
