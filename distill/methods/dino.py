@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from distill.backbones import create_backbone
 from distill.errors import ConfigError
 from distill.losses.dino import DINOLoss, collapse_monitors, teacher_probabilities
-from distill.methods.base import Method, clip_gradients_per_parameter
+from distill.methods.base import Method
+from distill.methods.training import clip_gradients_per_parameter
 from distill.modules.collapse import CollapseWatch
 from distill.modules.heads import dino_head
 
