@@ -67,6 +67,7 @@ from lightly.utils.optim import update_param_groups
 from lightly.utils.scheduler import CosineWarmupScheduler, cosine_schedule
 from lightning.pytorch.callbacks import LearningRateMonitor
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from timing import EpochTimer
 from torch import Tensor, nn
 
 from distill.backbones import create_backbone
@@ -306,24 +307,6 @@ def lightly_dino(config: dict) -> tuple[L.LightningModule, ViewRecipe]:
     batch_size = config["data"]["init_args"]["batch_size"]
     module = LightlyDINO(**model, **optimizer["init_args"], batch_size=batch_size)
     return module, LightlyViews(transform, 2 + views["num_local"])
-
-
-class EpochTimer(L.Callback):
-    """Seconds of each training epoch: from its start to the end of its last batch."""
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-        self._start = self._last = 0.0
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._start = self._last = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self._last = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        # Validation (k-NN) runs after the last batch and before this hook: not counted.
-        self.seconds.append(self._last - self._start)
 
 
 def fit_distill(method: str, out: Path, epochs: int | None, timer: EpochTimer) -> L.Trainer:

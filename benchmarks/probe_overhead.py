@@ -18,11 +18,9 @@ varying background load affects them alike; compare ratios, within one run.
 from __future__ import annotations
 
 import argparse
-from types import SimpleNamespace
-from unittest import mock
 
 import torch
-from timing import seconds_per_step
+from timing import seconds_per_step, without_trainer
 
 from distill.eval import LinearProbe
 from distill.methods import DINO, MoCo, Supervised
@@ -57,16 +55,7 @@ def steps_of(name: str, args: argparse.Namespace, device: torch.device) -> dict:
     """The three step functions of one method, sharing the method, optimiser and batch."""
     method, batch, submodule = build(name, args.backbone, args.batch_size, device)
     method.to(device).train()
-    params = [p for m in method.trainable_modules() for p in m.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    # A trainer stand-in: one process, no logger, the counters the methods read.
-    trainer = mock.MagicMock(
-        world_size=1, global_step=0, num_training_batches=64, accumulate_grad_batches=1,
-        estimated_stepping_batches=1000, max_epochs=16, optimizers=[optimizer],
-        datamodule=SimpleNamespace(num_classes=10, batch_size=args.batch_size),
-    )  # fmt: skip
-    method._trainer = trainer
-    method.log = lambda *a, **k: None  # no trainer to log to
+    optimizer, trainer = without_trainer(method, args.batch_size)
     probe = LinearProbe(submodule=submodule)
     probe.setup(trainer, method, "fit")
 

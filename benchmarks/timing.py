@@ -5,7 +5,10 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
+from unittest import mock
 
+import lightning as L
 import torch
 
 
@@ -37,3 +40,46 @@ def seconds_per_step(
                 torch.cuda.synchronize()
             samples[name].append((time.perf_counter() - start) / steps)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def without_trainer(method, batch_size: int) -> tuple[torch.optim.Optimizer, mock.MagicMock]:
+    """An SGD optimiser for ``method`` and a trainer stand-in set on it (one process, no
+    logger, the counters the methods read), so that its hooks run outside ``Trainer.fit``."""
+    params = [p for m in method.trainable_modules() for p in m.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    trainer = mock.MagicMock(
+        world_size=1, global_step=0, num_training_batches=64, accumulate_grad_batches=1,
+        estimated_stepping_batches=1000, max_epochs=16, optimizers=[optimizer],
+        datamodule=SimpleNamespace(num_classes=10, batch_size=batch_size),
+    )  # fmt: skip
+    method._trainer = trainer
+    method.log = lambda *a, **k: None  # no trainer to log to
+    return optimizer, trainer
+
+
+def training_step(method, optimizer: torch.optim.Optimizer, trainer, batch) -> None:
+    """One optimisation step as Lightning runs it: ``training_step``, backward, optimiser
+    step and ``on_train_batch_end`` (queue, EMA and centre updates)."""
+    optimizer.zero_grad(set_to_none=True)
+    method.training_step(batch, 0).backward()
+    optimizer.step()
+    trainer.global_step += 1
+    method.on_train_batch_end(None, batch, 0)
+
+
+class EpochTimer(L.Callback):
+    """Seconds of each training epoch: from its start to the end of its last batch."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = self._last = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = self._last = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._last = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Validation (k-NN) runs after the last batch and before this hook: not counted.
+        self.seconds.append(self._last - self._start)

@@ -2,6 +2,7 @@
 
 from distill.data.base import IndexedDataset, ViewDataModule
 from distill.data.cifar import CIFAR10DataModule, CIFAR100DataModule
+from distill.data.device_views import DeviceViews
 from distill.data.digits import DigitsDataModule, DigitsDataset
 from distill.data.folder import ImageFolderDataModule
 from distill.data.stl10 import STL10DataModule
@@ -10,6 +11,7 @@ from distill.data.views import MultiCropViews, SupervisedViews, TwoViews, ViewRe
 __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
+    "DeviceViews",
     "DigitsDataModule",
     "DigitsDataset",
     "ImageFolderDataModule",

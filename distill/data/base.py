@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
+from distill.data.device_views import Canvas
 from distill.data.sampling import (
     LazyDataLoader,
     SeededSampler,
@@ -26,6 +28,10 @@ class IndexedDataset(Dataset):
     The index is the sample's row in the dataset, which CRD's memory banks and ReKD's queues
     address; unlabelled samples keep the target ``-1``. An item ``(seed, index)`` (from
     ``SeededSampler``) applies the transform with the random generators seeded by ``seed``.
+    A batched transform (``prepare`` per sample, ``apply`` per batch, as ``HostViews``) is
+    prepared under each sample's seed and applied to the loader's whole batch at once
+    (``__getitems__``, which PyTorch's DataLoader calls with a batch's items); the views it
+    returns are already collated, and the DataModule's loaders (``collate``) keep them so.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable | None = None) -> None:
@@ -36,15 +42,43 @@ class IndexedDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, item: int | tuple[int, int]):
-        seed, index = item if isinstance(item, tuple) else (None, item)
-        image, target = self.dataset[index]
-        if self.transform is not None:
-            if seed is None:
-                image = self.transform(image)
-            else:
-                with seeded_rngs(seed):
-                    image = self.transform(image)
-        return image, -1 if target is None else int(target), index
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: list[int | tuple[int, int]]) -> list[tuple]:
+        batched = hasattr(self.transform, "prepare")
+        images, targets, indices = [], [], []
+        for item in items:
+            seed, index = item if isinstance(item, tuple) else (None, item)
+            image, target = self.dataset[index]
+            if self.transform is not None:
+                prepare = self.transform.prepare if batched else self.transform
+                with seeded_rngs(seed) if seed is not None else contextlib.nullcontext():
+                    image = prepare(image)
+            images.append(image)
+            targets.append(-1 if target is None else int(target))
+            indices.append(index)
+        if not batched:
+            return list(zip(images, targets, indices, strict=True))
+        views = self.transform.apply(images)
+        samples = [
+            ([view[i] for view in views] if isinstance(views, list) else views[i], target, index)
+            for i, (target, index) in enumerate(zip(targets, indices, strict=True))
+        ]
+        return CollatedSamples(samples, [views, torch.tensor(targets), torch.tensor(indices)])
+
+
+class CollatedSamples(list):
+    """A batch's samples (what a DataLoader's ``collate_fn`` receives) with their collated
+    batch attached, for ``collate`` to pass on without stacking the views a second time."""
+
+    def __init__(self, samples: list[tuple], batch: list) -> None:
+        super().__init__(samples)
+        self.batch = batch
+
+
+def collate(samples: list) -> list:
+    """``default_collate``, or the batch ``IndexedDataset`` already collated."""
+    return samples.batch if isinstance(samples, CollatedSamples) else default_collate(samples)
 
 
 class ViewDataModule(L.LightningDataModule):
@@ -155,6 +189,7 @@ class ViewDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers,
             worker_init_fn=ignore_stop_signals if self.num_workers else None,
             generator=self._generator(),
+            collate_fn=collate,
             **kw,
         )
 
@@ -172,6 +207,17 @@ class ViewDataModule(L.LightningDataModule):
 
         sampler = SeededSampler(self.train_set, world, rank, self.seed, position)
         return self._loader(self.train_set, self.batch_size, False, drop_last, sampler=sampler)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Makes the views of a ``DeviceViews`` batch on the device it was moved to."""
+        views, *rest = batch
+        if not isinstance(views, Canvas):
+            return batch
+        views = self.views.apply(views, self.mean, self.std)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:  # e.g. bf16-true: the views get the inputs' precision
+            views = trainer.precision_plugin.convert_input(views)
+        return (views, *rest)
 
     def _generator(self) -> torch.Generator:
         # Loaders draw their workers' base seeds from this, not from torch's global generator,

@@ -2,7 +2,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as F
 
+from distill.data.augment import group_params
+from distill.data.base import IndexedDataset
 from distill.data.views import MultiCropViews, SupervisedViews, TwoViews, eval_transform
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -54,3 +57,73 @@ def test_eval_transform_normalises_with_given_statistics():
 def test_eval_transform_resizes_then_centre_crops():
     out = eval_transform(24, MEAN, STD, resize=28)(image(56))
     assert out.shape == (3, 24, 24)
+
+
+def coordinate_image(height=40, width=30):
+    """uint8 RGB whose red is the column and green the row of each pixel."""
+    rows, columns = np.mgrid[0:height, 0:width]
+    return Image.fromarray(np.stack([columns, rows, rows * 0 + 7], -1).astype(np.uint8))
+
+
+def recording(monkeypatch):
+    """The parameters ``HostViews.apply`` draws, recorded per view group."""
+    from distill.data import views as views_module
+
+    recorded = []
+
+    def record(*args):
+        recorded.append(group_params(*args))
+        return recorded[-1]
+
+    monkeypatch.setattr(views_module, "group_params", record)
+    return recorded
+
+
+def denormalised(view, mean=MEAN, std=STD):
+    return view * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+
+
+def test_padded_crop_cuts_out_the_sampled_box_with_zeros_and_flips(monkeypatch):
+    recorded = recording(monkeypatch)
+    transform = SupervisedViews(crop_size=32, padding=4).build(MEAN, STD)
+    image = coordinate_image(40, 30)
+    source = F.pil_to_tensor(image).double()
+    padded = torch.nn.functional.pad(source, (40,) * 4)
+    flips = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        view = denormalised(transform(image).double()) * 255
+        params = recorded[-1]
+        (top, left, height, width), flip = params.box[0].int().tolist(), bool(params.flip[0])
+        expected = padded[:, 40 + top : 40 + top + height, 40 + left : 40 + left + width]
+        expected = expected.flip(-1) if flip else expected
+        torch.testing.assert_close(view, expected, atol=1e-4, rtol=0)
+        flips.add(flip)
+    assert flips == {True, False}
+
+
+def test_resized_crop_resizes_the_sampled_box(monkeypatch):
+    recorded = recording(monkeypatch)
+    transform = TwoViews(crop_size=24, color_jitter_prob=0, gray_prob=0, blur_prob=0).build(
+        MEAN, STD
+    )
+    image = coordinate_image(40, 30)
+    source = F.pil_to_tensor(image)
+    torch.manual_seed(0)
+    views = transform(image)
+    params = recorded[-1]
+    for view, box, flip in zip(views, params.box.int().tolist(), params.flip, strict=True):
+        expected = F.resized_crop(source, *box, [24, 24], antialias=True).double() / 255
+        expected = expected.flip(-1) if flip else expected
+        torch.testing.assert_close(denormalised(view.double()), expected, atol=1e-5, rtol=0)
+
+
+def test_views_of_a_sample_do_not_depend_on_the_rest_of_its_batch():
+    recipe = MultiCropViews(num_global=2, num_local=3, blur_probs=(1.0, 0.5, 0.5))
+    dataset = IndexedDataset([(image(32, seed), 0) for seed in range(6)], recipe.build(MEAN, STD))
+    batch = dataset.__getitems__([(11 + i, i) for i in range(6)])
+    alone = dataset.__getitems__([(14, 3)])[0]
+    assert alone[2] == 3
+    for view, expected in zip(alone[0], batch[3][0], strict=True):
+        torch.testing.assert_close(view, expected, atol=1e-6, rtol=0)
+    assert not torch.equal(batch[2][0][0], batch[3][0][0])
