@@ -58,6 +58,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
+from cifar10_5k import print_markdown
 from lightly.loss import DINOLoss, NTXentLoss
 from lightly.models import utils
 from lightly.models.batchnorm import SplitBatchNorm
@@ -67,7 +68,7 @@ from lightly.utils.optim import update_param_groups
 from lightly.utils.scheduler import CosineWarmupScheduler, cosine_schedule
 from lightning.pytorch.callbacks import LearningRateMonitor
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from timing import EpochTimer
+from timing import EpochTimer, seconds_per_step, training_step, without_trainer
 from torch import Tensor, nn
 
 from distill.backbones import create_backbone
@@ -334,7 +335,7 @@ def fit_lightly(method: str, out: Path, epochs: int | None, timer: EpochTimer) -
     settings["default_root_dir"] = str(out)
     if epochs:
         settings["max_epochs"] = epochs
-    callbacks += [LearningRateMonitor("step"), timer]  # distill's CLI adds the same monitor
+    callbacks += [LearningRateMonitor("step"), timer]  # distill's methods log train/lr themselves
     trainer = L.Trainer(**settings, callbacks=callbacks)
     trainer.fit(model, datamodule=datamodule)
     return trainer
@@ -404,11 +405,36 @@ def print_table(methods: list[str]) -> None:
                 ratio = s["median_epoch_seconds"] / runs["lightly"]["median_epoch_seconds"]
                 row[6] = f"{ratio:.2f}"
             rows.append(row)
-    widths = [max(len(x) for x in column) for column in zip(*rows, strict=True)]
-    lines = ["| " + " | ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)) + " |"
-             for row in rows]  # fmt: skip
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    print("\n".join(lines))
+    print_markdown(rows[0], rows[1:])
+
+
+def step_times(methods: list[str], repeats: int) -> None:
+    """Milliseconds per training step of distill's module and lightly's on one random batch
+    of the config's views, the two interleaved (``timing.seconds_per_step``)."""
+    print("| method | distill ms / step | lightly ms / step | distill / lightly |")
+    print("| --- | ---: | ---: | ---: |")
+    for method in methods:
+        with open(ROOT / CONFIGS[method]) as f:
+            config = yaml.safe_load(f)
+        L.seed_everything(config["seed_everything"])
+        cli = build_cli(["--config", CONFIGS[method]], run=False)
+        ours, batch_size = cli.model, cli.datamodule.batch_size
+        ours.configure_model()  # channels_last, as at the start of a fit
+        theirs = (lightly_moco if method == "moco" else lightly_dino)(config)[0]
+        views = [torch.randn(batch_size, 3, v.size, v.size) for v in cli.datamodule.views.specs()]
+        batch = (views, torch.full((batch_size,), -1), torch.arange(batch_size))
+        clip = config["trainer"].get("gradient_clip_val")
+        steps = {}
+        for name, module in (("distill", ours), ("lightly", theirs)):
+            module.train()
+            optimizer, trainer = without_trainer(module, batch_size, own_optimizer=True)
+            steps[name] = functools.partial(training_step, module, optimizer, trainer, batch, clip)
+        seconds = seconds_per_step(steps, 1, 2, repeats, torch.device("cpu"))
+        ratio = seconds["distill"] / seconds["lightly"]
+        print(
+            f"| {LABELS[method]} | {1000 * seconds['distill']:.0f} | "
+            f"{1000 * seconds['lightly']:.0f} | {ratio:.2f} |"
+        )
 
 
 def main() -> None:
@@ -417,10 +443,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="epochs of every run (default: the configs')")
     parser.add_argument("--parallel", type=int, default=2, help="runs at once (one method's two)")
     parser.add_argument("--report", action="store_true", help="print the table only")
+    parser.add_argument("--steps", action="store_true", help="time training steps only")
+    parser.add_argument("--repeats", type=int, default=20, help="timed steps with --steps")
     parser.add_argument("--run", choices=RUNS, help=argparse.SUPPRESS)  # one run, in-process
     args = parser.parse_args()
     if args.run:
         run(args.run, args.epochs)
+        return
+    if args.steps:
+        step_times(args.methods, args.repeats)
         return
     if not args.report:
         for method in args.methods:

@@ -2,11 +2,12 @@
 
     python benchmarks/rekd_study.py --parallel 2 --threads 1      # train every row, then report
     python benchmarks/rekd_study.py --report                      # table and figures from runs/
-    python benchmarks/rekd_study.py --rows moco rekd_resnet8x4    # only these rows (and seeds)
+    python benchmarks/rekd_study.py --rows moco rekd_vgg8 --seeds 0   # only these rows and seeds
 
 Every row trains the same resnet8 student (views, queue, optimiser and epochs of
 ``configs/moco/cifar10-5k_resnet8.yaml``) and is scored by the val k-NN top-1 (k = 20) of
-its final epoch, mean ± standard deviation over its seeds. ReKD rows differ only in where
+its final epoch, mean ± standard deviation over its seeds (the gain over MoCo-v2: difference
+of the means ± its standard error). ReKD rows differ only in where
 the relation comes from: an online teacher trained with the student (resnet20, and one that
 ends stronger than the student), an offline teacher loaded from a run of the first stage
 and frozen (a longer MoCo-v2 run, a supervised run), or the true labels (``oracle``: a
@@ -155,24 +156,38 @@ def fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
+def gain_over(values: list[float], baseline: list[float]) -> tuple[float, float]:
+    """Gain of the mean over the baseline's mean (points) and the standard error of that
+    difference; a row of one seed borrows the baseline's seed-to-seed deviation."""
+    row = [v * 100 for v in values]
+    base = [v * 100 for v in baseline]
+    base_mean, base_std = mean_std(base)
+    std = statistics.stdev(row) if len(row) > 1 else base_std
+    error = (base_std**2 / len(base) + std**2 / len(row)) ** 0.5
+    return statistics.mean(row) - base_mean, error
+
+
 def print_table(table: list[dict]) -> None:
     baseline = next((t["knn"] for t in table if t["row"].name == "moco"), [])
-    base = statistics.mean(baseline) * 100 if baseline else None
-    header = ["row", "seeds", "student k-NN %", "gain vs MoCo-v2", "teacher k-NN %",
+    header = ["row", "seeds", "student k-NN %", "gain vs MoCo-v2 ± s.e.", "teacher k-NN %",
               "mined precision", "val top-1 %"]  # fmt: skip
-    lines = []
+    lines, missing = [], []
     for t in table:
         if t["row"].name.startswith("teacher_"):  # an offline teacher's own run
             t = {**t, "teacher_knn": t["knn"], "knn": []}
+        if not t["knn"] and not t["teacher_knn"]:
+            missing.append(t["row"].name)
+            continue
         gain = "-"
-        if base is not None and t["knn"] and t["row"].name != "moco":
-            mean, std = mean_std([v * 100 - base for v in t["knn"]])
-            gain = f"{mean:+.1f} ± {std:.1f}" if len(t["knn"]) > 1 else f"{mean:+.1f}"
+        if baseline and t["knn"] and t["row"].name != "moco":
+            gain = "{:+.1f} ± {:.1f}".format(*gain_over(t["knn"], baseline))
         lines.append([
             t["row"].label, str(t["seeds"]), fmt(t["knn"]), gain, fmt(t["teacher_knn"]),
             fmt(t["precision"], 1.0, 3), fmt(t["top1"]),
         ])  # fmt: skip
     print_markdown(header, lines)
+    if missing:
+        print(f"\nnot run yet: {', '.join(missing)}")
 
 
 def plot(table: list[dict]) -> None:
@@ -185,13 +200,12 @@ def plot(table: list[dict]) -> None:
     FIGURES.mkdir(parents=True, exist_ok=True)
     baseline = next((t["knn"] for t in table if t["row"].name == "moco"), [])
     if baseline:
-        base = statistics.mean(baseline) * 100
         fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
         markers = {"online": "o", "offline": "s", "oracle": "*"}
         for t in table:
             if not t["row"].relation or not t["knn"] or not t["precision"]:
                 continue
-            gain, gain_std = mean_std([v * 100 - base for v in t["knn"]])
+            gain, gain_std = gain_over(t["knn"], baseline)
             precision, precision_std = mean_std(t["precision"])
             ax.errorbar(precision, gain, xerr=precision_std, yerr=gain_std, capsize=3,
                         marker=markers[t["row"].relation], linestyle="none",

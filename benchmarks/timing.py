@@ -10,6 +10,7 @@ from unittest import mock
 
 import lightning as L
 import torch
+from lightning.pytorch.core.optimizer import _configure_optimizers
 
 
 def seconds_per_step(
@@ -42,26 +43,39 @@ def seconds_per_step(
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def without_trainer(method, batch_size: int) -> tuple[torch.optim.Optimizer, mock.MagicMock]:
-    """An SGD optimiser for ``method`` and a trainer stand-in set on it (one process, no
-    logger, the counters the methods read), so that its hooks run outside ``Trainer.fit``."""
-    params = [p for m in method.trainable_modules() for p in m.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+def without_trainer(
+    method, batch_size: int, own_optimizer: bool = False
+) -> tuple[torch.optim.Optimizer, mock.MagicMock]:
+    """An optimiser for ``method`` (SGD, or with ``own_optimizer`` the first of its
+    ``configure_optimizers``) and a trainer stand-in set on it (one process, no logger,
+    epoch 0, the counters the methods read), so that its hooks run outside ``Trainer.fit``."""
     trainer = mock.MagicMock(
-        world_size=1, global_step=0, num_training_batches=64, accumulate_grad_batches=1,
-        estimated_stepping_batches=1000, max_epochs=16, optimizers=[optimizer],
+        world_size=1, global_step=0, current_epoch=0, num_training_batches=64,
+        accumulate_grad_batches=1, estimated_stepping_batches=1000, max_epochs=16,
         datamodule=SimpleNamespace(num_classes=10, batch_size=batch_size),
     )  # fmt: skip
     method._trainer = trainer
     method.log = lambda *a, **k: None  # no trainer to log to
+    if own_optimizer:
+        optimizer = _configure_optimizers(method.configure_optimizers())[0][0]
+    else:
+        params = [p for m in method.trainable_modules() for p in m.parameters()]
+        optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    trainer.optimizers = [optimizer]
     return optimizer, trainer
 
 
-def training_step(method, optimizer: torch.optim.Optimizer, trainer, batch) -> None:
-    """One optimisation step as Lightning runs it: ``training_step``, backward, optimiser
-    step and ``on_train_batch_end`` (queue, EMA and centre updates)."""
+def training_step(
+    method, optimizer: torch.optim.Optimizer, trainer, batch, clip: float | None = None
+) -> None:
+    """One optimisation step as Lightning runs it: ``training_step``, backward,
+    ``on_before_optimizer_step``, gradient clipping (with ``clip``), optimiser step and
+    ``on_train_batch_end`` (queue, EMA and centre updates)."""
     optimizer.zero_grad(set_to_none=True)
     method.training_step(batch, 0).backward()
+    method.on_before_optimizer_step(optimizer)
+    if clip is not None:
+        method.configure_gradient_clipping(optimizer, clip, "norm")
     optimizer.step()
     trainer.global_step += 1
     method.on_train_batch_end(None, batch, 0)
