@@ -155,14 +155,6 @@ class CountSteps(lightning.Callback):
         self.counter.active = False
 
 
-@pytest.fixture(scope="module")
-def teacher_checkpoint(tmp_path_factory):
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("teacher") / "teacher.ckpt"
-    torch.save({"state_dict": Supervised(backbone="resnet14", num_classes=5).state_dict()}, path)
-    return str(path)
-
-
 def method_and_data(name: str, teacher_checkpoint: str):
     common = dict(optimizer=SGD, nonfinite_check_interval=NEVER)
     teacher = dict(

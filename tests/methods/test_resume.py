@@ -15,14 +15,6 @@ WORKERS = 2
 SGD = lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)  # noqa: E731
 
 
-@pytest.fixture(scope="module")
-def teacher_checkpoint(tmp_path_factory):
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("teacher") / "teacher.ckpt"
-    torch.save({"state_dict": Supervised(backbone="resnet14", num_classes=5).state_dict()}, path)
-    return str(path)
-
-
 def make(method: str, teacher_checkpoint: str):
     common = dict(num_classes=5, optimizer=SGD)
     teacher = dict(teacher_backbone="resnet14", teacher_checkpoint=teacher_checkpoint)
