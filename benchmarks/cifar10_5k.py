@@ -9,7 +9,10 @@ the teacher exists before its students need it); extra arguments after ``--`` go
 run, e.g. ``-- --trainer.max_epochs 10``. The table reads each run's newest TensorBoard log:
 the last and best value of every metric column, and the run's wall time (first to last
 event); ``--curves val/knn_top1 train/mined_precision`` also prints those metrics over
-training. Compare wall times only within one invocation on one machine.
+training. Compare wall times only within one invocation on one machine. ``--figures``
+writes ``benchmarks/figures/<suite>_curves.png`` (each metric column against the epoch,
+one line per run) and ``<suite>_final.png`` (the final values, with error bars of one
+binomial standard error on the 1,017 val images).
 
     python benchmarks/cifar10_5k.py selfsupervised --report --curves val/knn_top1
 """
@@ -29,6 +32,8 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parent.parent
+FIGURES = ROOT / "benchmarks" / "figures"
+VAL_IMAGES = 1017  # cifar10-5k's val split
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,45 @@ def print_curves(runs: list[Run], metrics: list[str], points: int = 12) -> None:
             print(f"{run.label} {metric} (value@step): {values}")
 
 
+def plot(suite: str, runs: list[Run], metrics: list[str]) -> None:
+    """The suite's curves and final values as two small PNG files (see the docstring)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    logged = [(run, load_scalars(run)[1]) for run in runs]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), dpi=100)
+    for ax, metric in zip([axes] if len(metrics) == 1 else axes, metrics, strict=True):
+        for run, scalars in logged:
+            epochs = {e.step: e.value for e in scalars.get("epoch", [])}
+            events = scalars.get(metric, [])
+            if events:
+                xs = [epochs.get(e.step, 0) + 1 for e in events]
+                ax.plot(xs, [100 * e.value for e in events], marker=".", label=run.label)
+        ax.set(xlabel="epoch", ylabel=f"{metric} (%)")
+    (axes if len(metrics) == 1 else axes[0]).legend(fontsize=7)
+    fig.suptitle(f"cifar10-5k, {suite}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(FIGURES / f"{suite}_curves.png")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(runs), 3.4), dpi=100)
+    width = 0.8 / len(metrics)
+    for column, metric in enumerate(metrics):
+        finals = [s[metric][-1].value if s.get(metric) else 0.0 for _, s in logged]
+        errors = [100 * (p * (1 - p) / VAL_IMAGES) ** 0.5 for p in finals]
+        xs = [i + (column - (len(metrics) - 1) / 2) * width for i in range(len(runs))]
+        ax.bar(xs, [100 * p for p in finals], width, yerr=errors, capsize=3, label=metric)
+    ax.set_xticks(range(len(runs)), [run.label for run, _ in logged], rotation=30, ha="right")
+    ax.set(ylabel="final value (%)", ylim=(0, 100))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(FIGURES / f"{suite}_final.png")
+    plt.close(fig)
+    print(f"wrote {FIGURES / f'{suite}_curves.png'} and {suite}_final.png")
+
+
 def print_markdown(header: list[str], lines: list[list[str]]) -> None:
     """A Markdown table with aligned columns."""
     widths = [max(len(x) for x in col) for col in zip(header, *lines, strict=True)]
@@ -193,6 +237,7 @@ def main() -> None:
     parser.add_argument(
         "--curves", nargs="*", default=[], help="also print these metrics over training"
     )
+    parser.add_argument("--figures", action="store_true", help="also write the two PNGs")
     parser.add_argument("extra", nargs="*", help="arguments for every run (after --)")
     args = parser.parse_args()
     stages, metrics = SUITES[args.suite], METRICS[args.suite]
@@ -205,6 +250,8 @@ def main() -> None:
     runs = [run for stage in stages for run in stage]
     print_table([(run.label, summary(run, metrics)) for run in runs], metrics)
     print_curves(runs, args.curves)
+    if args.figures:
+        plot(args.suite, runs, metrics)
 
 
 if __name__ == "__main__":
