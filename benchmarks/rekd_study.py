@@ -112,9 +112,14 @@ def final_values(run: Run, tag: str, last_epochs: int = 0) -> float | None:
     """The last logged value of ``tag`` (or the mean over its last ``last_epochs`` epochs) of a
     finished run; ``None`` for a run that is missing or still training."""
     _, scalars = load_scalars(run)
-    events = scalars.get(tag, [])
-    finished = max((e.value for e in scalars.get("epoch", [])), default=-1) + 1
-    if not events or finished < planned_epochs(run):
+    events, evaluations = scalars.get(tag, []), scalars.get("val/knn_top1", [])
+    if not events or not evaluations:
+        return None
+    # Finished: the last k-NN evaluation ran in the planned last epoch (the epoch counter
+    # reaches it as soon as that epoch starts, before its evaluation).
+    last = evaluations[-1].step
+    evaluated = max((e.value for e in scalars.get("epoch", []) if e.step <= last), default=-1)
+    if evaluated + 1 < planned_epochs(run):
         return None
     if not last_epochs:
         return events[-1].value
