@@ -220,7 +220,7 @@ def plot(table: list[dict]) -> None:
         ax.set_xlabel("mined precision (same-class fraction of mined positives)")
         ax.set_ylabel("student k-NN gain over MoCo-v2 (points)")
         ax.set_title("ReKD on cifar10-5k: resnet8 student, 30 epochs", fontsize=10)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()
         fig.savefig(FIGURES / "rekd_gain.png")
         plt.close(fig)
