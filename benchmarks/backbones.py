@@ -15,7 +15,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from timing import seconds_per_step
+from timing import add_timing_arguments, seconds_per_step
 
 from distill.backbones import create_backbone
 from distill.modules import Classifier
@@ -56,12 +56,8 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("backbones", nargs="*", default=DEFAULT)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    add_timing_arguments(parser, steps=5, warmup=2, repeats=3)
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -23,7 +23,7 @@ from unittest import mock
 import numpy as np
 import torch
 from PIL import Image
-from timing import seconds_per_step
+from timing import add_timing_arguments, seconds_per_step
 from torchvision.datasets import ImageFolder
 
 from distill.data import MultiCropViews
@@ -108,8 +108,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="resnet20")
     parser.add_argument("--vit-patch-size", type=int, default=4, help="for vit_* backbones")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-local", type=int, default=6)
     parser.add_argument("--global-size", type=int, default=32)
     parser.add_argument("--local-size", type=int, default=16)
@@ -119,9 +117,7 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/cifar10-5k/train")
     parser.add_argument("--data-images", type=int, default=256)
     parser.add_argument("--variants", nargs="+", default=["fp32"])
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    add_timing_arguments(parser, steps=3, warmup=2, repeats=3)
     args = parser.parse_args()
     args.backbone_kwargs = (
         {"image_size": args.global_size, "patch_size": args.vit_patch_size}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from timing import seconds_per_step, without_trainer
+from timing import add_timing_arguments, seconds_per_step, without_trainer
 
 from distill.eval import LinearProbe
 from distill.methods import DINO, MoCo, Supervised
@@ -92,11 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["supervised", "moco", "dino"])
     parser.add_argument("--backbone", default="resnet8")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    add_timing_arguments(parser, steps=5, warmup=2, repeats=5)
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)

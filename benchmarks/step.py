@@ -20,7 +20,7 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
-from timing import seconds_per_step
+from timing import add_timing_arguments, seconds_per_step
 
 from distill.methods import CRD, KD, RKD, Supervised
 
@@ -29,13 +29,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="resnet32x4")
     parser.add_argument("--student", default="resnet8x4")
-    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-classes", type=int, default=100)
+    add_timing_arguments(parser, steps=5, warmup=2, repeats=3)
     parser.add_argument("--num-rows", type=int, default=50_000, help="CRD bank rows (dataset size)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -11,6 +12,18 @@ from unittest import mock
 import lightning as L
 import torch
 from lightning.pytorch.core.optimizer import _configure_optimizers
+
+
+def add_timing_arguments(
+    parser: argparse.ArgumentParser, steps: int, warmup: int, repeats: int
+) -> None:
+    """``--device``, ``--batch-size`` (64) and the ``seconds_per_step`` loop's ``--steps``,
+    ``--warmup`` and ``--repeats`` (defaults given)."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--repeats", type=int, default=repeats)
 
 
 def seconds_per_step(
