@@ -15,11 +15,12 @@ with a JSON sidecar); see ``distill.commands``.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import docstring_parser
 import torch
-from jsonargparse import Namespace, class_from_function, namespace_to_dict
+from jsonargparse import Namespace, class_from_function
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
@@ -68,7 +69,7 @@ class DistillCLI(LightningCLI):
         if command is None:
             return super()._run_subcommand(subcommand)
         options = self._prepare_subcommand_kwargs(subcommand)  # with model and datamodule
-        config = namespace_to_dict(self.config[subcommand])
+        config = self.config[subcommand].clone().as_dict()
         command(**provided_arguments(command, trainer=self.trainer, config=config), **options)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -97,7 +98,7 @@ class DistillCLI(LightningCLI):
                 f"--ckpt_path {ckpt_path} is a checkpoint of {saved_class}, but the configured "
                 f"model is {model.class_path}; resume it with that method's config"
             )
-        configured = namespace_to_dict(model.get("init_args") or Namespace())
+        configured = (model.get("init_args") or Namespace()).clone().as_dict()
         changed = [
             f"{key}: {hparams[key]!r} -> {configured[key]!r}"
             for key in sorted(hparams)
@@ -118,7 +119,7 @@ class DistillCLI(LightningCLI):
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if config.get("logger") is not False and self.subcommand == "fit":
-            callbacks = [*callbacks, RunHParams(namespace_to_dict(self.config[self.subcommand]))]
+            callbacks = [*callbacks, RunHParams(self.config[self.subcommand].clone().as_dict())]
         return super()._instantiate_trainer(config, callbacks)
 
 
@@ -142,12 +143,28 @@ def _find_user_error(error: BaseException | None) -> Exception | None:
     return None
 
 
+def _quiet_lightning_leafspec_warning() -> None:
+    """Hides one FutureWarning that every run printed and that no user can act on.
+
+    Lightning's ``CombinedLoader`` (2.6.6, the newest) builds ``torch.utils._pytree.LeafSpec()``,
+    which torch 2.14 deprecates (Lightning-AI/pytorch-lightning#21326). Only that message,
+    raised from that Lightning module, is ignored; every other warning still shows.
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+
+
 def build_cli(args: list[str] | None = None, **kwargs) -> DistillCLI:
     """Builds (and, with a subcommand in ``args``, runs) the CLI; ``kwargs`` go to LightningCLI.
 
     For programs that need the trainer afterwards or extra ``trainer_defaults`` (e.g. a
     benchmark's timing callback); ``main`` is the command line's entry point.
     """
+    _quiet_lightning_leafspec_warning()
     return DistillCLI(
         Method,
         ViewDataModule,

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,27 @@ def test_console_scripts_point_at_the_cli(script):
     if not found:
         pytest.skip("package not installed (pip install -e .) in this environment")
     assert found[0].value == "distill.cli:main"
+
+
+def test_a_quickstart_run_shows_no_warning(tmp_path, capsys, monkeypatch):
+    # A user's run should be clean: no warning Python shows by default (Lightning's LeafSpec
+    # FutureWarning under torch 2.14 included) and no deprecated call of distill's own.
+    hidden = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+    monkeypatch.setattr(sys, "argv", ["distill"])  # not pytest's arguments
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = run_cli(
+            [
+                "fit", "--config", QUICKSTART, "--trainer.default_root_dir", str(tmp_path),
+                "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+            ],
+            capsys,
+        )  # fmt: skip
+    assert code == 0, err
+    shown = [
+        f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}"
+        for w in caught
+        if not issubclass(w.category, hidden) or Path(w.filename).is_relative_to(ROOT / "distill")
+    ]
+    assert shown == [], "\n".join(shown)
