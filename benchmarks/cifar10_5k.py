@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -51,13 +52,42 @@ class Run:
     command: str = "fit"
     args: tuple[str, ...] = ()
     tag: str = ""
+    seeded: bool = True  # False: a run others load (a teacher) runs with its config's seed only
+
+    def config_value(self, *keys: str):
+        """A value of the run's config file, e.g. ``config_value("trainer", "max_epochs")``."""
+        with open(ROOT / self.config) as f:
+            value = yaml.safe_load(f)
+        for key in keys:
+            value = value[key]
+        return value
+
+    def planned_epochs(self) -> int:
+        """``--trainer.max_epochs`` of the run's arguments, else of its config."""
+        if "--trainer.max_epochs" in self.args:
+            return int(self.args[self.args.index("--trainer.max_epochs") + 1])
+        return int(self.config_value("trainer", "max_epochs"))
+
+    def seed(self) -> int:
+        """``--seed_everything`` of the run's arguments, else of its config."""
+        if "--seed_everything" in self.args:
+            return int(self.args[self.args.index("--seed_everything") + 1])
+        return int(self.config_value("seed_everything"))
+
+    def with_seed(self, seed: int) -> Run | None:
+        """This run under ``--seed_everything seed``, its logs tagged ``seed<N>``: the run itself
+        for its config's own seed, ``None`` for an unseeded run (or ``validate``) at another."""
+        if seed == self.seed():
+            return self
+        if not self.seeded or self.command == "validate":
+            return None
+        return replace(self, args=("--seed_everything", str(seed), *self.args), tag=f"seed{seed}")
 
     def root_dir(self) -> Path:
         """Where this run's ``lightning_logs/`` go."""
         if self.command == "validate":
             return ROOT / "runs/cifar10-5k/init" / Path(self.config).stem
-        with open(ROOT / self.config) as f:
-            root = ROOT / yaml.safe_load(f)["trainer"]["default_root_dir"]
+        root = ROOT / self.config_value("trainer", "default_root_dir")
         return root.with_name(f"{root.name}_{self.tag}") if self.tag else root
 
 
@@ -65,7 +95,7 @@ class Run:
 SUITES: dict[str, list[list[Run]]] = {
     "distillation": [
         [
-            Run("teacher resnet20", "configs/supervised/cifar10-5k_resnet20.yaml"),
+            Run("teacher resnet20", "configs/supervised/cifar10-5k_resnet20.yaml", seeded=False),
             Run("student resnet8 alone", "configs/supervised/cifar10-5k_resnet8.yaml"),
         ],
         [
@@ -78,7 +108,7 @@ SUITES: dict[str, list[list[Run]]] = {
     # The same methods with a bigger teacher and student: about 3x the CPU time.
     "distillation56": [
         [
-            Run("teacher resnet56", "configs/supervised/cifar10-5k_resnet56.yaml"),
+            Run("teacher resnet56", "configs/supervised/cifar10-5k_resnet56.yaml", seeded=False),
             Run("student resnet20 alone", "configs/supervised/cifar10-5k_resnet20.yaml"),
         ],
         [
@@ -138,6 +168,40 @@ def load_scalars(run: Run) -> tuple[Path | None, dict[str, list]]:
     return version, {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
 
 
+def final_values(run: Run, tag: str, last_epochs: int = 0) -> float | None:
+    """The last logged value of ``tag`` (or the mean over its last ``last_epochs`` epochs) of a
+    finished run; ``None`` for a run that is missing or still training."""
+    _, scalars = load_scalars(run)
+    events, evaluations = scalars.get(tag, []), scalars.get("val/knn_top1", [])
+    if not events or not evaluations:
+        return None
+    # Finished: the last k-NN evaluation ran in the planned last epoch (the epoch counter
+    # reaches it as soon as that epoch starts, before its evaluation).
+    last = evaluations[-1].step
+    evaluated = max((e.value for e in scalars.get("epoch", []) if e.step <= last), default=-1)
+    if evaluated + 1 < run.planned_epochs():
+        return None
+    if not last_epochs:
+        return events[-1].value
+    epochs = scalars.get("epoch", [])
+    last = max(e.value for e in epochs) if epochs else 0
+    steps = {e.step for e in epochs if e.value > last - last_epochs}
+    recent = [e.value for e in events if e.step >= min(steps, default=0)]
+    return statistics.mean(recent)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def by_label(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs grouped by label (a label's seeds together), in the suite's order."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    return groups
+
+
 def summary(run: Run, metrics: list[str]) -> dict[str, str]:
     """Last and best of each metric and the wall time of a run's newest log."""
     version, scalars = load_scalars(run)
@@ -171,37 +235,53 @@ def print_curves(runs: list[Run], metrics: list[str], points: int = 12) -> None:
 
 
 def plot(suite: str, runs: list[Run], metrics: list[str]) -> None:
-    """The suite's curves and final values as two small PNG files (see the docstring)."""
+    """The suite's curves and final values as two small PNG files (see the docstring).
+
+    A label run with several seeds is drawn as its mean; its final value's error bar is the
+    seeds' standard deviation (one binomial standard error on the val images for one seed).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     FIGURES.mkdir(parents=True, exist_ok=True)
-    logged = [(run, load_scalars(run)[1]) for run in runs]
+    groups = by_label(runs)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), dpi=100)
     for ax, metric in zip([axes] if len(metrics) == 1 else axes, metrics, strict=True):
-        for run, scalars in logged:
-            epochs = {e.step: e.value for e in scalars.get("epoch", [])}
-            events = scalars.get(metric, [])
-            if events:
-                xs = [epochs.get(e.step, 0) + 1 for e in events]
-                ax.plot(xs, [100 * e.value for e in events], marker=".", label=run.label)
+        for label, group in groups.items():
+            curves = []  # per seed: {epoch: value}
+            for scalars in (load_scalars(run)[1] for run in group):
+                epochs = {e.step: e.value for e in scalars.get("epoch", [])}
+                curves.append({epochs.get(e.step, 0) + 1: e.value for e in scalars.get(metric, [])})
+            shared = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if shared:
+                means = [100 * statistics.mean(c[x] for c in curves) for x in shared]
+                ax.plot(shared, means, marker=".", label=f"{label} (n={len(curves)})")
         ax.set(xlabel="epoch", ylabel=f"{metric} (%)")
     (axes if len(metrics) == 1 else axes[0]).legend(fontsize=7)
     fig.suptitle(f"cifar10-5k, {suite}", fontsize=10)
     fig.tight_layout()
     fig.savefig(FIGURES / f"{suite}_curves.png")
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(runs), 3.4), dpi=100)
-    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(groups), 3.4), dpi=100)
+    offset = 0.25 / max(len(metrics) - 1, 1)
     for column, metric in enumerate(metrics):
-        finals = [s[metric][-1].value if s.get(metric) else 0.0 for _, s in logged]
-        errors = [100 * (p * (1 - p) / VAL_IMAGES) ** 0.5 for p in finals]
-        xs = [i + (column - (len(metrics) - 1) / 2) * width for i in range(len(runs))]
-        ax.bar(xs, [100 * p for p in finals], width, yerr=errors, capsize=3, label=metric)
-    ax.set_xticks(range(len(runs)), [run.label for run, _ in logged], rotation=30, ha="right")
-    ax.set(ylabel="final value (%)", ylim=(0, 100))
+        points = []  # (x, mean %, error %)
+        for i, group in enumerate(groups.values()):
+            finals = [v for run in group if (v := final_values(run, metric)) is not None]
+            if finals:
+                mean, std = mean_std(finals)
+                error = std if len(finals) > 1 else (mean * (1 - mean) / VAL_IMAGES) ** 0.5
+                points.append(
+                    (i + (column - (len(metrics) - 1) / 2) * offset, 100 * mean, 100 * error)
+                )
+        if points:
+            xs, ys, errors = zip(*points, strict=True)
+            ax.errorbar(xs, ys, yerr=errors, fmt="o", capsize=3, label=metric)
+    ax.set_xticks(range(len(groups)), list(groups), rotation=30, ha="right")
+    ax.set(ylabel="final value (%)")
+    ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(FIGURES / f"{suite}_final.png")
@@ -225,6 +305,19 @@ def print_table(rows: list[tuple[str, dict[str, str]]], metrics: list[str]) -> N
     print_markdown(["method", *columns], lines)
 
 
+def print_seed_table(runs: list[Run], metrics: list[str]) -> None:
+    """Per label: finished seeds and each metric's final value, mean ± standard deviation."""
+    lines = []
+    for label, group in by_label(runs).items():
+        finals = {m: [v for r in group if (v := final_values(r, m)) is not None] for m in metrics}
+        cells = []
+        for metric in metrics:
+            mean, std = mean_std(finals[metric]) if finals[metric] else (None, 0.0)
+            cells.append("-" if mean is None else f"{100 * mean:.1f} ± {100 * std:.1f}")
+        lines.append([label, str(len(finals[metrics[0]])), *cells])
+    print_markdown(["method", "seeds", *(f"{m} %" for m in metrics)], lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", choices=sorted(SUITES))
@@ -237,10 +330,18 @@ def main() -> None:
     parser.add_argument(
         "--curves", nargs="*", default=[], help="also print these metrics over training"
     )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+",
+        help="run (and report) each run with each of these seeds; a teacher keeps its own",
+    )  # fmt: skip
     parser.add_argument("--figures", action="store_true", help="also write the two PNGs")
     parser.add_argument("extra", nargs="*", help="arguments for every run (after --)")
     args = parser.parse_args()
     stages, metrics = SUITES[args.suite], METRICS[args.suite]
+    if args.seeds:
+        stages = [
+            [r for run in stage for s in args.seeds if (r := run.with_seed(s))] for stage in stages
+        ]
     if not args.report:
         for number, stage in enumerate(stages, 1):
             if args.stages and number not in args.stages:
@@ -248,7 +349,14 @@ def main() -> None:
             with ThreadPoolExecutor(args.parallel) as pool:
                 list(pool.map(lambda run: execute(run, args.extra, args.threads), stage))
     runs = [run for stage in stages for run in stage]
-    print_table([(run.label, summary(run, metrics)) for run in runs], metrics)
+    seeded = args.seeds and len(args.seeds) > 1
+    rows = [
+        (f"{r.label}, seed {r.seed()}" if seeded else r.label, summary(r, metrics)) for r in runs
+    ]
+    print_table(rows, metrics)
+    if seeded:
+        print()
+        print_seed_table(runs, metrics)
     print_curves(runs, args.curves)
     if args.figures:
         plot(args.suite, runs, metrics)

@@ -28,8 +28,7 @@ import statistics
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import yaml
-from cifar10_5k import ROOT, Run, execute, load_scalars, print_markdown
+from cifar10_5k import ROOT, Run, execute, final_values, load_scalars, mean_std, print_markdown
 
 FIGURES = ROOT / "benchmarks" / "figures"
 SEEDS = (0, 1, 2)
@@ -98,40 +97,6 @@ ROWS = [
     Row("rekd_oracle", "ReKD, oracle relation (true labels; diagnostic)",
         "configs/rekd/cifar10-5k_oracle_resnet8.yaml", relation="oracle"),
 ]  # fmt: skip
-
-
-def planned_epochs(run: Run) -> int:
-    """``--trainer.max_epochs`` of the run's arguments, else of its config."""
-    if "--trainer.max_epochs" in run.args:
-        return int(run.args[run.args.index("--trainer.max_epochs") + 1])
-    with open(ROOT / run.config) as f:
-        return int(yaml.safe_load(f)["trainer"]["max_epochs"])
-
-
-def final_values(run: Run, tag: str, last_epochs: int = 0) -> float | None:
-    """The last logged value of ``tag`` (or the mean over its last ``last_epochs`` epochs) of a
-    finished run; ``None`` for a run that is missing or still training."""
-    _, scalars = load_scalars(run)
-    events, evaluations = scalars.get(tag, []), scalars.get("val/knn_top1", [])
-    if not events or not evaluations:
-        return None
-    # Finished: the last k-NN evaluation ran in the planned last epoch (the epoch counter
-    # reaches it as soon as that epoch starts, before its evaluation).
-    last = evaluations[-1].step
-    evaluated = max((e.value for e in scalars.get("epoch", []) if e.step <= last), default=-1)
-    if evaluated + 1 < planned_epochs(run):
-        return None
-    if not last_epochs:
-        return events[-1].value
-    epochs = scalars.get("epoch", [])
-    last = max(e.value for e in epochs) if epochs else 0
-    steps = {e.step for e in epochs if e.value > last - last_epochs}
-    recent = [e.value for e in events if e.step >= min(steps, default=0)]
-    return statistics.mean(recent)
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def summarise(rows: list[Row], precision_epochs: int) -> list[dict]:
