@@ -9,10 +9,17 @@ the teacher exists before its students need it); extra arguments after ``--`` go
 run, e.g. ``-- --trainer.max_epochs 10``. The table reads each run's newest TensorBoard log:
 the last and best value of every metric column, and the run's wall time (first to last
 event); ``--curves val/knn_top1 train/mined_precision`` also prints those metrics over
-training. Compare wall times only within one invocation on one machine. ``--figures``
-writes ``benchmarks/figures/<suite>_curves.png`` (each metric column against the epoch,
-one line per run) and ``<suite>_final.png`` (the final values, with error bars of one
-binomial standard error on the 1,017 val images).
+training. Compare wall times only within one invocation on one machine. ``--seeds 0 1 2``
+runs (or, with ``--report``, reports) every run with each seed, ``--seed_everything N`` and
+logs tagged ``seed<N>`` (the config's own seed keeps the untagged logs); a teacher that other
+runs load keeps its config's seed, so ``--seeds 1 2`` adds students only. With several seeds
+a second table gives each method's final values as mean ± standard deviation over seeds.
+``--figures`` writes ``benchmarks/figures/<suite>_curves.png`` (each metric column against
+the epoch, one line per method, the mean of its seeds) and ``<suite>_final.png`` (the final
+values, with error bars of one standard deviation over seeds, or of one binomial standard
+error on the 1,017 val images for a single run).
+
+    python benchmarks/cifar10_5k.py distillation --parallel 2 --threads 1 --seeds 0 1 2 --figures
 
     python benchmarks/cifar10_5k.py selfsupervised --report --curves val/knn_top1
 """
@@ -264,7 +271,7 @@ def plot(suite: str, runs: list[Run], metrics: list[str]) -> None:
     fig.tight_layout()
     fig.savefig(FIGURES / f"{suite}_curves.png")
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(groups), 3.4), dpi=100)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(groups), 4.2), dpi=100)
     offset = 0.25 / max(len(metrics) - 1, 1)
     for column, metric in enumerate(metrics):
         points = []  # (x, mean %, error %)
@@ -279,8 +286,10 @@ def plot(suite: str, runs: list[Run], metrics: list[str]) -> None:
         if points:
             xs, ys, errors = zip(*points, strict=True)
             ax.errorbar(xs, ys, yerr=errors, fmt="o", capsize=3, label=metric)
-    ax.set_xticks(range(len(groups)), list(groups), rotation=30, ha="right")
+    names = [f"{label} (n={len(group)})" for label, group in groups.items()]
+    ax.set_xticks(range(len(groups)), names, rotation=30, ha="right")
     ax.set(ylabel="final value (%)")
+    ax.set_title("error bars: s.d. over n seeds; n = 1: binomial s.e. on val", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -311,9 +320,10 @@ def print_seed_table(runs: list[Run], metrics: list[str]) -> None:
     for label, group in by_label(runs).items():
         finals = {m: [v for r in group if (v := final_values(r, m)) is not None] for m in metrics}
         cells = []
-        for metric in metrics:
-            mean, std = mean_std(finals[metric]) if finals[metric] else (None, 0.0)
-            cells.append("-" if mean is None else f"{100 * mean:.1f} ± {100 * std:.1f}")
+        for values in finals.values():
+            mean, std = mean_std(values) if values else (0.0, 0.0)
+            spread = f" ± {100 * std:.1f}" if len(values) > 1 else ""
+            cells.append(f"{100 * mean:.1f}{spread}" if values else "-")
         lines.append([label, str(len(finals[metrics[0]])), *cells])
     print_markdown(["method", "seeds", *(f"{m} %" for m in metrics)], lines)
 
