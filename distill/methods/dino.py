@@ -7,7 +7,7 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 
 from distill.backbones import create_backbone
 from distill.errors import ConfigError
@@ -15,32 +15,7 @@ from distill.losses.dino import DINOLoss, collapse_monitors, teacher_probabiliti
 from distill.methods.base import Method
 from distill.methods.training import clip_gradients_per_parameter
 from distill.modules.collapse import CollapseWatch
-from distill.modules.heads import dino_head
-
-
-class MultiCropWrapper(nn.Module):
-    """Backbone + DINO head over a list of views; views of one size share a forward pass.
-
-    Args:
-        backbone: Feature extractor with ``num_features``.
-        head: Maps ``[N, num_features]`` to ``[N, K]``.
-    """
-
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-    def forward(self, views: list[Tensor]) -> list[Tensor]:
-        """``V`` tensors ``[B, 3, H_v, W_v]`` to ``V`` outputs ``[B, K]``."""
-        features, start = [], 0
-        while start < len(views):  # consecutive views of equal size: one backbone batch
-            end = start + 1
-            while end < len(views) and views[end].shape == views[start].shape:
-                end += 1
-            features.append(self.backbone(torch.cat(views[start:end])))
-            start = end
-        return list(self.head(torch.cat(features)).chunk(len(views)))
+from distill.modules.heads import MultiCropWrapper, dino_head
 
 
 class DINO(Method):

@@ -1,7 +1,7 @@
-"""Reusable stateful parts: heads, a frozen teacher, weight loading, key queues and
-momentum encoders (MoCo), the prototype bank (ReKD)."""
+"""Reusable stateful parts: heads (and the multi-crop wrapper), a frozen teacher, weight
+loading, key queues and momentum encoders (MoCo), the prototype bank (ReKD)."""
 
-from distill.modules.heads import Classifier, backbone_features
+from distill.modules.heads import Classifier, MultiCropWrapper, backbone_features
 from distill.modules.momentum_encoder import MomentumEncoder
 from distill.modules.prototypes import PrototypeBank
 from distill.modules.queue import KeyQueue
@@ -13,6 +13,7 @@ __all__ = [
     "FrozenTeacher",
     "KeyQueue",
     "MomentumEncoder",
+    "MultiCropWrapper",
     "PrototypeBank",
     "backbone_features",
     "load_weights",

@@ -1,4 +1,5 @@
-"""Heads that sit on a backbone's pooled features."""
+"""Heads that sit on a backbone's pooled features, and the multi-crop wrapper (backbone + head
+over a list of views)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,31 @@ class Classifier(nn.Module):
 
 
 @torch.no_grad()
+class MultiCropWrapper(nn.Module):
+    """Backbone + DINO head over a list of views; views of one size share a forward pass.
+
+    Args:
+        backbone: Feature extractor with ``num_features``.
+        head: Maps ``[N, num_features]`` to ``[N, K]``.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, views: list[Tensor]) -> list[Tensor]:
+        """``V`` tensors ``[B, 3, H_v, W_v]`` to ``V`` outputs ``[B, K]``."""
+        features, start = [], 0
+        while start < len(views):  # consecutive views of equal size: one backbone batch
+            end = start + 1
+            while end < len(views) and views[end].shape == views[start].shape:
+                end += 1
+            features.append(self.backbone(torch.cat(views[start:end])))
+            start = end
+        return list(self.head(torch.cat(features)).chunk(len(views)))
+
+
 def backbone_features(module: nn.Module, images: Tensor) -> Tensor:
     """Features of ``module.backbone`` (or of ``module`` itself if it has none), no gradient."""
     return getattr(module, "backbone", module)(images)

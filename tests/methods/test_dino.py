@@ -333,26 +333,3 @@ def test_heads_use_the_current_weight_norm_api_without_warnings():
     layer = model.student.head.last_layer
     assert torch.nn.utils.parametrize.is_parametrized(layer, "weight")
     copy.deepcopy(model.student)  # the old weight-norm hooks could not be deep-copied
-
-
-def test_head_loads_a_state_dict_of_the_old_weight_norm_layer():
-    # Checkpoints written before the switch to parametrizations hold weight_g and weight_v;
-    # torch's weight_norm parametrisation renames them on load, which the head must keep.
-    from lightly.models.modules.heads import DINOProjectionHead
-
-    from distill.modules.heads import dino_head
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        old = torch.nn.Sequential(DINOProjectionHead(8, 16, 4, 12, norm_last_layer=False))
-    with torch.no_grad():
-        old[0].last_layer.weight_g.uniform_(0.5, 2.0)  # a trained norm, not lightly's 1
-    state = old.state_dict()
-    assert {"0.last_layer.weight_g", "0.last_layer.weight_v"} <= set(state)
-    new = torch.nn.Sequential(dino_head(8, 16, 4, 12, norm_last_layer=False))
-    new.load_state_dict(state)  # strict: every key found a place
-    old.eval(), new.eval()
-    images = torch.randn(5, 8)
-    torch.testing.assert_close(new(images), old(images))
-    assert "0.last_layer.weight_g" in state  # the caller's dict is left as it was

@@ -1,0 +1,56 @@
+"""Heads: the multi-crop wrapper's grouped forward and the DINO head's weight norm."""
+
+import warnings
+
+import torch
+from lightly.models.modules.heads import DINOProjectionHead
+from torch import nn
+
+from distill.modules.heads import MultiCropWrapper, dino_head
+
+
+class CountingBackbone(nn.Module):
+    """A linear map of the mean colour; records the batch of every call."""
+
+    num_features = 6
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, self.num_features)
+        self.batches: list[int] = []
+
+    def forward(self, images):
+        self.batches.append(len(images))
+        return self.linear(images.mean(dim=(2, 3)))
+
+
+def test_multi_crop_wrapper_runs_one_backbone_pass_per_run_of_equal_sizes():
+    torch.manual_seed(0)
+    backbone = CountingBackbone()
+    wrapper = MultiCropWrapper(backbone, nn.Linear(6, 5))
+    sizes = [32, 32, 16, 16, 16, 32]  # three runs of equal size: 2, 3 and 1 views
+    views = [torch.randn(4, 3, s, s) for s in sizes]
+    outputs = wrapper(views)
+    assert backbone.batches == [8, 12, 4]
+    assert [tuple(o.shape) for o in outputs] == [(4, 5)] * len(sizes)
+    for view, output in zip(views, outputs, strict=True):  # the same as one view at a time
+        torch.testing.assert_close(output, wrapper.head(backbone(view)))
+
+
+def test_head_loads_a_state_dict_of_the_old_weight_norm_layer():
+    # Checkpoints written before the switch to parametrizations hold weight_g and weight_v;
+    # torch's weight_norm parametrisation renames them on load, which the head must keep.
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        old = torch.nn.Sequential(DINOProjectionHead(8, 16, 4, 12, norm_last_layer=False))
+    with torch.no_grad():
+        old[0].last_layer.weight_g.uniform_(0.5, 2.0)  # a trained norm, not lightly's 1
+    state = old.state_dict()
+    assert {"0.last_layer.weight_g", "0.last_layer.weight_v"} <= set(state)
+    new = torch.nn.Sequential(dino_head(8, 16, 4, 12, norm_last_layer=False))
+    new.load_state_dict(state)  # strict: every key found a place
+    old.eval(), new.eval()
+    images = torch.randn(5, 8)
+    torch.testing.assert_close(new(images), old(images))
+    assert "0.last_layer.weight_g" in state  # the caller's dict is left as it was
