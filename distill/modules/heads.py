@@ -37,7 +37,6 @@ class Classifier(nn.Module):
         return self.forward_features(images)[1]
 
 
-@torch.no_grad()
 class MultiCropWrapper(nn.Module):
     """Backbone + DINO head over a list of views; views of one size share a forward pass.
 
@@ -63,6 +62,7 @@ class MultiCropWrapper(nn.Module):
         return list(self.head(torch.cat(features)).chunk(len(views)))
 
 
+@torch.no_grad()
 def backbone_features(module: nn.Module, images: Tensor) -> Tensor:
     """Features of ``module.backbone`` (or of ``module`` itself if it has none), no gradient."""
     return getattr(module, "backbone", module)(images)

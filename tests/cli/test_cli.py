@@ -185,6 +185,18 @@ def test_console_scripts_point_at_the_cli(script):
     assert found[0].value == "distill.cli:main"
 
 
+def test_importing_distill_shows_no_warning():
+    # Import-time warnings (e.g. a decorator on the wrong object) happen once per process,
+    # before any in-process test can record them: a fresh interpreter turns them into errors.
+    modules = "distill.cli, distill.methods, distill.data, distill.eval, distill.commands"
+    result = subprocess.run(
+        [sys.executable, "-W", "error::FutureWarning", "-W", "error::UserWarning",
+         "-c", f"import {modules}"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
 def test_a_quickstart_run_shows_no_warning(tmp_path, capsys, monkeypatch):
     # A user's run should be clean: no warning Python shows by default (Lightning's LeafSpec
     # FutureWarning under torch 2.14 included) and no deprecated call of distill's own.

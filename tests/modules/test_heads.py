@@ -6,7 +6,7 @@ import torch
 from lightly.models.modules.heads import DINOProjectionHead
 from torch import nn
 
-from distill.modules.heads import MultiCropWrapper, dino_head
+from distill.modules.heads import MultiCropWrapper, backbone_features, dino_head
 
 
 class CountingBackbone(nn.Module):
@@ -54,3 +54,10 @@ def test_head_loads_a_state_dict_of_the_old_weight_norm_layer():
     images = torch.randn(5, 8)
     torch.testing.assert_close(new(images), old(images))
     assert "0.last_layer.weight_g" in state  # the caller's dict is left as it was
+
+
+def test_backbone_features_carry_no_gradient():
+    backbone = CountingBackbone()
+    features = backbone_features(backbone, torch.randn(2, 3, 8, 8))
+    assert features.shape == (2, 6) and not features.requires_grad
+    assert backbone_features(nn.Sequential(), torch.ones(1)).requires_grad is False
