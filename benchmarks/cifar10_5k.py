@@ -27,6 +27,7 @@ error on the 1,017 val images for a single run).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
@@ -165,8 +166,10 @@ def execute(run: Run, extra: list[str], threads: int | None) -> float:
     return time.perf_counter() - start
 
 
+@functools.cache
 def load_scalars(run: Run) -> tuple[Path | None, dict[str, list]]:
-    """The newest log of ``run`` and its scalar events by tag."""
+    """The newest log of ``run`` and its scalar events by tag, read once per process (the
+    tables and figures read it after the runs end)."""
     version = newest_version(run)
     if version is None:
         return None, {}
