@@ -70,17 +70,17 @@ class Run:
             value = value[key]
         return value
 
+    def setting(self, option: str, *keys: str):
+        """The value after ``option`` in the run's arguments, else the config's at ``keys``."""
+        if option in self.args:
+            return self.args[self.args.index(option) + 1]
+        return self.config_value(*keys)
+
     def planned_epochs(self) -> int:
-        """``--trainer.max_epochs`` of the run's arguments, else of its config."""
-        if "--trainer.max_epochs" in self.args:
-            return int(self.args[self.args.index("--trainer.max_epochs") + 1])
-        return int(self.config_value("trainer", "max_epochs"))
+        return int(self.setting("--trainer.max_epochs", "trainer", "max_epochs"))
 
     def seed(self) -> int:
-        """``--seed_everything`` of the run's arguments, else of its config."""
-        if "--seed_everything" in self.args:
-            return int(self.args[self.args.index("--seed_everything") + 1])
-        return int(self.config_value("seed_everything"))
+        return int(self.setting("--seed_everything", "seed_everything"))
 
     def with_seed(self, seed: int) -> Run | None:
         """This run under ``--seed_everything seed``, its logs tagged ``seed<N>``: the run itself
