@@ -23,9 +23,8 @@ from torch import Tensor
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as F
 
-from distill.data.augment import ViewSpec, blur_radius, draw_codes, group_params, spec_table
-from distill.data.image_ops import photometric
-from distill.data.views import SupervisedViews, ViewRecipe, normalize, size_groups, to_uint8
+from distill.data.augment import ViewParams, ViewSpec, draw_codes
+from distill.data.views import SupervisedViews, ViewPlan, ViewRecipe, to_uint8
 from distill.errors import ConfigError
 
 
@@ -106,10 +105,7 @@ class DeviceViews(ViewRecipe):
             )
         self.recipe = recipe
         self.canvas_size = canvas_size
-        self._specs = specs
-        self._groups = size_groups(specs)
-        self._table = spec_table(specs)
-        self._radius = blur_radius(specs)
+        self._plan = ViewPlan(specs)
 
     def __getattr__(self, name: str):
         # The wrapped recipe's settings (DINO reads ``num_global``).
@@ -122,11 +118,11 @@ class DeviceViews(ViewRecipe):
         return self.recipe.num_views
 
     def specs(self) -> list[ViewSpec]:
-        return list(self._specs)
+        return list(self._plan.specs)
 
     def build(self, mean: Sequence[float], std: Sequence[float]) -> CanvasTransform:
         """The loader's transform (the normalisation is applied on the device)."""
-        return CanvasTransform(len(self._specs), self.canvas_size)
+        return CanvasTransform(len(self._plan.specs), self.canvas_size)
 
     def apply(
         self, batch: Canvas, mean: Sequence[float], std: Sequence[float]
@@ -144,17 +140,14 @@ class DeviceViews(ViewRecipe):
         """
         # The canvases, then mirrored (a flipped view is a crop of the mirrored canvas).
         canvases = torch.cat([batch.image, batch.image.flip(-1)]).float().div_(255)
-        count = len(batch.image)
         mean = canvases.new_tensor(mean).view(1, -1, 1, 1)
         std = canvases.new_tensor(std).view(1, -1, 1, 1)
-        views: list[Tensor] = []
-        for start, stop in self._groups:
-            params = group_params(batch.codes, batch.size, self._table, start, stop)
-            spec, views_in_group = self._specs[start], stop - start
-            sizes = batch.size.repeat(views_in_group, 1)
-            images = _crop(canvases, params.box, params.flip, sizes, spec.size, spec.padding)
-            images = normalize(photometric(images, params, self._radius), mean, std)
-            views.extend(images.view(views_in_group, count, *images.shape[1:]).unbind(0))
+
+        def crop_group(start: int, stop: int, params: ViewParams) -> Tensor:
+            spec, sizes = self._plan.specs[start], batch.size.repeat(stop - start, 1)
+            return _crop(canvases, params.box, params.flip, sizes, spec.size, spec.padding)
+
+        views = self._plan.render(batch.codes, batch.size, crop_group, mean, std)
         return views[0] if isinstance(self.recipe, SupervisedViews) else views
 
 

@@ -20,7 +20,14 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from distill.data.augment import ViewSpec, blur_radius, draw_codes, group_params, spec_table
+from distill.data.augment import (
+    ViewParams,
+    ViewSpec,
+    blur_radius,
+    draw_codes,
+    group_params,
+    spec_table,
+)
 from distill.data.image_ops import photometric
 
 Transform = Callable[[object], torch.Tensor | list[torch.Tensor]]
@@ -54,6 +61,37 @@ class Prepared(NamedTuple):
     codes: Tensor
 
 
+class ViewPlan:
+    """How a list of view specs is made, group by group (consecutive views of one size
+    together): the loop ``HostViews`` and ``DeviceViews`` share; they differ in the crop."""
+
+    def __init__(self, specs: Sequence[ViewSpec]) -> None:
+        self.specs = list(specs)
+        self.table = spec_table(self.specs)
+        self.groups = size_groups(self.specs)
+        self.radius = blur_radius(self.specs)
+
+    def render(
+        self,
+        codes: Tensor,
+        sizes: Tensor,
+        crop_group: Callable[[int, int, ViewParams], Tensor],
+        mean: Tensor,
+        std: Tensor,
+    ) -> list[Tensor]:
+        """``[B, 3, S, S]`` per view, from codes ``[B, V, NUM_UNIFORMS]`` and image sizes
+        ``[B, 2]``; ``crop_group(start, stop, params)`` gives views ``start:stop`` as float
+        crops in [0, 1], ``[(stop - start) * B, 3, S, S]``, row r from sample r % B."""
+        count = len(codes)
+        views: list[Tensor] = []
+        for start, stop in self.groups:
+            params = group_params(codes, sizes, self.table, start, stop)
+            images = photometric(crop_group(start, stop, params), params, self.radius)
+            images = normalize(images, mean, std)
+            views.extend(images.view(stop - start, count, *images.shape[1:]).unbind(0))
+        return views
+
+
 class HostViews:
     """The training transform of a recipe, made in the loader workers a batch at a time.
 
@@ -81,10 +119,7 @@ class HostViews:
         std: Sequence[float],
         as_list: bool = True,
     ) -> None:
-        self.specs = list(specs)
-        self.table = spec_table(self.specs)
-        self.groups = size_groups(self.specs)
-        self.radius = blur_radius(self.specs)
+        self.plan = ViewPlan(specs)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.as_list = as_list
@@ -95,24 +130,23 @@ class HostViews:
 
     def prepare(self, image: Image.Image | Tensor) -> Prepared:
         """The sample's uint8 image and codes (call it under the sample's seed)."""
-        return Prepared(to_uint8(image), draw_codes(len(self.specs)))
+        return Prepared(to_uint8(image), draw_codes(len(self.plan.specs)))
 
     def apply(self, samples: Sequence[Prepared]) -> Tensor | list[Tensor]:
         """The batch's views: ``[B, 3, S, S]`` per view (one tensor unless ``as_list``)."""
-        count = len(samples)
+        count, specs = len(samples), self.plan.specs
         sizes = torch.tensor([sample.image.shape[-2:] for sample in samples])
         codes = torch.stack([sample.codes for sample in samples])  # [B, V, NUM_UNIFORMS]
-        views: list[Tensor] = []
-        for start, stop in self.groups:
-            params = group_params(codes, sizes, self.table, start, stop)
+
+        def crop_group(start: int, stop: int, params: ViewParams) -> Tensor:
             boxes, flips = params.box.tolist(), params.flip.tolist()
             crops = [  # row r: view start + r // count of sample r % count
-                crop(samples[row % count].image, self.specs[start + row // count], box, flip)
+                crop(samples[row % count].image, specs[start + row // count], box, flip)
                 for row, (box, flip) in enumerate(zip(boxes, flips, strict=True))
             ]
-            images = torch.stack(crops).float().div_(255)
-            images = normalize(photometric(images, params, self.radius), self.mean, self.std)
-            views.extend(images.view(stop - start, count, *images.shape[1:]).unbind(0))
+            return torch.stack(crops).float().div_(255)
+
+        views = self.plan.render(codes, sizes, crop_group, self.mean, self.std)
         return views if self.as_list else views[0]
 
 

@@ -32,7 +32,6 @@ from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
 from distill.data import DeviceViews, MultiCropViews, SupervisedViews, TwoViews
-from distill.data import device_views as device_module
 from distill.data import views as views_module
 from distill.data.augment import ViewSpec, draw_codes, group_params, spec_table
 
@@ -115,7 +114,7 @@ def distill_draws(kind: str, pipeline: str) -> Draws:
     else:
         wrapped = DeviceViews(recipe)
         transform = wrapped.build(MEAN, STD)
-        with mock.patch.object(device_module, "group_params", record):
+        with mock.patch.object(views_module, "group_params", record):  # the shared ViewPlan
             wrapped.apply(default_collate([transform(x) for x in images]), MEAN, STD)
     return draws_of(recorded, views)
 
