@@ -9,11 +9,13 @@ import threading
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
+from lightning.pytorch.callbacks.model_summary import log as summary_log
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 from torchvision.utils import make_grid
 
 from distill.eval.features import eval_mode, extract_features, resolve_submodule
@@ -135,6 +137,37 @@ def interrupt_signal(exception: BaseException) -> str | None:
     return None
 
 
+class CountedModelSummary(ModelSummary):
+    """Lightning's model summary, without its FLOPs column when it counted nothing.
+
+    Lightning counts FLOPs only through a forward of ``example_input_array``, which methods
+    do not set (their ``forward`` runs the student alone, so a count would leave the teacher
+    and the heads at 0 anyway): the column and the "Total Flops" line would be all zeros.
+    """
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs,
+    ) -> None:
+        if total_flops:
+            ModelSummary.summarize(
+                summary_data, total_parameters, trainable_parameters, model_size,
+                total_training_modes, total_flops, **summarize_kwargs,
+            )  # fmt: skip
+            return
+        columns = [column for column in summary_data if column[0] != "FLOPs"]
+        table = _format_summary_table(
+            total_parameters, trainable_parameters, model_size, total_training_modes, 0, *columns
+        )
+        summary_log.info("\n" + table.rsplit("\n", 1)[0])  # without "0  Total Flops"
+
+
 def _tensorboard(trainer: L.Trainer):
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
@@ -226,7 +259,9 @@ class RunHParams(L.Callback):
     Lightning logs only the model's arguments and leaves ``hp_metric`` at -1. Here every
     config entry (model, optimiser, data, trainer, callbacks) is a hyper-parameter, and
     ``hp_metric`` follows the method's main metric (its ``monitor``: ``val/top1`` or
-    ``val/knn_top1``) after every validation, so runs compare in one table.
+    ``val/knn_top1``) after every validation, so runs compare in one table. The entry is
+    written at the first validation, with its value: no placeholder (Lightning's -1) is
+    plotted before it.
 
     Args:
         config: The resolved config of the run (nested dicts).
@@ -234,21 +269,23 @@ class RunHParams(L.Callback):
 
     def __init__(self, config: dict) -> None:
         self.params = flatten_config({k: v for k, v in config.items() if k != "config"})
+        self._written = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         pl_module._log_hyperparams = False  # this callback logs them, with the config
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        logger = _tensorboard_logger(trainer)
-        if logger is not None:
-            logger.log_hyperparams(self.params, {"hp_metric": float("nan")})
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         monitor = getattr(pl_module, "monitor", None)
         value = trainer.callback_metrics.get(monitor) if monitor else None
         logger = _tensorboard_logger(trainer)
-        if logger is not None and value is not None and not trainer.sanity_checking:
-            logger.log_metrics({"hp_metric": float(value)}, step=trainer.global_step)
+        if logger is None or value is None or trainer.sanity_checking:
+            return
+        metrics, step = {"hp_metric": float(value)}, trainer.global_step
+        if self._written:
+            logger.log_metrics(metrics, step=step)
+        else:  # the HParams entry waits for a real value: a placeholder would be a plotted point
+            logger.log_hyperparams(self.params, metrics, step=step)
+            self._written = True
 
 
 def _tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:

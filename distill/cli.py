@@ -14,6 +14,7 @@ with a JSON sidecar); see ``distill.commands``.
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import docstring_parser
 import torch
 from jsonargparse import Namespace, class_from_function
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -29,7 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 import distill.data  # noqa: F401  (registers the DataModules for short class names)
 import distill.eval  # noqa: F401  (registers the callbacks for short class names)
 import distill.methods  # noqa: F401  (registers the methods for short class names)
-from distill.callbacks import MethodCheckpoint, RunHParams, ViewGrid
+from distill.callbacks import CountedModelSummary, MethodCheckpoint, RunHParams, ViewGrid
 from distill.commands import COMMANDS, add_command_arguments, provided_arguments
 from distill.data.base import ViewDataModule
 from distill.errors import ConfigError, NonFiniteLossError
@@ -120,7 +121,11 @@ class DistillCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if config.get("logger") is not False and self.subcommand == "fit":
             callbacks = [*callbacks, RunHParams(self.config[self.subcommand].clone().as_dict())]
-        return super()._instantiate_trainer(config, callbacks)
+        trainer = super()._instantiate_trainer(config, callbacks)
+        for index, callback in enumerate(trainer.callbacks):
+            if type(callback) is ModelSummary:  # Lightning's default one, not a user's own
+                trainer.callbacks[index] = CountedModelSummary(callback._max_depth)
+        return trainer
 
 
 #: Trainer settings under ``eval`` and ``export``, over the config's.
@@ -158,6 +163,20 @@ def _quiet_lightning_leafspec_warning() -> None:
     )
 
 
+class _DropLitLoggerTip(logging.Filter):
+    """Drops the advertisement Lightning 2.6 logs whenever a Trainer has no LitLogger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _quiet_litlogger_tip() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLitLoggerTip) for f in logger.filters):
+            logger.addFilter(_DropLitLoggerTip())
+
+
 def build_cli(args: list[str] | None = None, **kwargs) -> DistillCLI:
     """Builds (and, with a subcommand in ``args``, runs) the CLI; ``kwargs`` go to LightningCLI.
 
@@ -165,6 +184,7 @@ def build_cli(args: list[str] | None = None, **kwargs) -> DistillCLI:
     benchmark's timing callback); ``main`` is the command line's entry point.
     """
     _quiet_lightning_leafspec_warning()
+    _quiet_litlogger_tip()
     return DistillCLI(
         Method,
         ViewDataModule,

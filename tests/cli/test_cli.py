@@ -219,3 +219,19 @@ def test_a_quickstart_run_shows_no_warning(tmp_path, capsys, monkeypatch):
         if not issubclass(w.category, hidden) or Path(w.filename).is_relative_to(ROOT / "distill")
     ]
     assert shown == [], "\n".join(shown)
+
+
+def test_a_run_prints_no_advertisement_and_no_empty_flops_column(tmp_path):
+    # What a user reads at the start of every run: the model summary, without Lightning's
+    # litlogger tip and without a FLOPs column that counted nothing (all zeros).
+    result = subprocess.run(
+        [sys.executable, "-m", "distill", "fit", "--config", QUICKSTART,
+         "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1",
+         "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+         "--trainer.enable_progress_bar", "false"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Trainable params" in output  # the summary is still there
+    assert "litlogger" not in output and "FLOPs" not in output and "Total Flops" not in output
