@@ -28,9 +28,9 @@ class MethodCheckpoint(ModelCheckpoint):
     With ``monitor="auto"`` the metric is the LightningModule's ``monitor`` attribute
     (``val/top1`` for supervised methods, ``val/knn_top1`` for self-supervised ones).
     Epochs on which the metric was not computed (k-NN every few epochs) only update
-    ``last.ckpt`` instead of failing; a metric the run never logs stops it at the first epoch
-    end, after ``last.ckpt`` is written, with the metrics it does log. All other arguments
-    are ``ModelCheckpoint``'s.
+    ``last.ckpt`` instead of failing; a metric the run does not log stops it at the end of
+    the first validated epoch, after ``last.ckpt`` is written, with the metrics it does log
+    and the nearest one. All other arguments are ``ModelCheckpoint``'s.
 
     What it adds to Lightning's: ``last.ckpt`` is the last state, written at the end of
     every epoch and of fit whatever the monitor says (Lightning 2.6 writes it only where a
@@ -57,18 +57,32 @@ class MethodCheckpoint(ModelCheckpoint):
         )
         self._sigint: str | None = None  # set by a first Ctrl-C
         self._interrupted_in_validation = False
-        self._monitor_seen = False
-        self._unknown_monitor: str | None = None  # the error, raised once last.ckpt is written
+        self._monitor_named = monitor != "auto"  # by the user, not the method's own
+        self._validated = self._monitor_checked = False
+        self._unknown_monitor: str | None = None  # reported once last.ckpt is written
         self._run_settings: dict | None = None  # this fit's, saved with every checkpoint
         self._resumed_run_settings: dict | None = None  # the checkpoint's, when resuming
 
     def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         if self.monitor is not None and self.monitor not in monitor_candidates:
-            if not self._monitor_seen and not self._may_log_later(trainer, monitor_candidates):
-                self._unknown_monitor = unknown_monitor_message(self.monitor, monitor_candidates)
+            # Reported only once a validation ran (none does with limit_val_batches=0), as
+            # Lightning's own check; once per fit; and when no evaluation callback may still
+            # log it.
+            if (
+                self._validated
+                and not self._monitor_checked
+                and not self._may_log_later(trainer, monitor_candidates)
+            ):
+                self._unknown_monitor = unknown_monitor_message(
+                    self.monitor, monitor_candidates, self._monitor_named
+                )
             return
-        self._monitor_seen = True
+        self._monitor_checked = True
         super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validated = self._validated or not trainer.sanity_checking
+        super().on_validation_end(trainer, pl_module)
 
     def _may_log_later(self, trainer: L.Trainer, logged: dict) -> bool:
         """Whether an evaluation callback that has not logged yet (k-NN every few epochs) may
@@ -80,10 +94,18 @@ class MethodCheckpoint(ModelCheckpoint):
                     return True
         return False
 
-    def _raise_unknown_monitor(self) -> None:
-        if self._unknown_monitor is not None:
-            message, self._unknown_monitor = self._unknown_monitor, None
-            raise ConfigError(f"{message}; the state so far is in {self.last_model_path}")
+    def _report_unknown_monitor(self) -> None:
+        """A monitor the user named is a mistake: the run stops. The method's own (a
+        self-supervised method's k-NN accuracy without a ``KNNEval``) only leaves the run
+        without a best checkpoint: a warning."""
+        if self._unknown_monitor is None:
+            return
+        message, self._unknown_monitor = self._unknown_monitor, None
+        self._monitor_checked = True  # said once
+        if not self._monitor_named:
+            rank_zero_warn(message)
+            return
+        raise ConfigError(f"{message}; the state so far is in {self.last_model_path}")
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
@@ -103,6 +125,7 @@ class MethodCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        self._validated, self._monitor_checked, self._unknown_monitor = False, False, None
         # After the checkpoint's optimiser and schedule were restored: the lr can be compared.
         self._run_settings = run_settings(trainer)
         if self._resumed_run_settings is not None:
@@ -116,12 +139,12 @@ class MethodCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         self._write_last(trainer)  # after this epoch's validation: the epoch's final state
-        self._raise_unknown_monitor()
+        self._report_unknown_monitor()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         self._write_last(trainer)  # a fit stopped by max_steps mid-epoch
-        self._raise_unknown_monitor()
+        self._report_unknown_monitor()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.monitor == "auto":
@@ -163,10 +186,14 @@ class MethodCheckpoint(ModelCheckpoint):
             "batch": loop.batch_progress.current.completed,
             "global_step": trainer.global_step,
         }
-        self._interrupted_in_validation = trainer.validating and not trainer.sanity_checking
+        in_validation = trainer.validating and not trainer.sanity_checking
         self._last_written_step = None
-        self._write_last(trainer)
-        during = " during its validation" if self._interrupted_in_validation else ""
+        self._interrupted_in_validation = in_validation  # read by on_save_checkpoint
+        try:
+            self._write_last(trainer)
+        finally:
+            self._interrupted_in_validation = False
+        during = " during its validation" if in_validation else ""
         rank_zero_info(
             f"{signal_name}: wrote {self.last_model_path} at epoch {trainer.current_epoch}, "
             f"batch {self.interrupted['batch']} (global step {trainer.global_step}){during}; "
@@ -202,16 +229,21 @@ def restart_validation(checkpoint: dict) -> None:
     progress["is_last_batch"] = False
 
 
-def unknown_monitor_message(monitor: str, logged: dict) -> str:
-    """The error for a ``checkpoint.monitor`` the run does not log: the names it does log and
-    the nearest one."""
+def unknown_monitor_message(monitor: str, logged: dict, named: bool = True) -> str:
+    """The message for a ``checkpoint.monitor`` the run does not log: the names it does log
+    and the nearest one; ``named=False`` when it is the method's own (``monitor: auto``)."""
     names = sorted(name for name in logged if name not in ("epoch", "step"))
     nearest = difflib.get_close_matches(monitor, names, n=1)
     hint = f" Did you mean {nearest[0]!r}?" if nearest else ""
+    if named:
+        which, remedy = f"checkpoint.monitor={monitor!r}", ""
+    else:
+        which = f"checkpoint.monitor (auto: the method's main metric {monitor!r})"
+        remedy = "; or add the callback that logs it: KNNEval logs val/knn_*"
     return (
-        f"checkpoint.monitor={monitor!r} is not a metric this run logs, so no best checkpoint "
-        f"would ever be written.{hint} It logs: {', '.join(names) or 'nothing'} (set "
-        f"--checkpoint.monitor to one of them, or to null for last.ckpt only)"
+        f"{which} is not a metric this run logs, so no best checkpoint would ever be "
+        f"written.{hint} It logs: {', '.join(names) or 'nothing'} (set --checkpoint.monitor "
+        f"to one of them, or to null for last.ckpt only{remedy})"
     )
 
 

@@ -172,6 +172,36 @@ def test_a_monitor_the_run_does_not_log_stops_it_after_writing_last(
     assert last["epoch"] == every_n_epochs - 1  # stopped at the end of the first k-NN epoch
 
 
+def test_the_methods_own_monitor_unlogged_is_a_warning_not_an_error(tmp_path):
+    # A self-supervised method's k-NN accuracy without a KNNEval: no best checkpoint, said once.
+    from distill.methods import Supervised
+
+    class KNNMonitored(Supervised):
+        monitor = "val/knn_top1"
+
+    checkpoint = MethodCheckpoint(dirpath=str(tmp_path / "ckpt"))  # auto: val/knn_top1
+    model = KNNMonitored(backbone="resnet8", num_classes=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer, _ = fit(tmp_path, [checkpoint], model=model, max_epochs=2)
+    said = "checkpoint.monitor (auto: the method's main metric 'val/knn_top1') is not a metric"
+    assert sum(said in str(w.message) for w in caught) == 1
+    assert trainer.current_epoch == 2
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["last.ckpt"]
+
+
+def test_a_run_without_validation_is_not_refused_for_its_val_monitor(tmp_path):
+    from distill.methods import Supervised
+
+    checkpoint = MethodCheckpoint(dirpath=str(tmp_path / "ckpt"))  # val/top1, never computed
+    model = Supervised(backbone="resnet8", num_classes=5)
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=0,
+                            enable_checkpointing=True, callbacks=[checkpoint])  # fmt: skip
+    trainer.fit(model, datamodule=ColourDataModule())
+    assert trainer.current_epoch == 2 and checkpoint.best_model_path == ""
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["last.ckpt"]
+
+
 def test_resume_with_other_settings_warns_once_naming_each_and_the_lr_jump(tmp_path):
     from distill.methods import Supervised
 

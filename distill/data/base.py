@@ -280,7 +280,7 @@ class ViewDataModule(L.LightningDataModule):
         batch_size, world_size = saved
         raise ConfigError(
             f"--ckpt_path {trainer.ckpt_path} was written in the middle of epoch {epoch}, after "
-            f"{batches} batches of {batch_size} samples on {world_size} process(es) "
+            f"{batches} batch(es) of {batch_size} samples on {world_size} process(es) "
             f"({batch_size * world_size} per step); this fit has data.init_args.batch_size="
             f"{self.batch_size} on {world} process(es) ({self.batch_size * world} per step), "
             f"so the epoch cannot continue at the sample where it stopped. Finish the epoch "

@@ -218,6 +218,6 @@ def test_mid_epoch_resume_with_another_batch_size_is_refused_with_the_reason(tmp
             tmp_path, ColourDataModule(batch_size=8), ColourDataModule(batch_size=batch_size)
         )
     message = str(error.value)
-    assert "was written in the middle of epoch 0, after 2 batches of 8 samples on 1" in message
+    assert "was written in the middle of epoch 0, after 2 batch(es) of 8 samples on 1" in message
     assert f"this fit has data.init_args.batch_size={batch_size} on 1 process(es)" in message
     assert "data.init_args.batch_size=8" in message and "--trainer.max_epochs 1" in message
