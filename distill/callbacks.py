@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import signal
 import threading
@@ -13,12 +14,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.callbacks.model_summary import log as summary_log
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 from torchvision.utils import make_grid
 
+from distill.errors import ConfigError
 from distill.eval.features import eval_mode, extract_features, resolve_submodule
+from distill.resume import resume_report, run_settings
 
 
 class MethodCheckpoint(ModelCheckpoint):
@@ -27,7 +30,9 @@ class MethodCheckpoint(ModelCheckpoint):
     With ``monitor="auto"`` the metric is the LightningModule's ``monitor`` attribute
     (``val/top1`` for supervised methods, ``val/knn_top1`` for self-supervised ones).
     Epochs on which the metric was not computed (k-NN every few epochs) only update
-    ``last.ckpt`` instead of failing. All other arguments are ``ModelCheckpoint``'s.
+    ``last.ckpt`` instead of failing; a metric the run does not log stops it at the end of
+    the first validated epoch, after ``last.ckpt`` is written, with the metrics it does log
+    and the nearest one. All other arguments are ``ModelCheckpoint``'s.
 
     What it adds to Lightning's: ``last.ckpt`` is the last state, written at the end of
     every epoch and of fit whatever the monitor says (Lightning 2.6 writes it only where a
@@ -35,7 +40,10 @@ class MethodCheckpoint(ModelCheckpoint):
     SIGTERM (a scheduler's pre-emption) or SIGINT (Ctrl-C) writes the state at the
     interrupted step as ``last.ckpt``, marked ``interrupted`` in the checkpoint's callback
     state with the signal, epoch and batch, so that ``--ckpt_path .../last.ckpt`` resumes
-    from there.
+    from there (an epoch interrupted during its validation is validated again). A second
+    Ctrl-C stops at once, without a checkpoint. Every checkpoint holds the run's trainer and
+    data settings (``distill.resume``): a fit resumed with other ones warns once, naming each
+    and what it does to the lr.
     """
 
     def __init__(
@@ -49,11 +57,57 @@ class MethodCheckpoint(ModelCheckpoint):
         super().__init__(
             monitor=monitor, mode=mode, save_last=save_last, save_top_k=save_top_k, **kwargs
         )
+        self._sigint: str | None = None  # set by a first Ctrl-C
+        self._interrupted_in_validation = False
+        self._monitor_named = monitor != "auto"  # by the user, not the method's own
+        self._validated = self._monitor_checked = False
+        self._unknown_monitor: str | None = None  # reported once last.ckpt is written
+        self._run_settings: dict | None = None  # this fit's, saved with every checkpoint
+        self._resumed_run_settings: dict | None = None  # the checkpoint's, when resuming
 
     def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         if self.monitor is not None and self.monitor not in monitor_candidates:
+            # Reported only once a validation ran (none does with limit_val_batches=0), as
+            # Lightning's own check; once per fit; and when no evaluation callback may still
+            # log it.
+            if (
+                self._validated
+                and not self._monitor_checked
+                and not self._may_log_later(trainer, monitor_candidates)
+            ):
+                self._unknown_monitor = unknown_monitor_message(
+                    self.monitor, monitor_candidates, self._monitor_named
+                )
             return
+        self._monitor_checked = True
         super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validated = self._validated or not trainer.sanity_checking
+        super().on_validation_end(trainer, pl_module)
+
+    def _may_log_later(self, trainer: L.Trainer, logged: dict) -> bool:
+        """Whether an evaluation callback that has not logged yet (k-NN every few epochs) may
+        log the monitor: it is a name under the callback's ``log_prefix``."""
+        for callback in trainer.callbacks:
+            prefix = getattr(callback, "log_prefix", None)
+            if isinstance(prefix, str) and self.monitor.startswith(f"{prefix}_"):
+                if not any(name.startswith(f"{prefix}_") for name in logged):
+                    return True
+        return False
+
+    def _report_unknown_monitor(self) -> None:
+        """A monitor the user named is a mistake: the run stops. The method's own (a
+        self-supervised method's k-NN accuracy without a ``KNNEval``) only leaves the run
+        without a best checkpoint: a warning."""
+        if self._unknown_monitor is None:
+            return
+        message, self._unknown_monitor = self._unknown_monitor, None
+        self._monitor_checked = True  # said once
+        if not self._monitor_named:
+            rank_zero_warn(message)
+            return
+        raise ConfigError(f"{message}; the state so far is in {self.last_model_path}")
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
@@ -71,13 +125,28 @@ class MethodCheckpoint(ModelCheckpoint):
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._validated, self._monitor_checked, self._unknown_monitor = False, False, None
+        # After the checkpoint's optimiser and schedule were restored: the lr can be compared.
+        self._run_settings = run_settings(trainer)
+        if self._resumed_run_settings is not None:
+            report = resume_report(
+                trainer, self._resumed_run_settings, self._run_settings, trainer.ckpt_path
+            )
+            self._resumed_run_settings = None
+            if report is not None:
+                rank_zero_warn(report)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         self._write_last(trainer)  # after this epoch's validation: the epoch's final state
+        self._report_unknown_monitor()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         self._write_last(trainer)  # a fit stopped by max_steps mid-epoch
+        self._report_unknown_monitor()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.monitor == "auto":
@@ -104,10 +173,13 @@ class MethodCheckpoint(ModelCheckpoint):
         trainer._signal_connector.received_sigterm = True  # Lightning's stop-after-batch flag
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
-        signal_name = self._sigint or interrupt_signal(exception)
-        if signal_name is None or trainer.state.fn != TrainerFn.FITTING:
+        # Lightning stops on a SIGTERM, or a first Ctrl-C, with a SIGTERMException after the
+        # current batch. Anything else, including the KeyboardInterrupt of a second Ctrl-C
+        # (stop at once), writes nothing.
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
             super().on_exception(trainer, pl_module, exception)
             return
+        signal_name = self._sigint or "SIGTERM"
         exception.signal_name = signal_name  # read by distill.cli.main for the exit code
         loop = trainer.fit_loop.epoch_loop
         self.interrupted = {
@@ -116,25 +188,65 @@ class MethodCheckpoint(ModelCheckpoint):
             "batch": loop.batch_progress.current.completed,
             "global_step": trainer.global_step,
         }
+        in_validation = trainer.validating and not trainer.sanity_checking
         self._last_written_step = None
-        self._write_last(trainer)
+        self._interrupted_in_validation = in_validation  # read by on_save_checkpoint
+        try:
+            self._write_last(trainer)
+        finally:
+            self._interrupted_in_validation = False
+        during = " during its validation" if in_validation else ""
         rank_zero_info(
             f"{signal_name}: wrote {self.last_model_path} at epoch {trainer.current_epoch}, "
-            f"batch {self.interrupted['batch']} (global step {trainer.global_step}); resume with "
-            f"--ckpt_path {self.last_model_path}"
+            f"batch {self.interrupted['batch']} (global step {trainer.global_step}){during}; "
+            f"resume with --ckpt_path {self.last_model_path}"
         )
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint):
+        if self._run_settings is not None:
+            checkpoint["run_settings"] = self._run_settings
+        if self._interrupted_in_validation:
+            restart_validation(checkpoint)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint):
+        self._resumed_run_settings = checkpoint.get("run_settings")
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "interrupted": getattr(self, "interrupted", None)}
 
 
-def interrupt_signal(exception: BaseException) -> str | None:
-    """``SIGTERM`` or ``SIGINT`` when ``exception`` is how Lightning reports that signal."""
-    if isinstance(exception, SIGTERMException):
-        return "SIGTERM"
-    if isinstance(exception, KeyboardInterrupt):
-        return "SIGINT"
-    return None
+def restart_validation(checkpoint: dict) -> None:
+    """Marks the validation a checkpoint was written in as started and not finished.
+
+    Its metrics (and the epoch's chance to be the best checkpoint) are not in the checkpoint,
+    only the counters of the val batches it got through. With one val batch started and none
+    finished, Lightning's resume sees its own "restarted mid-evaluation" state and runs the
+    epoch's validation again from its first batch before training on.
+    """
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    # Val batches of earlier validations in this epoch (val_check_interval < 1) stay counted.
+    earlier = progress["total"]["completed"] - progress["current"]["completed"]
+    for counters, done in ((progress["total"], earlier), (progress["current"], 0)):
+        counters.update(ready=done + 1, started=done + 1, processed=done, completed=done)
+    progress["is_last_batch"] = False
+
+
+def unknown_monitor_message(monitor: str, logged: dict, named: bool = True) -> str:
+    """The message for a ``checkpoint.monitor`` the run does not log: the names it does log
+    and the nearest one; ``named=False`` when it is the method's own (``monitor: auto``)."""
+    names = sorted(name for name in logged if name not in ("epoch", "step"))
+    nearest = difflib.get_close_matches(monitor, names, n=1)
+    hint = f" Did you mean {nearest[0]!r}?" if nearest else ""
+    if named:
+        which, remedy = f"checkpoint.monitor={monitor!r}", ""
+    else:
+        which = f"checkpoint.monitor (auto: the method's main metric {monitor!r})"
+        remedy = "; or add the callback that logs it: KNNEval logs val/knn_*"
+    return (
+        f"{which} is not a metric this run logs, so no best checkpoint would ever be "
+        f"written.{hint} It logs: {', '.join(names) or 'nothing'} (set --checkpoint.monitor "
+        f"to one of them, or to null for last.ckpt only{remedy})"
+    )
 
 
 class CountedModelSummary(ModelSummary):

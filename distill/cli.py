@@ -14,14 +14,18 @@ with a JSON sidecar); see ``distill.commands``.
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import docstring_parser
 import torch
-from jsonargparse import Namespace, class_from_function
+from jsonargparse import ArgumentParser, Namespace, class_from_function
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
@@ -35,6 +39,81 @@ from distill.commands import COMMANDS, add_command_arguments, provided_arguments
 from distill.data.base import ViewDataModule
 from distill.errors import ConfigError, NonFiniteLossError
 from distill.methods.base import Method
+
+
+class DistillArgumentParser(LightningArgumentParser):
+    """``LightningArgumentParser`` whose error comes first and names the nearest valid key.
+
+    jsonargparse prints the usage (about 65 lines) before the error, and for a misspelt key
+    in a config file no suggestion. Here the first line is ``distill: error: ...`` (as
+    ``main`` prints every configuration mistake) with the unknown key, where it is and the
+    nearest valid one; jsonargparse's own account follows when it has more to say, and the
+    options are left to ``--help``.
+    """
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:  # a parser used internally: the caller handles it
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        summary = unknown_key_summary(message, parser)
+        if summary is None:
+            print(f"distill: error: {message}", file=sys.stderr)
+        else:
+            print(f"distill: error: {summary}", file=sys.stderr)
+            if "\n" in message:
+                print(f"  {message}".replace("\n", "\n  "), file=sys.stderr)
+        print(f"(every option: {parser.prog.replace(' [options]', '')} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
+
+
+def unknown_key_summary(message: str, parser: LightningArgumentParser) -> str | None:
+    """One line for an unknown-key error of jsonargparse: the key, where, and the nearest
+    valid key (or the valid ones); ``None`` for any other error."""
+    flat = re.search(
+        r"does not accept option '([^']+)'|unrecognized arguments: -*([^\s=]+)", message
+    )
+    if flat:
+        key = flat.group(1) or flat.group(2)
+        options = {action.dest for action in parser._actions if action.dest != "help"}
+        return f"unknown option {key!r}; {_nearest(key, options)}"
+    nested = re.search(r"Option '([^']+)' is not accepted", message)
+    if not nested:
+        return None
+    key, before, after = nested.group(1), message[: nested.start()], message[nested.end() :]
+    # The class that refused it: named on the same line after it (a callable's "Got value:
+    # Namespace(..., class_path='torch.optim.SGD')"), else the nearest class_path before it.
+    same_line = re.match(r"[^\n]*class_path='([^']+)'", after)
+    classes = re.findall(r"class_path '([^']+)'", before)
+    class_path = same_line.group(1) if same_line else (classes[-1] if classes else None)
+    if class_path is None:
+        return None
+    where = ".init_args.".join(re.findall(r'Parser key "([^"]+)"', before))
+    where = f"{where}.init_args" if where else "init_args"
+    return f"unknown key {key!r} in {where} ({class_path}); {_nearest(key, _arguments(class_path))}"
+
+
+def _arguments(class_path: str) -> set[str]:
+    """The constructor arguments jsonargparse accepts for ``class_path`` (empty if unknown)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(
+            getattr(importlib.import_module(module), name), fail_untyped=False
+        )
+    except Exception:  # an unimportable or unusual class: no suggestion rather than a crash
+        return set()
+    return {action.dest.split(".")[0] for action in parser._actions if action.dest != "help"}
+
+
+def _nearest(key: str, valid: set[str]) -> str:
+    """``did you mean 'x'?`` for the valid key closest to ``key`` (or to its last part)."""
+    close = difflib.get_close_matches(key, sorted(valid), n=1)
+    close = close or difflib.get_close_matches(key.rsplit(".", 1)[-1], sorted(valid), n=1)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    if valid and len(valid) <= 30:
+        return f"valid: {', '.join(sorted(valid))}"
+    return "see --help for the valid keys"
 
 
 class DistillCLI(LightningCLI):
@@ -193,6 +272,7 @@ def build_cli(args: list[str] | None = None, **kwargs) -> DistillCLI:
         auto_configure_optimizers=False,
         # No prefix matching: a misspelt --trainer.max_epoch must fail, not guess.
         parser_kwargs={"allow_abbrev": False},
+        parser_class=DistillArgumentParser,
         args=args,
         **kwargs,
     )

@@ -1,11 +1,15 @@
+import warnings
+
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tests_support import ColourDataModule, FrozenModel, quiet_trainer
+from tests_support import ColourDataModule, FrozenModel, StopAfter, quiet_trainer
 
 from distill.callbacks import EmbeddingProjector, MethodCheckpoint, ViewGrid
-from distill.data import MultiCropViews
+from distill.data import MultiCropViews, SupervisedViews
+from distill.errors import ConfigError
 
 
 def fit(root, callbacks, model=None, max_epochs=1, **data):
@@ -98,7 +102,8 @@ def test_last_checkpoint_is_the_final_state_when_the_metric_peaked_early(tmp_pat
     assert "epoch=0" in checkpoint.best_model_path  # the (lowest-accuracy) first epoch
     last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert (last["epoch"], last["global_step"]) == (2, 6) == (trainer.current_epoch - 1, 6)
-    _, first, resumed = fit_supervised(4, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    with pytest.warns(UserWarning, match=r"trainer.max_epochs: 3 -> 4"):  # distill.resume
+        _, first, resumed = fit_supervised(4, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert first.epoch == 3 and resumed.global_step == 8
 
 
@@ -126,3 +131,124 @@ def test_run_hparams_log_the_whole_config_and_follow_the_main_metric(tmp_path):
     logged = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
     assert {"model.init_args.label_smoothing", "data.init_args.batch_size"} <= set(logged)
     assert "config" not in logged
+
+
+class BrokenScan(ColourDataModule):
+    def setup(self, stage=None):
+        raise OSError("[Errno 40] Too many levels of symbolic links: 'bird/loop'")
+
+
+def test_an_error_before_setup_is_reported_as_itself(tmp_path):
+    # The DataModule's setup runs before the callbacks' setup; on_exception must not fail on
+    # state that setup would have made (it hid the real error behind an AttributeError).
+    trainer = quiet_trainer(tmp_path, max_epochs=1, enable_checkpointing=True,
+                            callbacks=[MethodCheckpoint(dirpath=str(tmp_path))])  # fmt: skip
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        trainer.fit(FrozenModel(), datamodule=BrokenScan())
+
+
+@pytest.mark.parametrize(
+    "monitor, nearest, every_n_epochs",
+    [("val/top_1", "val/top1", 1), ("val/knn_top_1", "val/knn_top1", 1),
+     ("val/knn_top_1", "val/knn_top1", 2)],
+    ids=["method_metric", "knn_metric", "knn_metric_after_knn_first_ran"],
+)  # fmt: skip
+def test_a_monitor_the_run_does_not_log_stops_it_after_writing_last(
+    tmp_path, monitor, nearest, every_n_epochs
+):
+    from distill.eval import KNNEval
+    from distill.methods import Supervised
+
+    checkpoint = MethodCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor=monitor)
+    knn = KNNEval(k=[3], every_n_epochs=every_n_epochs)
+    model = Supervised(backbone="resnet8", num_classes=5)
+    with pytest.raises(ConfigError) as error:
+        # k-NN every 2 epochs: epoch 0 has no val/knn_* yet, so the name may still come.
+        fit(tmp_path, [knn, checkpoint], model=model, max_epochs=3)
+    message = str(error.value)
+    assert f"checkpoint.monitor={monitor!r} is not a metric this run logs" in message
+    assert f"Did you mean {nearest!r}?" in message and "val/top5" in message
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == every_n_epochs - 1  # stopped at the end of the first k-NN epoch
+
+
+def test_the_methods_own_monitor_unlogged_is_a_warning_not_an_error(tmp_path):
+    # A self-supervised method's k-NN accuracy without a KNNEval: no best checkpoint, said once.
+    from distill.methods import Supervised
+
+    class KNNMonitored(Supervised):
+        monitor = "val/knn_top1"
+
+    checkpoint = MethodCheckpoint(dirpath=str(tmp_path / "ckpt"))  # auto: val/knn_top1
+    model = KNNMonitored(backbone="resnet8", num_classes=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer, _ = fit(tmp_path, [checkpoint], model=model, max_epochs=2)
+    said = "checkpoint.monitor (auto: the method's main metric 'val/knn_top1') is not a metric"
+    assert sum(said in str(w.message) for w in caught) == 1
+    assert trainer.current_epoch == 2
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["last.ckpt"]
+
+
+def test_a_run_without_validation_is_not_refused_for_its_val_monitor(tmp_path):
+    from distill.methods import Supervised
+
+    checkpoint = MethodCheckpoint(dirpath=str(tmp_path / "ckpt"))  # val/top1, never computed
+    model = Supervised(backbone="resnet8", num_classes=5)
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=0,
+                            enable_checkpointing=True, callbacks=[checkpoint])  # fmt: skip
+    trainer.fit(model, datamodule=ColourDataModule())
+    assert trainer.current_epoch == 2 and checkpoint.best_model_path == ""
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["last.ckpt"]
+
+
+def test_resume_with_other_settings_warns_once_naming_each_and_the_lr_jump(tmp_path):
+    from distill.methods import Supervised
+
+    def fit_supervised(max_epochs, ckpt_path=None, **data):
+        L.seed_everything(0)
+        model = Supervised(
+            backbone="resnet8", num_classes=5, lr_schedule="constant", warmup_epochs=1,
+            optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
+        )  # fmt: skip
+        checkpoint = MethodCheckpoint(dirpath=str(tmp_path / f"ckpt{max_epochs}"))
+        trainer = quiet_trainer(tmp_path, max_epochs=max_epochs, limit_val_batches=1,
+                                enable_checkpointing=True, callbacks=[checkpoint])  # fmt: skip
+        trainer.fit(model, datamodule=ColourDataModule(**data), ckpt_path=ckpt_path)
+
+    fit_supervised(1)  # 60 samples, batches of 10: 6 steps, all of them warm-up
+    last = str(tmp_path / "ckpt1" / "last.ckpt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_supervised(
+            2, ckpt_path=last, batch_size=5, data_dir="elsewhere",
+            views=SupervisedViews(crop_size=32, padding=2),
+        )  # fmt: skip
+    reports = [str(w.message) for w in caught if "differ from its run's" in str(w.message)]
+    assert len(reports) == 1, reports
+    report = reports[0]
+    for change in ("trainer.max_epochs: 1 -> 2", "data.init_args.batch_size: 10 -> 5",
+                   "data.init_args.data_dir: 'data' -> 'elsewhere'",
+                   "data.init_args.views.init_args.padding: 4 -> 2",
+                   "samples per optimiser step (batch size x world size x gradient "
+                   "accumulation): 10 -> 5"):  # fmt: skip
+        assert report.count(change) == 1, (change, report)
+    assert "crop_size" not in report and "world size (trainer" not in report  # unchanged
+    # Warm-up over one epoch: 6 steps in the checkpoint's run, 12 now. At step 6 the
+    # checkpoint's lr was the full 0.05; the new warm-up gives 0.05 * (6 + 1) / 12.
+    assert "total steps (6 -> 24): at step 6 the lr was 0.05 and is now " in report
+    assert f"is now {0.05 * 7 / 12:.4g} (the checkpoint's run had finished its schedule)" in report
+
+
+def test_resume_with_the_same_settings_reports_nothing(tmp_path):
+    checkpoint = MethodCheckpoint(dirpath=str(tmp_path / "first"), monitor=None)
+    fit(tmp_path, [checkpoint, StopAfter(1)], max_epochs=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = MethodCheckpoint(dirpath=str(tmp_path / "second"), monitor=None)
+        trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=2,
+                                enable_checkpointing=True, callbacks=[resumed])  # fmt: skip
+        trainer.fit(FrozenModel(), datamodule=ColourDataModule(),
+                    ckpt_path=str(tmp_path / "first" / "last.ckpt"))  # fmt: skip
+    assert trainer.current_epoch == 2  # the second epoch was trained
+    assert not [w for w in caught if "differ from its run's" in str(w.message)]

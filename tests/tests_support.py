@@ -208,19 +208,45 @@ class InOrderDigits(DigitsDataModule):
         return self._loader(self.train_set, self.batch_size, False, True, sampler=sampler)
 
 
+def send_signal(signal_name: str, times: int = 1) -> None:
+    """Sends ``signal_name`` to this very process ``times`` times, one after the other."""
+    import signal
+
+    for _ in range(times):
+        os.kill(os.getpid(), getattr(signal, signal_name))
+
+
 class SignalAt(L.Callback):
     """Sends ``signal_name`` to this very process after global step ``step``: a real signal,
-    as a scheduler's SIGTERM or a user's Ctrl-C would arrive, at a known point of training."""
+    as a scheduler's SIGTERM or a user's Ctrl-C would arrive, at a known point of training.
+    ``times=2`` is a user pressing Ctrl-C twice."""
 
-    def __init__(self, step: int, signal_name: str = "SIGTERM") -> None:
+    def __init__(self, step: int, signal_name: str = "SIGTERM", times: int = 1) -> None:
         self.step = step
         self.signal_name = signal_name
+        self.times = times
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self.step:
-            import signal
+            send_signal(self.signal_name, self.times)
 
-            os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+class SignalInValidation(L.Callback):
+    """Sends ``signal_name`` to this very process after val batch ``batch`` of the validation
+    at the end of epoch ``epoch`` (not the sanity check): an interruption during validation."""
+
+    def __init__(self, epoch: int, batch: int = 0, signal_name: str = "SIGTERM") -> None:
+        self.epoch = epoch
+        self.batch = batch
+        self.signal_name = signal_name
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args):
+        if (
+            not trainer.sanity_checking
+            and trainer.current_epoch == self.epoch
+            and batch_idx == self.batch
+        ):
+            send_signal(self.signal_name)
 
 
 class PoisonBatch(L.Callback):
@@ -234,3 +260,28 @@ class PoisonBatch(L.Callback):
             views = batch[0] if isinstance(batch[0], list | tuple) else [batch[0]]
             for view in views:
                 view.fill_(float("nan"))
+
+
+class StopFlagAfter(L.Callback):
+    """Raises Lightning's stop flag after ``batches`` training batches of this fit, as its
+    SIGTERM handler does: the fit stops with a ``SIGTERMException`` (and ``MethodCheckpoint``
+    writes the interrupted ``last.ckpt``)."""
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+        self.seen = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen += 1
+        if self.seen == self.batches:
+            trainer._signal_connector.received_sigterm = True
+
+
+class RecordIndices(L.Callback):
+    """Keeps the dataset indices of every training batch of the fit, in order."""
+
+    def __init__(self) -> None:
+        self.indices: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.indices += batch[2].tolist()

@@ -14,12 +14,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 from distill.data.device_views import Canvas
 from distill.data.sampling import (
     LazyDataLoader,
+    ResumableDataLoader,
     SeededSampler,
     fit_position,
     ignore_stop_signals,
     seeded_rngs,
 )
 from distill.data.views import SupervisedViews, ViewRecipe, eval_transform
+from distill.errors import ConfigError
 
 
 class IndexedDataset(Dataset):
@@ -81,6 +83,28 @@ def collate(samples: list) -> list:
     return samples.batch if isinstance(samples, CollatedSamples) else default_collate(samples)
 
 
+#: Attributes naming where a DataModule's samples come from (the ones it has).
+_FOLDERS = ("data_dir", "train_dir", "val_dir")
+
+
+def recipe_settings(recipe: ViewRecipe, key: str = "views") -> dict[str, object]:
+    """``{key: class name, key.init_args.<argument>: value, ...}`` of a view recipe, nested
+    recipes (``DeviceViews``) included; values are plain Python (lists for sequences)."""
+    settings: dict[str, object] = {key: type(recipe).__name__}
+    for name, value in vars(recipe).items():
+        if name.startswith("_"):
+            continue
+        if isinstance(value, ViewRecipe):
+            settings.update(recipe_settings(value, f"{key}.init_args.{name}"))
+        elif isinstance(value, list | tuple):
+            settings[f"{key}.init_args.{name}"] = list(value)
+        elif value is None or isinstance(value, bool | int | float | str):
+            settings[f"{key}.init_args.{name}"] = value
+        else:
+            settings[f"{key}.init_args.{name}"] = repr(value)
+    return settings
+
+
 class ViewDataModule(L.LightningDataModule):
     """Base DataModule: subclasses only say where the images come from.
 
@@ -137,6 +161,8 @@ class ViewDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.drop_last = drop_last
         self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
+        #: (batch size, world size) of the checkpoint a fit resumes from (``load_state_dict``).
+        self._checkpoint_batching: tuple[int, int] | None = None
         self.train_set: IndexedDataset | None = None
         self.train_eval_set: IndexedDataset | None = None
         self.val_set: IndexedDataset | None = None
@@ -179,7 +205,8 @@ class ViewDataModule(L.LightningDataModule):
         self.val_set = IndexedDataset(self.val_dataset(), evaluation)
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool, **kw):
-        return LazyDataLoader(
+        seeded = isinstance(kw.get("sampler"), SeededSampler)
+        return (ResumableDataLoader if seeded else LazyDataLoader)(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
@@ -203,6 +230,8 @@ class ViewDataModule(L.LightningDataModule):
 
             def position() -> tuple[int, int]:
                 epoch, batches = fit_position(trainer)
+                if batches:  # a fit resumed mid-epoch: the checkpoint counted its batches
+                    self._check_resumed_batches(trainer, epoch, batches)
                 return epoch, batches * self.batch_size
 
         sampler = SeededSampler(self.train_set, world, rank, self.seed, position)
@@ -226,11 +255,46 @@ class ViewDataModule(L.LightningDataModule):
         return torch.Generator().manual_seed(self.seed)
 
     def state_dict(self) -> dict:
-        """The data seed, so a resumed fit shuffles and augments as the interrupted one."""
-        return {"seed": self.seed}
+        """The data seed, so a resumed fit shuffles and augments as the interrupted one, and
+        the batching (batch size, world size) a mid-epoch position counts in."""
+        trainer = getattr(self, "trainer", None)
+        world_size = trainer.world_size if trainer is not None else 1
+        return {"seed": self.seed, "batch_size": self.batch_size, "world_size": world_size}
 
     def load_state_dict(self, state: dict) -> None:
         self.seed = state.get("seed", self.seed)
+        if "batch_size" in state:  # checkpoints from before it was saved have no check
+            self._checkpoint_batching = (state["batch_size"], state["world_size"])
+
+    def _check_resumed_batches(self, trainer, epoch: int, batches: int) -> None:
+        """Refuses to continue an epoch whose first ``batches`` were of another global batch.
+
+        The position is counted in batches; with the checkpoint's samples per step (batch
+        size x world size) it is the right sample, as when the world size changes and the
+        batch size with it. Otherwise a part of the epoch would be trained twice or never.
+        """
+        world = trainer.world_size
+        saved = self._checkpoint_batching
+        if saved is None or saved[0] * saved[1] == self.batch_size * world:
+            return
+        batch_size, world_size = saved
+        raise ConfigError(
+            f"--ckpt_path {trainer.ckpt_path} was written in the middle of epoch {epoch}, after "
+            f"{batches} batch(es) of {batch_size} samples on {world_size} process(es) "
+            f"({batch_size * world_size} per step); this fit has data.init_args.batch_size="
+            f"{self.batch_size} on {world} process(es) ({self.batch_size * world} per step), "
+            f"so the epoch cannot continue at the sample where it stopped. Finish the epoch "
+            f"with data.init_args.batch_size={batch_size} on {world_size} process(es) "
+            f"(trainer.devices x trainer.num_nodes) and --trainer.max_epochs {epoch + 1}, then "
+            f"resume from that run's last.ckpt with the new batch size"
+        )
+
+    def settings(self) -> dict[str, object]:
+        """What decides the training samples and their batches, by ``data.init_args`` key:
+        the batch size, the data folders and the view recipe (class and arguments). A resumed
+        fit reports those that differ from its checkpoint's (``distill.resume``)."""
+        folders = {key: getattr(self, key) for key in _FOLDERS if hasattr(self, key)}
+        return {"batch_size": self.batch_size, **folders, **recipe_settings(self.views)}
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")

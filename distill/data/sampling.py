@@ -92,6 +92,25 @@ class LazyDataLoader(DataLoader):
         return _Deferred(super().__iter__)
 
 
+class ResumableDataLoader(LazyDataLoader):
+    """The training loader over a ``SeededSampler``: a ``LazyDataLoader`` Lightning knows to be
+    resumable mid-epoch.
+
+    Lightning warns on every mid-epoch resume ("your dataloader is not resumable") unless
+    each training loader has ``state_dict`` and ``load_state_dict``. This one resumes
+    exactly without a state of its own: ``SeededSampler`` reads the position from
+    Lightning's restored loop counters, and ``ViewDataModule`` refuses a resume whose
+    counters are in other batches (another batch or world size, mid-epoch). Its state is the
+    batching the counters count in, saved for inspection.
+    """
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batch_size": self.batch_size, "num_replicas": self.sampler.num_replicas}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Nothing to restore: the position is Lightning's own loop state (see the class)."""
+
+
 class _Deferred:
     def __init__(self, start: Callable[[], Iterator]) -> None:
         self._start, self._iterator = start, None

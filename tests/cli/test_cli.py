@@ -106,6 +106,31 @@ def test_unknown_key_in_config_file_is_named(tmp_path, capsys):
     assert code == 2 and "temprature" in err
 
 
+@pytest.mark.parametrize(
+    "text, key, nearest",
+    [
+        ("trainer:\n  max_epoch: 3\n", "trainer.max_epoch", "trainer.max_epochs"),
+        ("data:\n  init_args:\n    batch_sise: 16\n", "batch_sise", "batch_size"),
+        ("data:\n  init_args:\n    views:\n      init_args:\n        crop_sise: 24\n",
+         "crop_sise", "crop_size"),
+        ("model:\n  init_args:\n    optimizer:\n      init_args:\n        lrr: 0.1\n",
+         "lrr", "lr"),
+    ],
+    ids=["trainer", "data", "views", "optimizer"],
+)  # fmt: skip
+def test_misspelt_key_in_a_config_file_comes_first_with_the_nearest_valid_key(
+    tmp_path, capsys, text, key, nearest
+):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    code, _, err = run_cli(["fit", "--config", QUICKSTART, "--config", str(bad)], capsys)
+    first = err.splitlines()[0]
+    assert code == 2
+    assert first.startswith("distill: error: unknown ") and f"{key!r}" in first, err
+    assert f"did you mean {nearest!r}?" in first
+    assert "usage:" not in err
+
+
 def test_wrong_type_is_named(capsys):
     code, _, err = run_cli(["fit", "--config", QUICKSTART, "--trainer.max_epochs", "many"], capsys)
     assert code == 2 and "max_epochs" in err and "many" in err

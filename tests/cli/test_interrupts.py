@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 
 
-def distill(*args, root):
+def distill(*args, root, val_batches=1):
     """``python -m distill ...`` in a subprocess with the tests' helpers importable."""
     env = {
         **os.environ,
@@ -22,7 +23,7 @@ def distill(*args, root):
     }
     command = [
         sys.executable, "-m", "distill", *args, "--trainer.default_root_dir", str(root),
-        "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1",
+        "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", str(val_batches),
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -62,6 +63,44 @@ def test_signal_writes_a_resumable_checkpoint_and_exits_with_the_signal_code(
     _, final = checkpoint(tmp_path, version=1)
     assert final["global_step"] == 8 and final["epoch"] == 1
     assert interrupted_state(final) is None
+
+
+def test_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path):
+    run = distill(
+        "fit", "--config", QUICKSTART, "--trainer.max_epochs", "2",
+        "--trainer.callbacks+=tests_support.SignalAt", "--trainer.callbacks.step", "5",
+        "--trainer.callbacks.signal_name", "SIGINT", "--trainer.callbacks.times", "2",
+        root=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 130, run.stderr[-3000:]
+    _, saved = checkpoint(tmp_path)
+    assert saved["global_step"] == 4 and interrupted_state(saved) is None  # epoch 0's, as it was
+
+
+def test_epoch_interrupted_during_its_validation_is_validated_on_resume(tmp_path):
+    every_epoch = ("--checkpoint.save_top_k", "-1")  # a best-checkpoint file per validated epoch
+    run = distill(
+        "fit", "--config", QUICKSTART, "--trainer.max_epochs", "2", *every_epoch,
+        "--trainer.callbacks+=tests_support.SignalInValidation", "--trainer.callbacks.epoch", "0",
+        root=tmp_path, val_batches=2,
+    )  # fmt: skip
+    assert run.returncode == 143, run.stderr[-3000:]
+    assert "(global step 4) during its validation" in run.stderr
+    path, saved = checkpoint(tmp_path)
+    assert interrupted_state(saved) == {
+        "signal": "SIGTERM", "epoch": 0, "batch": 4, "global_step": 4,
+    }  # fmt: skip
+    resumed = distill(
+        "fit", "--config", QUICKSTART, "--trainer.max_epochs", "2", *every_epoch,
+        "--ckpt_path", str(path), root=tmp_path, val_batches=2,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    version = tmp_path / "lightning_logs" / "version_1"
+    events = EventAccumulator(str(version)).Reload()
+    for metric in ("val/top1", "val/knn_top1", "val/linear_top1"):
+        assert len(events.Scalars(metric)) == 2, metric  # epochs 0 and 1
+    files = sorted(p.name for p in (version / "checkpoints").iterdir())
+    assert files == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "last.ckpt"]
 
 
 def test_checkpoint_of_another_method_is_refused_by_class(tmp_path):

@@ -1,7 +1,12 @@
 """Batches of every DataModule under every view recipe, on generated data."""
 
+import warnings
+
+import lightning as L
 import pytest
 import torch
+from tests_support import ColourDataModule
+from torch.utils.data import DistributedSampler
 
 from distill.data import (
     CIFAR10DataModule,
@@ -148,3 +153,71 @@ def test_image_folder_class_mismatch_is_reported(png_folder):
     (png_folder / "val" / "extra").mkdir()
     with pytest.raises(ConfigError, match="extra"):
         ImageFolderDataModule(data_dir=str(png_folder))
+
+
+class UnseededLoader(ColourDataModule):
+    """A training loader distill does not position: plain, in dataset order."""
+
+    def train_dataloader(self):
+        self.setup("fit")
+        return self._loader(self.train_set, self.batch_size, False, True)
+
+
+def interrupted_and_resumed(tmp_path, data, resumed_data, batches=2):
+    """Fits Supervised on ``data``, stops it (as a SIGTERM would) after ``batches`` batches
+    of its first epoch, and resumes from there on ``resumed_data``; the warnings of the resume
+    and the dataset indices it trained on, in order."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from tests_support import RecordIndices, StopFlagAfter, quiet_trainer
+
+    from distill.callbacks import MethodCheckpoint
+    from distill.methods import Supervised
+
+    def fit(root, datamodule, callbacks, ckpt_path=None):
+        L.seed_everything(0)
+        checkpoint = MethodCheckpoint(dirpath=str(root), monitor=None)
+        trainer = quiet_trainer(root, max_epochs=1, limit_val_batches=0, enable_checkpointing=True,
+                                callbacks=[checkpoint, *callbacks])  # fmt: skip
+        trainer.fit(Supervised(backbone="resnet8", num_classes=5), datamodule=datamodule,
+                    ckpt_path=ckpt_path)  # fmt: skip
+
+    with pytest.raises(SIGTERMException):
+        fit(tmp_path / "first", data, [StopFlagAfter(batches)])
+    record = RecordIndices()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(tmp_path / "second", resumed_data, [record], str(tmp_path / "first" / "last.ckpt"))
+    return [str(w.message) for w in caught], record.indices
+
+
+NOT_RESUMABLE = "ended before the epoch ended and your dataloader is not resumable"
+
+
+def test_mid_epoch_resume_continues_at_the_next_sample_without_lightnings_warning(tmp_path):
+    data = ColourDataModule(batch_size=8)
+    messages, indices = interrupted_and_resumed(tmp_path, data, ColourDataModule(batch_size=8))
+    data.setup("fit")
+    order = list(DistributedSampler(data.train_set, 1, 0, shuffle=True, seed=data.seed))
+    assert indices == order[16:56]  # after 2 batches of 8, to the last full batch
+    assert not [m for m in messages if NOT_RESUMABLE in m]  # exact: nothing to warn about
+
+
+def test_mid_epoch_resume_of_a_loader_distill_does_not_position_keeps_lightnings_warning(
+    tmp_path,
+):
+    messages, _ = interrupted_and_resumed(tmp_path, UnseededLoader(), UnseededLoader())
+    assert [m for m in messages if NOT_RESUMABLE in m]
+
+
+@pytest.mark.parametrize("batch_size", [4, 16])
+def test_mid_epoch_resume_with_another_batch_size_is_refused_with_the_reason(tmp_path, batch_size):
+    # The position is counted in batches of the checkpoint's size: with another size the
+    # epoch would train samples twice (smaller) or skip some (larger).
+    with pytest.raises(ConfigError) as error:
+        interrupted_and_resumed(
+            tmp_path, ColourDataModule(batch_size=8), ColourDataModule(batch_size=batch_size)
+        )
+    message = str(error.value)
+    assert "was written in the middle of epoch 0, after 2 batch(es) of 8 samples on 1" in message
+    assert f"this fit has data.init_args.batch_size={batch_size} on 1 process(es)" in message
+    assert "data.init_args.batch_size=8" in message and "--trainer.max_epochs 1" in message

@@ -57,3 +57,16 @@ def test_ranks_share_the_epoch_order_and_split_it():
     assert indices == list(range(len(data.train_set)))
     one = dict(SeededSampler(data.train_set, num_replicas=1, rank=0, seed=0))
     assert all(one[seed] == index for rank in items for seed, index in rank)
+
+
+def test_a_mid_epoch_position_carries_over_to_another_world_size_with_the_same_global_batch():
+    # A position counted in global batches is the same sample on 1 rank of batch 8 as on 2
+    # ranks of batch 4 (what ViewDataModule lets a mid-epoch resume change).
+    data = ColourDataModule()
+    data.setup("fit")
+    one = [i for _, i in SeededSampler(data.train_set, 1, 0, seed=5, position=lambda: (2, 3 * 8))]
+    two = [
+        [i for _, i in SeededSampler(data.train_set, 2, r, seed=5, position=lambda: (2, 3 * 4))]
+        for r in (0, 1)
+    ]
+    assert [i for pair in zip(*two, strict=True) for i in pair] == one
