@@ -128,7 +128,7 @@ def started(monkeypatch) -> list[list[str]]:
 
 
 @pytest.fixture
-def drawn(monkeypatch, cifar10_5k) -> dict[str, dict[str, list[str]]]:
+def drawn(monkeypatch, cifar10_5k, rekd_study) -> dict[str, dict[str, list[str]]]:
     """What each figure the scripts save shows, by file name: legend and x-tick texts."""
     seen = {}
     save = cifar10_5k.save
@@ -142,6 +142,7 @@ def drawn(monkeypatch, cifar10_5k) -> dict[str, dict[str, list[str]]]:
         return save(fig, path)
 
     monkeypatch.setattr(cifar10_5k, "save", record)
+    monkeypatch.setattr(rekd_study, "save", record)
     return seen
 
 
