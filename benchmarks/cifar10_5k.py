@@ -3,10 +3,11 @@
     python benchmarks/cifar10_5k.py distillation    # teacher, student alone, KD, RKD, CRD, CRD+KD
     python benchmarks/cifar10_5k.py distillation --report    # table only, from runs/ already there
     python benchmarks/cifar10_5k.py distillation --threads 1 --parallel 2
+    python benchmarks/cifar10_5k.py distillation --figures -- --trainer.max_epochs 2  # a trial
 
 Each row is one ``distill fit --config ...`` run (in a subprocess, in the order listed, so
-the teacher exists before its students need it); extra arguments after ``--`` go to every
-run, e.g. ``-- --trainer.max_epochs 10``. The table reads each run's newest TensorBoard log:
+the teacher exists before its students need it); arguments after ``--`` go to every run,
+e.g. ``-- --trainer.max_epochs 10``. The table reads each run's newest TensorBoard log:
 the last and best value of every metric column, and the run's wall time (first to last
 event); ``--curves val/knn_top1 train/mined_precision`` also prints those metrics over
 training. Compare wall times only within one invocation on one machine. ``--seeds 0 1 2``
@@ -14,10 +15,21 @@ runs (or, with ``--report``, reports) every run with each seed, ``--seed_everyth
 logs tagged ``seed<N>`` (the config's own seed keeps the untagged logs); a teacher that other
 runs load keeps its config's seed, so ``--seeds 1 2`` adds students only. With several seeds
 a second table gives each method's final values as mean ± standard deviation over seeds.
-``--figures`` writes ``benchmarks/figures/<suite>_curves.png`` (each metric column against
-the epoch, one line per method, the mean of its seeds) and ``<suite>_final.png`` (the final
-values, with error bars of one standard deviation over seeds, or of one binomial standard
-error on the 1,017 val images for a single run).
+
+Logs are under ``--runs-root`` (default: the repository's ``runs/``): the configs' ``runs/...``
+paths, their teachers' included, are taken under it. Runs never started are left out of the
+tables and figures and named below the table. A run that stopped before the ``max_epochs`` it
+was started with (the ``config.yaml`` of its log) is marked ``unfinished: 3 of 40 epochs``,
+and one of another length than the suite plans (the config's ``max_epochs``, or the run's own
+arguments; not those after ``--``) ``2 epochs, not 40``: in the tables' ``epochs`` column and
+in the figures' legends, where runs of different lengths are never averaged together.
+
+``--figures`` writes ``<suite>_curves.png`` (each metric column against the epoch, one line
+per method, the mean of its seeds) and ``<suite>_final.png`` (the final values, with error
+bars of one standard deviation over seeds, or of one binomial standard error on the 1,017
+val images for a single run) to ``--figures-dir`` (default ``<runs-root>/cifar10-5k/figures``).
+README's figures in ``benchmarks/figures`` are replaced only when that folder is named. A
+figure without data is not written.
 
     python benchmarks/cifar10_5k.py distillation --parallel 2 --threads 1 --seeds 0 1 2 --figures
 
@@ -32,7 +44,7 @@ import os
 import statistics
 import subprocess
 import sys
-import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,8 +53,9 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ROOT / "benchmarks" / "figures"
+RUNS = ROOT / "runs"  # where the configs' ``runs/...`` paths point (the runs start in ROOT)
 VAL_IMAGES = 1017  # cifar10-5k's val split
+TEACHER = "--model.init_args.teacher_checkpoint"
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,7 @@ class Run:
     """One row: ``distill <command> --config <config> [args]``.
 
     ``validate`` evaluates the config's model as initialised (seeded, untrained), with its
-    logs under ``runs/cifar10-5k/init/``: the random-init baseline of a backbone. A run
+    logs under ``<runs_root>/cifar10-5k/init/``: the random-init baseline of a backbone. A run
     with a ``tag`` (e.g. ``seed1`` with ``args=("--seed_everything", "1")``) writes to the
     config's ``default_root_dir`` plus ``_<tag>``, so variants of a config keep their logs.
     """
@@ -61,13 +74,15 @@ class Run:
     args: tuple[str, ...] = ()
     tag: str = ""
     seeded: bool = True  # False: a run others load (a teacher) runs with its config's seed only
+    runs_root: Path = RUNS  # the configs' ``runs/`` paths are taken under it
 
     def config_value(self, *keys: str):
-        """A value of the run's config file, e.g. ``config_value("trainer", "max_epochs")``."""
+        """A value of the run's config file, e.g. ``config_value("trainer", "max_epochs")``;
+        ``None`` where a key is absent."""
         with open(ROOT / self.config) as f:
             value = yaml.safe_load(f)
         for key in keys:
-            value = value[key]
+            value = value.get(key) if isinstance(value, dict) else None
         return value
 
     def setting(self, option: str, *keys: str):
@@ -91,12 +106,32 @@ class Run:
             return None
         return replace(self, args=("--seed_everything", str(seed), *self.args), tag=f"seed{seed}")
 
+    def under_runs_root(self, path: str) -> Path:
+        """A path of the config or the arguments: under the runs root for ``runs/...``, else
+        as the run sees it (relative to the repository)."""
+        parts = Path(path).parts
+        if parts[:1] == ("runs",):
+            return self.runs_root.joinpath(*parts[1:])
+        return ROOT / path
+
     def root_dir(self) -> Path:
         """Where this run's ``lightning_logs/`` go."""
         if self.command == "validate":
-            return ROOT / "runs/cifar10-5k/init" / Path(self.config).stem
-        root = ROOT / self.config_value("trainer", "default_root_dir")
+            return self.runs_root / "cifar10-5k/init" / Path(self.config).stem
+        root = self.under_runs_root(self.config_value("trainer", "default_root_dir"))
         return root.with_name(f"{root.name}_{self.tag}") if self.tag else root
+
+    def command_line(self, extra: Sequence[str] = ()) -> list[str]:
+        """The arguments of ``distill`` for this run, ``extra`` after the run's own."""
+        command = [self.command, "--config", self.config, *self.args]
+        moved = self.runs_root != RUNS
+        teacher = self.setting(TEACHER, "model", "init_args", "teacher_checkpoint")
+        if moved and teacher:
+            command += [TEACHER, str(self.under_runs_root(teacher))]
+        command += extra
+        if self.command == "validate" or self.tag or moved:
+            command += ["--trainer.default_root_dir", str(self.root_dir())]
+        return command
 
 
 #: Suites: stages of runs in dependency order; a stage starts when the one before it ends.
@@ -151,19 +186,27 @@ def newest_version(run: Run) -> Path | None:
     return versions[-1] if versions else None
 
 
-def execute(run: Run, extra: list[str], threads: int | None) -> float:
-    """Runs ``distill <command> --config <config>`` and returns its wall time in seconds."""
+def execute(run: Run, extra: Sequence[str], threads: int | None) -> int:
+    """Runs ``distill <command> --config <config> ...`` and returns its exit status."""
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    command = [sys.executable, "-m", "distill", run.command, "--config", run.config]
-    command += [*run.args, *extra]
-    if run.command == "validate" or run.tag:
-        command += ["--trainer.default_root_dir", str(run.root_dir())]
+    command = [sys.executable, "-m", "distill", *run.command_line(extra)]
     print("$", " ".join(command[1:]), flush=True)
-    start = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, env=env, check=True)
-    return time.perf_counter() - start
+    return subprocess.run(command, cwd=ROOT, env=env).returncode
+
+
+def run_stage(runs: list[Run], extra: Sequence[str], threads: int | None, parallel: int) -> None:
+    """Runs ``runs`` (``parallel`` at a time); exits with a message naming any that failed,
+    so that no later stage starts without what it loads."""
+    with ThreadPoolExecutor(parallel) as pool:
+        codes = list(pool.map(lambda run: execute(run, extra, threads), runs))
+    failed = [f"{r.label} (exit status {c})" for r, c in zip(runs, codes, strict=True) if c]
+    if failed:
+        sys.exit(
+            f"failed: {', '.join(failed)}; distill's output is above. Later stages were not "
+            "started; --report shows the runs that have logs."
+        )
 
 
 @functools.cache
@@ -178,18 +221,61 @@ def load_scalars(run: Run) -> tuple[Path | None, dict[str, list]]:
     return version, {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
 
 
-def final_values(run: Run, tag: str, last_epochs: int = 0) -> float | None:
-    """The last logged value of ``tag`` (or the mean over its last ``last_epochs`` epochs) of a
-    finished run; ``None`` for a run that is missing or still training."""
-    _, scalars = load_scalars(run)
-    events, evaluations = scalars.get(tag, []), scalars.get("val/knn_top1", [])
-    if not events or not evaluations:
+@dataclass(frozen=True)
+class Progress:
+    """Epochs a run's newest log validated, against the ``max_epochs`` the run was started
+    with (``own``: its log's ``config.yaml``) and the suite's plan for it (``planned``)."""
+
+    done: int
+    own: int
+    planned: int
+
+    def note(self) -> str:
+        """How the run differs from the plan, for tables and legends; ``""`` for none."""
+        if self.done < self.own:
+            return f"unfinished: {self.done} of {self.own} epochs"
+        if self.done != self.planned:
+            return f"{self.done} epochs, not {self.planned}"
+        return ""
+
+
+def started_epochs(version: Path) -> int | None:
+    """The ``max_epochs`` in the ``config.yaml`` a run left in its log folder, if recorded."""
+    try:
+        config = yaml.safe_load((version / "config.yaml").read_text())
+        epochs = config["trainer"]["max_epochs"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
         return None
-    # Finished: the last k-NN evaluation ran in the planned last epoch (the epoch counter
-    # reaches it as soon as that epoch starts, before its evaluation).
-    last = evaluations[-1].step
-    evaluated = max((e.value for e in scalars.get("epoch", []) if e.step <= last), default=-1)
-    if evaluated + 1 < run.planned_epochs():
+    return epochs if isinstance(epochs, int) and epochs > 0 else None
+
+
+@functools.cache
+def progress(run: Run) -> Progress | None:
+    """``None`` for a run without logs, and for ``validate`` (one evaluation, no epochs)."""
+    version, scalars = load_scalars(run)
+    if version is None or run.command == "validate":
+        return None
+    validations = [e.step for tag, es in scalars.items() if tag.startswith("val/") for e in es]
+    # Lightning logs ``epoch`` with every metric, and an epoch's validation at a step before
+    # the next epoch's first: the epochs up to the last validation's step are those done.
+    last = max(validations, default=-1)
+    done = 1 + int(max((e.value for e in scalars.get("epoch", []) if e.step <= last), default=-1))
+    planned = run.planned_epochs()
+    return Progress(done, started_epochs(version) or planned, planned)
+
+
+def note(run: Run) -> str:
+    """``unfinished: 3 of 40 epochs``, ``2 epochs, not 40``, or ``""`` (see the docstring)."""
+    state = progress(run)
+    return state.note() if state else ""
+
+
+def final_values(run: Run, tag: str, last_epochs: int = 0) -> float | None:
+    """The last logged value of ``tag`` (or the mean over its last ``last_epochs`` epochs),
+    finished or not (see ``note``); ``None`` where the run logged no ``tag``."""
+    _, scalars = load_scalars(run)
+    events = scalars.get(tag, [])
+    if not events:
         return None
     if not last_epochs:
         return events[-1].value
@@ -205,23 +291,29 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def by_label(runs: list[Run]) -> dict[str, list[Run]]:
-    """The runs grouped by label (a label's seeds together), in the suite's order."""
+    """The runs with logs grouped by label and length (a label's seeds of one length
+    together), in the suite's order; a group's name is its label, plus its note if any."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        groups.setdefault(run.label, []).append(run)
+        if load_scalars(run)[0] is not None:
+            mark = note(run)
+            groups.setdefault(f"{run.label} [{mark}]" if mark else run.label, []).append(run)
     return groups
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it."""
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+
+
 def summary(run: Run, metrics: list[str]) -> dict[str, str]:
-    """Last and best of each metric and the wall time of a run's newest log."""
+    """Epochs, last and best of each metric and the wall time of a run's newest log."""
     version, scalars = load_scalars(run)
-    if version is None:
-        return {"run": "-"}
-    row = {"run": version.relative_to(ROOT).as_posix()}
+    row = {"run": shown(version)}
     times = [e.wall_time for events in scalars.values() for e in events]
     row["wall"] = f"{(max(times) - min(times)) / 60:.1f} min" if len(times) > 1 else "-"
-    epochs = [e.value for e in scalars.get("epoch", [])]
-    row["epochs"] = str(int(max(epochs)) + 1) if epochs else "0"
+    state = progress(run)
+    row["epochs"] = (state.note() or str(state.done)) if state else "-"
     for metric in metrics:
         values = [e.value for e in scalars.get(metric, [])]
         row[metric] = f"{values[-1]:.3f} (best {max(values):.3f})" if values else "-"
@@ -232,20 +324,33 @@ def print_curves(runs: list[Run], metrics: list[str], points: int = 12) -> None:
     """Each run's values of ``metrics`` over training (at most ``points`` per curve)."""
     for run in runs:
         _, scalars = load_scalars(run)
+        mark = f" [{note(run)}]" if note(run) else ""
         for metric in metrics:
             events = scalars.get(metric, [])
             if not events:
                 continue
             stride = max(1, round(len(events) / points))
-            shown = events[::stride]
-            if shown[-1] is not events[-1]:
-                shown.append(events[-1])
-            values = " ".join(f"{e.value:.3f}@{e.step}" for e in shown)
-            print(f"{run.label} {metric} (value@step): {values}")
+            shown_events = events[::stride]
+            if shown_events[-1] is not events[-1]:
+                shown_events.append(events[-1])
+            values = " ".join(f"{e.value:.3f}@{e.step}" for e in shown_events)
+            print(f"{run.label}{mark} {metric} (value@step): {values}")
 
 
-def plot(suite: str, runs: list[Run], metrics: list[str]) -> None:
-    """The suite's curves and final values as two small PNG files (see the docstring).
+def mean_curve(group: list[Run], metric: str) -> tuple[list[int], list[float]]:
+    """The epochs (from 1) at which every run of ``group`` logged ``metric``, and the runs'
+    mean there in %."""
+    curves = []  # per run: {epoch: value}
+    for scalars in (load_scalars(run)[1] for run in group):
+        epochs = {e.step: e.value for e in scalars.get("epoch", [])}
+        curves.append({int(epochs.get(e.step, 0)) + 1: e.value for e in scalars.get(metric, [])})
+    shared = sorted(set.intersection(*(set(c) for c in curves)))
+    return shared, [100 * statistics.mean(c[x] for c in curves) for x in shared]
+
+
+def plot(suite: str, runs: list[Run], metrics: list[str], folder: Path) -> list[Path]:
+    """The suite's curves and final values as two small PNG files in ``folder`` (see the
+    docstring); returns those written. A figure without data is not written.
 
     A label run with several seeds is drawn as its mean; its final value's error bar is the
     seeds' standard deviation (one binomial standard error on the val images for one seed).
@@ -255,50 +360,72 @@ def plot(suite: str, runs: list[Run], metrics: list[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    FIGURES.mkdir(parents=True, exist_ok=True)
     groups = by_label(runs)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), dpi=100)
-    for ax, metric in zip([axes] if len(metrics) == 1 else axes, metrics, strict=True):
-        for label, group in groups.items():
-            curves = []  # per seed: {epoch: value}
-            for scalars in (load_scalars(run)[1] for run in group):
-                epochs = {e.step: e.value for e in scalars.get("epoch", [])}
-                curves.append({epochs.get(e.step, 0) + 1: e.value for e in scalars.get(metric, [])})
-            shared = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-            if shared:
-                means = [100 * statistics.mean(c[x] for c in curves) for x in shared]
-                ax.plot(shared, means, marker=".", label=f"{label} (n={len(curves)})")
-        ax.set(xlabel="epoch", ylabel=f"{metric} (%)")
-    (axes if len(metrics) == 1 else axes[0]).legend(fontsize=7)
-    fig.suptitle(f"cifar10-5k, {suite}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(FIGURES / f"{suite}_curves.png")
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(groups), 4.2), dpi=100)
+    written = []
+    lines = {}  # metric: {group name: (epochs, mean %)}, for the metrics some group logged
+    for metric in metrics:
+        curves = {name: mean_curve(group, metric) for name, group in groups.items()}
+        if drawn := {name: curve for name, curve in curves.items() if curve[0]}:
+            lines[metric] = drawn
+    path = folder / f"{suite}_curves.png"
+    if lines:
+        fig, axes = plt.subplots(1, len(lines), figsize=(4.2 * len(lines), 3.4), dpi=100)
+        for ax, (metric, drawn) in zip(fig.axes, lines.items(), strict=True):
+            for name, (epochs, means) in drawn.items():
+                ax.plot(epochs, means, marker=".", label=f"{name} (n={len(groups[name])})")
+            ax.set(xlabel="epoch", ylabel=f"{metric} (%)")
+            ax.legend(fontsize=7)
+        fig.suptitle(f"cifar10-5k, {suite}", fontsize=10)
+        written.append(save(fig, path))
+    else:
+        print(f"{shown(path)} not written: no run logged {' or '.join(metrics)}")
+    finals = {}  # name: {metric: final values of the group's runs}
+    for name, group in groups.items():
+        values = {m: [v for r in group if (v := final_values(r, m)) is not None] for m in metrics}
+        if any(values.values()):
+            finals[name] = values
+    path = folder / f"{suite}_final.png"
+    if not finals:
+        print(f"{shown(path)} not written: no run logged {' or '.join(metrics)}")
+        return written
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(finals), 4.2), dpi=100)
     offset = 0.25 / max(len(metrics) - 1, 1)
     for column, metric in enumerate(metrics):
         points = []  # (x, mean %, error %)
-        for i, group in enumerate(groups.values()):
-            finals = [v for run in group if (v := final_values(run, metric)) is not None]
-            if finals:
-                mean, std = mean_std(finals)
-                error = std if len(finals) > 1 else (mean * (1 - mean) / VAL_IMAGES) ** 0.5
-                points.append(
-                    (i + (column - (len(metrics) - 1) / 2) * offset, 100 * mean, 100 * error)
-                )
+        for i, values in enumerate(finals.values()):
+            if values[metric]:
+                mean, std = mean_std(values[metric])
+                error = std if len(values[metric]) > 1 else (mean * (1 - mean) / VAL_IMAGES) ** 0.5
+                x = i + (column - (len(metrics) - 1) / 2) * offset
+                points.append((x, 100 * mean, 100 * error))
         if points:
             xs, ys, errors = zip(*points, strict=True)
             ax.errorbar(xs, ys, yerr=errors, fmt="o", capsize=3, label=metric)
-    names = [f"{label} (n={len(group)})" for label, group in groups.items()]
-    ax.set_xticks(range(len(groups)), names, rotation=30, ha="right")
+    names = [f"{name} (n={len(groups[name])})" for name in finals]
+    ax.set_xticks(range(len(finals)), names, rotation=30, ha="right")
     ax.set(ylabel="final value (%)")
     ax.set_title("error bars: s.d. over n seeds; n = 1: binomial s.e. on val", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
+    written.append(save(fig, path))
+    return written
+
+
+def save(fig, path: Path) -> Path:
+    """Writes ``fig`` to ``path`` (creating its folder), closes it and says so; exits with
+    a message naming the path if it cannot be written (the tables are printed by then)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    fig.savefig(FIGURES / f"{suite}_final.png")
-    plt.close(fig)
-    print(f"wrote {FIGURES / f'{suite}_curves.png'} and {suite}_final.png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    except OSError as error:
+        sys.exit(f"cannot write {shown(path)}: {error.strerror or error}")
+    finally:
+        plt.close(fig)
+    print(f"wrote {shown(path)}")
+    return path
 
 
 def print_markdown(header: list[str], lines: list[list[str]]) -> None:
@@ -318,21 +445,48 @@ def print_table(rows: list[tuple[str, dict[str, str]]], metrics: list[str]) -> N
 
 
 def print_seed_table(runs: list[Run], metrics: list[str]) -> None:
-    """Per label: finished seeds and each metric's final value, mean ± standard deviation."""
+    """Per label and length: its seeds and each metric's final value, mean ± s.d."""
     lines = []
-    for label, group in by_label(runs).items():
+    for name, group in by_label(runs).items():
         finals = {m: [v for r in group if (v := final_values(r, m)) is not None] for m in metrics}
         cells = []
         for values in finals.values():
             mean, std = mean_std(values) if values else (0.0, 0.0)
             spread = f" ± {100 * std:.1f}" if len(values) > 1 else ""
             cells.append(f"{100 * mean:.1f}{spread}" if values else "-")
-        lines.append([label, str(len(finals[metrics[0]])), *cells])
+        lines.append([name, str(len(group)), *cells])
     print_markdown(["method", "seeds", *(f"{m} %" for m in metrics)], lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def report(
+    suite: str, runs: list[Run], seeded: bool, curves: list[str], figures: Path | None
+) -> None:
+    """The tables (and the figures in ``figures``) of the runs that have logs."""
+    metrics = METRICS[suite]
+    logged = [run for run in runs if load_scalars(run)[0] is not None]
+    if not logged:
+        root = runs[0].runs_root if runs else RUNS
+        print(f"no logs of the {suite} runs under {shown(root)}: no table, no figures")
+        return
+    name = (lambda r: f"{r.label}, seed {r.seed()}") if seeded else (lambda r: r.label)
+    print_table([(name(r), summary(r, metrics)) for r in logged], metrics)
+    missing = [name(r) for r in runs if r not in logged]
+    if missing:
+        print(f"\nnot run yet (no logs): {'; '.join(missing)}")
+    if seeded:
+        print()
+        print_seed_table(logged, metrics)
+    print_curves(logged, curves)
+    if figures:
+        plot(suite, logged, metrics, figures)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=Path(__file__).name,
+        usage="%(prog)s SUITE [options] [-- arguments for every run]",
+        description=__doc__.splitlines()[0],
+    )
     parser.add_argument("suite", choices=sorted(SUITES))
     parser.add_argument("--report", action="store_true", help="print the table only")
     parser.add_argument(
@@ -348,31 +502,45 @@ def main() -> None:
         help="run (and report) each run with each of these seeds; a teacher keeps its own",
     )  # fmt: skip
     parser.add_argument("--figures", action="store_true", help="also write the two PNGs")
-    parser.add_argument("extra", nargs="*", help="arguments for every run (after --)")
-    args = parser.parse_args()
-    stages, metrics = SUITES[args.suite], METRICS[args.suite]
+    parser.add_argument(
+        "--figures-dir", type=Path,
+        help="folder of the PNGs, replacing files of the same name in it (implies --figures; "
+        "default: <runs-root>/cifar10-5k/figures)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--runs-root", type=Path, default=RUNS,
+        help="folder that stands for the configs' runs/ (default: the repository's runs/)",
+    )  # fmt: skip
+    return parser
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, with what follows the first ``--`` as ``extra`` (argparse itself does not
+    match a positional list after ``--`` once an option came between, hence the split)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = build_parser().parse_args(argv[:cut])
+    args.extra = argv[cut + 1 :]
+    args.runs_root = args.runs_root.resolve()
+    args.figures = args.figures or args.figures_dir is not None
+    args.figures_dir = (args.figures_dir or args.runs_root / "cifar10-5k" / "figures").resolve()
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse(argv)
+    stages = [[replace(run, runs_root=args.runs_root) for run in s] for s in SUITES[args.suite]]
     if args.seeds:
         stages = [
             [r for run in stage for s in args.seeds if (r := run.with_seed(s))] for stage in stages
         ]
     if not args.report:
         for number, stage in enumerate(stages, 1):
-            if args.stages and number not in args.stages:
-                continue
-            with ThreadPoolExecutor(args.parallel) as pool:
-                list(pool.map(lambda run: execute(run, args.extra, args.threads), stage))
+            if not args.stages or number in args.stages:
+                run_stage(stage, args.extra, args.threads, args.parallel)
     runs = [run for stage in stages for run in stage]
-    seeded = args.seeds and len(args.seeds) > 1
-    rows = [
-        (f"{r.label}, seed {r.seed()}" if seeded else r.label, summary(r, metrics)) for r in runs
-    ]
-    print_table(rows, metrics)
-    if seeded:
-        print()
-        print_seed_table(runs, metrics)
-    print_curves(runs, args.curves)
-    if args.figures:
-        plot(args.suite, runs, metrics)
+    seeded = bool(args.seeds) and len(args.seeds) > 1
+    report(args.suite, runs, seeded, args.curves, args.figures_dir if args.figures else None)
 
 
 if __name__ == "__main__":

@@ -17,20 +17,38 @@ diagnostic upper bound, not a self-supervised result). ``mined precision`` is th
 
 Stages run in order (the offline teachers exist before their students need them); each
 run is ``distill fit --config ...`` in a subprocess (see ``cifar10_5k.py``), its logs in
-``runs/cifar10-5k/<config's run>_<tag>``. Writes ``benchmarks/figures/rekd_gain.png``
-(student gain over MoCo-v2 against mined precision) and ``rekd_knn_curves.png``.
+``<runs-root>/cifar10-5k/<config's run>_<tag>`` (``--runs-root``, default the repository's
+``runs/``, stands for the configs' ``runs/``, teachers' paths included). Rows never run are
+left out of the table and figures and named below the table; a run that stopped early, or
+of another length than planned, is marked as in ``cifar10_5k.py`` (``unfinished: 3 of 30
+epochs``), its seeds averaged only with runs of that length and compared with a MoCo-v2 run
+of that length. Writes ``rekd_gain.png`` (student gain over MoCo-v2 against mined precision)
+and ``rekd_knn_curves.png`` (each row's first seed) to ``--figures-dir`` (default
+``<runs-root>/cifar10-5k/figures``; README's in ``benchmarks/figures`` are replaced only when
+that folder is named); a figure without data is not written.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from cifar10_5k import ROOT, Run, execute, final_values, load_scalars, mean_std, print_markdown
+from cifar10_5k import (
+    RUNS,
+    Run,
+    final_values,
+    load_scalars,
+    mean_std,
+    note,
+    print_markdown,
+    run_stage,
+    save,
+    shown,
+)
 
-FIGURES = ROOT / "benchmarks" / "figures"
 SEEDS = (0, 1, 2)
 # Offline teachers are taken as they end: without a monitor last.ckpt is the final epoch.
 LAST_EPOCH = ("--checkpoint.monitor", "null")
@@ -49,7 +67,8 @@ class Row:
     relation: str = ""  # "online", "offline", "oracle" or "" (no relation: a baseline)
     variant: str = ""  # names the logs of a config run with other arguments
 
-    def runs(self) -> list[Run]:
+    def runs(self, runs_root: Path = RUNS, seeds: Sequence[int] | None = None) -> list[Run]:
+        """The row's runs, one per seed (of ``seeds`` only, when given)."""
         prefix = f"{self.variant}_" if self.variant else ""
         return [
             Run(
@@ -57,8 +76,10 @@ class Row:
                 self.config,
                 args=("--seed_everything", str(s), *self.args),
                 tag=f"{prefix}seed{s}",
+                runs_root=runs_root,
             )  # fmt: skip
             for s in self.seeds
+            if not seeds or s in seeds
         ]
 
 
@@ -99,24 +120,37 @@ ROWS = [
 ]  # fmt: skip
 
 
-def summarise(rows: list[Row], precision_epochs: int) -> list[dict]:
-    """Per row: seeds done, student and teacher k-NN and mined precision (mean, std)."""
+def summarise(
+    rows: list[Row], precision_epochs: int, runs_root: Path = RUNS, seeds: Sequence[int] = ()
+) -> list[dict]:
+    """Per row and run length (see ``cifar10_5k.note``): the runs with logs, student and
+    teacher k-NN, mined precision and val top-1 (one value per run); a row never run is one
+    entry without runs."""
     table = []
     for row in rows:
-        runs = row.runs()
-        knn = [v for r in runs if (v := final_values(r, "val/knn_top1")) is not None]
-        teacher = [v for r in runs if (v := final_values(r, "val/teacher_knn_top1")) is not None]
-        precision = [
-            v
-            for r in runs
-            if (v := final_values(r, "train/mined_precision", precision_epochs)) is not None
-        ]
-        top1 = [v for r in runs if (v := final_values(r, "val/top1")) is not None]
-        table.append({
-            "row": row, "seeds": len(knn), "knn": knn, "teacher_knn": teacher,
-            "precision": precision, "top1": top1,
-        })  # fmt: skip
+        groups: dict[str, list[Run]] = {}
+        for run in row.runs(runs_root, seeds):
+            if load_scalars(run)[0] is not None:
+                groups.setdefault(note(run), []).append(run)
+        for mark, runs in (groups or {"": []}).items():  # a row never run: no runs
+            table.append({
+                "row": row, "note": mark, "runs": runs,
+                "knn": finals(runs, "val/knn_top1"),
+                "teacher_knn": finals(runs, "val/teacher_knn_top1"),
+                "precision": finals(runs, "train/mined_precision", precision_epochs),
+                "top1": finals(runs, "val/top1"),
+            })  # fmt: skip
     return table
+
+
+def finals(runs: list[Run], tag: str, last_epochs: int = 0) -> list[float]:
+    """``final_values`` of the runs that logged ``tag``."""
+    return [v for run in runs if (v := final_values(run, tag, last_epochs)) is not None]
+
+
+def name(entry: dict) -> str:
+    """A table entry's row label, with its note in brackets if any."""
+    return f"{entry['row'].label} [{entry['note']}]" if entry["note"] else entry["row"].label
 
 
 def fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
@@ -137,86 +171,120 @@ def gain_over(values: list[float], baseline: list[float]) -> tuple[float, float]
     return statistics.mean(row) - base_mean, error
 
 
+def baselines(table: list[dict]) -> dict[str, list[float]]:
+    """MoCo-v2's final k-NN values by run length (note): the baseline of a gain."""
+    return {t["note"]: t["knn"] for t in table if t["row"].name == "moco" and t["knn"]}
+
+
 def print_table(table: list[dict]) -> None:
-    baseline = next((t["knn"] for t in table if t["row"].name == "moco"), [])
+    baseline = baselines(table)
     header = ["row", "seeds", "student k-NN %", "gain vs MoCo-v2 ± s.e.", "teacher k-NN %",
               "mined precision", "val top-1 %"]  # fmt: skip
     lines, missing = [], []
     for t in table:
-        if t["row"].name.startswith("teacher_"):  # an offline teacher's own run
-            t = {**t, "teacher_knn": t["knn"], "knn": []}
-        if not t["knn"] and not t["teacher_knn"]:
+        if not t["runs"]:
             missing.append(t["row"].name)
             continue
+        if t["row"].name.startswith("teacher_"):  # an offline teacher's own run
+            t = {**t, "teacher_knn": t["knn"], "knn": []}
         gain = "-"
-        if baseline and t["knn"] and t["row"].name != "moco":
-            gain = "{:+.1f} ± {:.1f}".format(*gain_over(t["knn"], baseline))
+        if t["note"] in baseline and t["knn"] and t["row"].name != "moco":
+            gain = "{:+.1f} ± {:.1f}".format(*gain_over(t["knn"], baseline[t["note"]]))
         lines.append([
-            t["row"].label, str(t["seeds"]), fmt(t["knn"]), gain, fmt(t["teacher_knn"]),
+            name(t), str(len(t["runs"])), fmt(t["knn"]), gain, fmt(t["teacher_knn"]),
             fmt(t["precision"], 1.0, 3), fmt(t["top1"]),
         ])  # fmt: skip
     print_markdown(header, lines)
     if missing:
-        print(f"\nnot run yet: {', '.join(missing)}")
+        print(f"\nnot run yet (no logs): {', '.join(missing)}")
 
 
-def plot(table: list[dict]) -> None:
-    """The gain-vs-precision figure and the k-NN curves, as small PNG files."""
+def plot(table: list[dict], folder: Path) -> list[Path]:
+    """The gain-vs-precision figure and the k-NN curves as small PNG files in ``folder``;
+    returns those written. A figure without data is not written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    baseline = next((t["knn"] for t in table if t["row"].name == "moco"), [])
-    if baseline:
+    written = []
+    baseline = baselines(table)
+    points = [
+        t for t in table
+        if t["row"].relation and t["knn"] and t["precision"] and t["note"] in baseline
+    ]  # fmt: skip
+    path = folder / "rekd_gain.png"
+    if points:
         fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
         markers = {"online": "o", "offline": "s", "oracle": "*"}
-        for t in table:
-            if not t["row"].relation or not t["knn"] or not t["precision"]:
-                continue
-            gain, gain_std = gain_over(t["knn"], baseline)
+        for t in points:
+            gain, gain_std = gain_over(t["knn"], baseline[t["note"]])
             precision, precision_std = mean_std(t["precision"])
             ax.errorbar(precision, gain, xerr=precision_std, yerr=gain_std, capsize=3,
                         marker=markers[t["row"].relation], linestyle="none",
-                        label=t["row"].label.removeprefix("ReKD, "))  # fmt: skip
+                        label=name(t).removeprefix("ReKD, "))  # fmt: skip
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.axhline(3, color="grey", linewidth=0.8, linestyle="--")
         ax.set_xlabel("mined precision (same-class fraction of mined positives)")
         ax.set_ylabel("student k-NN gain over MoCo-v2 (points)")
-        ax.set_title("ReKD on cifar10-5k: resnet8 student, 30 epochs", fontsize=10)
+        epochs = points[0]["runs"][0].planned_epochs()
+        ax.set_title(f"ReKD on cifar10-5k: resnet8 student, {epochs} epochs", fontsize=10)
         ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        fig.savefig(FIGURES / "rekd_gain.png")
-        plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+        written.append(save(fig, path))
+    else:
+        why = "a ReKD row with k-NN and mined precision" if baseline else "a MoCo-v2 k-NN"
+        print(f"{shown(path)} not written: no logs of {why} (the gain needs both)")
+    curves = []  # (label, seed, epochs, k-NN %): the first logged seed of each row drawn
     for t in table:
-        if t["row"].stage != 2 and t["row"].name != "moco":
-            continue
-        _, scalars = load_scalars(t["row"].runs()[0])
-        events = scalars.get("val/knn_top1", [])
-        epochs = {e.step: e.value for e in scalars.get("epoch", [])}
-        if events:
-            xs = [epochs.get(e.step, 0) + 1 for e in events]
-            ax.plot(xs, [e.value * 100 for e in events], marker=".", label=t["row"].label)
+        if (t["row"].stage == 2 or t["row"].name == "moco") and t["runs"]:
+            run = t["runs"][0]
+            scalars = load_scalars(run)[1]
+            epochs = {e.step: e.value for e in scalars.get("epoch", [])}
+            if events := scalars.get("val/knn_top1", []):
+                xs = [int(epochs.get(e.step, 0)) + 1 for e in events]
+                curves.append((name(t), run.seed(), xs, [e.value * 100 for e in events]))
+    path = folder / "rekd_knn_curves.png"
+    if not curves:
+        print(f"{shown(path)} not written: no val/knn_top1 logged by MoCo-v2 or a ReKD row")
+        return written
+    seeds = {seed for _, seed, _, _ in curves}
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+    for label, seed, xs, ys in curves:
+        ax.plot(xs, ys, marker=".", label=label if len(seeds) == 1 else f"{label}, seed {seed}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("student val k-NN top-1 (%)")
-    ax.set_title("cifar10-5k, seed 0", fontsize=10)
+    title = f"seed {seeds.pop()}" if len(seeds) == 1 else "first seed of each row"
+    ax.set_title(f"cifar10-5k, {title}", fontsize=10)
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(FIGURES / "rekd_knn_curves.png")
-    plt.close(fig)
+    written.append(save(fig, path))
+    return written
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", choices=[r.name for r in ROWS], help="default: all")
     parser.add_argument("--seeds", type=int, nargs="+", help="only these seeds of each row")
     parser.add_argument("--report", action="store_true", help="table and figures only")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS per run")
     parser.add_argument("--precision-epochs", type=int, default=5)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--figures-dir", type=Path,
+        help="folder of the PNGs, replacing files of the same name in it "
+        "(default: <runs-root>/cifar10-5k/figures)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--runs-root", type=Path, default=RUNS,
+        help="folder that stands for the configs' runs/ (default: the repository's runs/)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    args.runs_root = args.runs_root.resolve()
+    args.figures_dir = (args.figures_dir or args.runs_root / "cifar10-5k" / "figures").resolve()
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse(argv)
     rows = [r for r in ROWS if not args.rows or r.name in args.rows]
     if not args.report:
         for stage in (1, 2):
@@ -224,16 +292,15 @@ def main() -> None:
                 run
                 for row in rows
                 if row.stage == stage
-                for run, seed in zip(row.runs(), row.seeds, strict=True)
-                if not args.seeds or seed in args.seeds
-            ]
-            with ThreadPoolExecutor(args.parallel) as pool:
-                list(pool.map(lambda run: execute(run, [], args.threads), runs))
-    table = summarise(rows, args.precision_epochs)
+                for run in row.runs(args.runs_root, args.seeds)
+            ]  # fmt: skip
+            run_stage(runs, [], args.threads, args.parallel)
+    table = summarise(rows, args.precision_epochs, args.runs_root, args.seeds or ())
+    if not any(t["runs"] for t in table):
+        print(f"no logs of the study's rows under {shown(args.runs_root)}: no table, no figures")
+        return
     print_table(table)
-    plot(table)
-    for path in sorted(FIGURES.glob("rekd_*.png")):
-        print(f"wrote {path.relative_to(ROOT)}")
+    plot(table, args.figures_dir)
 
 
 if __name__ == "__main__":

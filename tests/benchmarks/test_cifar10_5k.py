@@ -1,0 +1,272 @@
+"""benchmarks/cifar10_5k.py on a user's own runs: fake logs in tmp_path, no training."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+STUDENTS = ["supervised_resnet8", "kd_resnet20_resnet8", "rkd_resnet20_resnet8",
+            "crd_resnet20_resnet8", "crd_kd_resnet20_resnet8"]  # fmt: skip
+VALUES = {"val/top1": 0.6, "val/knn_top1": 0.58}
+
+
+def tables(out: str) -> list[list[list[str]]]:
+    """The Markdown tables printed in ``out``: per table, its rows of cells (header first,
+    the separator line dropped)."""
+    found, current = [], []
+    for line in [*out.splitlines(), ""]:
+        if line.startswith("|-"):
+            continue
+        if line.startswith("| "):
+            current.append([cell.strip() for cell in line.strip("|").split(" | ")])
+        elif current:
+            found.append(current)
+            current = []
+    return found
+
+
+def column(table: list[list[str]], name: str) -> dict[str, str]:
+    """The cells of column ``name`` by the table's first column."""
+    index = table[0].index(name)
+    return {row[0]: row[index] for row in table[1:]}
+
+
+def write_suite(write_run, runs, seeds=(0,)) -> None:
+    """Finished logs of every run of the distillation suite (students at ``seeds``) and of
+    the self-supervised one."""
+    write_run(runs / "cifar10-5k/supervised_resnet20", epochs=40, max_epochs=40, final=VALUES)
+    for folder in STUDENTS:
+        for seed in seeds:
+            tagged = folder if seed == 0 else f"{folder}_seed{seed}"
+            write_run(runs / "cifar10-5k" / tagged, epochs=40, max_epochs=40, final=VALUES)
+    knn = {"val/knn_top1": 0.38, "val/teacher_knn_top1": 0.4}
+    write_run(runs / "cifar10-5k/init/cifar10-5k_resnet8", epochs=1, max_epochs=30, final=knn)
+    for folder in ("dino_resnet8", "moco_resnet8", "rekd_resnet20_resnet8"):
+        write_run(runs / "cifar10-5k" / folder, epochs=30, max_epochs=30, final=knn)
+
+
+def test_figures_go_to_the_runs_root_not_over_the_committed_ones(
+    cifar10_5k, write_run, figure_hashes, tmp_path, capsys
+):
+    runs = tmp_path / "runs"
+    for folder in ("supervised_resnet20", "kd_resnet20_resnet8"):
+        write_run(runs / "cifar10-5k" / folder, epochs=40, max_epochs=40, final=VALUES)
+    committed = figure_hashes()
+    assert committed, "the repository's benchmarks/figures should hold README's figures"
+    cifar10_5k.main(["distillation", "--report", "--figures", "--runs-root", str(runs)])
+    out = capsys.readouterr().out
+    figures = runs / "cifar10-5k" / "figures"
+    names = ["distillation_curves.png", "distillation_final.png"]
+    assert sorted(p.name for p in figures.iterdir()) == names
+    assert [line for line in out.splitlines() if line.startswith("wrote")] == [
+        f"wrote {figures / name}" for name in names
+    ]
+    assert figure_hashes() == committed
+
+
+def test_figures_dir_names_the_folder_implies_figures_and_replaces_its_files(
+    cifar10_5k, write_run, figure_hashes, tmp_path, capsys
+):
+    runs, chosen = tmp_path / "runs", tmp_path / "chosen"
+    write_run(runs / "cifar10-5k/kd_resnet20_resnet8", epochs=40, max_epochs=40, final=VALUES)
+    chosen.mkdir()
+    (chosen / "distillation_final.png").write_bytes(b"an older figure")
+    committed = figure_hashes()
+    cifar10_5k.main(["distillation", "--report", "--figures-dir", str(chosen),
+                     "--runs-root", str(runs)])  # fmt: skip
+    assert sorted(p.name for p in chosen.iterdir()) == [
+        "distillation_curves.png",
+        "distillation_final.png",
+    ]
+    assert (chosen / "distillation_final.png").read_bytes().startswith(b"\x89PNG")
+    assert not (runs / "cifar10-5k" / "figures").exists()
+    assert figure_hashes() == committed
+    assert f"wrote {chosen / 'distillation_final.png'}" in capsys.readouterr().out
+
+
+def test_a_figures_dir_that_cannot_be_written_is_one_message(
+    cifar10_5k, write_run, tmp_path, capsys
+):
+    runs, taken = tmp_path / "runs", tmp_path / "a_file"
+    write_run(runs / "cifar10-5k/kd_resnet20_resnet8", epochs=40, max_epochs=40, final=VALUES)
+    taken.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_:
+        cifar10_5k.main(["distillation", "--report", "--figures-dir", str(taken),
+                         "--runs-root", str(runs)])  # fmt: skip
+    # The reason is the system's (here: a file stands where the folder would be).
+    assert exit_.value.code.startswith(f"cannot write {taken / 'distillation_curves.png'}: ")
+    assert tables(capsys.readouterr().out)  # the table came first
+    assert taken.read_text() == "not a folder"
+
+
+def test_without_logs_nothing_is_written_and_it_says_so(
+    cifar10_5k, figure_hashes, tmp_path, capsys
+):
+    committed = figure_hashes()
+    runs = tmp_path / "runs"
+    cifar10_5k.main(["distillation", "--report", "--figures", "--runs-root", str(runs)])
+    out = capsys.readouterr().out
+    assert out == f"no logs of the distillation runs under {runs}: no table, no figures\n"
+    assert not list(tmp_path.rglob("*.png"))
+    assert figure_hashes() == committed
+
+
+def test_a_figure_without_values_is_not_written(cifar10_5k, write_run, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    # Stopped in its first epoch: training scalars only, no validation yet.
+    for folder in ("kd_resnet20_resnet8", "rkd_resnet20_resnet8"):
+        write_run(runs / "cifar10-5k" / folder, epochs=0, max_epochs=40, final={}, then_steps=2)
+    cifar10_5k.main(["distillation", "--report", "--figures", "--runs-root", str(runs)])
+    out = capsys.readouterr().out
+    epochs = column(tables(out)[0], "epochs")
+    assert epochs == {"KD": "unfinished: 0 of 40 epochs", "RKD": "unfinished: 0 of 40 epochs"}
+    figures = runs / "cifar10-5k" / "figures"
+    for name in ("distillation_curves.png", "distillation_final.png"):
+        assert f"{figures / name} not written: no run logged val/top1 or val/knn_top1" in out
+    assert "wrote" not in out
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_methods_never_run_are_left_out_of_tables_and_figures(
+    cifar10_5k, write_run, drawn, tmp_path, capsys
+):
+    runs = tmp_path / "runs"
+    for folder in ("supervised_resnet20", "kd_resnet20_resnet8"):
+        write_run(runs / "cifar10-5k" / folder, epochs=40, max_epochs=40, final=VALUES)
+    cifar10_5k.main(["distillation", "--report", "--figures", "--runs-root", str(runs)])
+    out = capsys.readouterr().out
+    assert list(column(tables(out)[0], "epochs").items()) == [
+        ("teacher resnet20", "40"),
+        ("KD", "40"),
+    ]
+    assert "not run yet (no logs): student resnet8 alone; RKD; CRD; CRD+KD" in out
+    assert drawn["distillation_final.png"]["xticks"] == ["teacher resnet20 (n=1)", "KD (n=1)"]
+    # One legend per metric axis, each with the two runs.
+    assert drawn["distillation_curves.png"]["legend"] == 2 * ["teacher resnet20 (n=1)", "KD (n=1)"]
+
+
+def test_short_and_unfinished_runs_are_shown_and_marked(
+    cifar10_5k, write_run, drawn, tmp_path, capsys
+):
+    runs = tmp_path / "runs/cifar10-5k"
+    write_run(runs / "supervised_resnet20", epochs=40, max_epochs=40, final=VALUES)
+    # A user's short run (`-- --trainer.max_epochs 2`), finished, and one interrupted.
+    write_run(runs / "kd_resnet20_resnet8", epochs=2, max_epochs=2, final=VALUES)
+    write_run(runs / "rkd_resnet20_resnet8", epochs=3, max_epochs=40, final=VALUES, then_steps=2)
+    cifar10_5k.main(["distillation", "--report", "--figures", "--runs-root", str(runs.parent)])
+    out = capsys.readouterr().out
+    table = tables(out)[0]
+    assert column(table, "epochs") == {
+        "teacher resnet20": "40",
+        "KD": "2 epochs, not 40",
+        "RKD": "unfinished: 3 of 40 epochs",
+    }
+    assert column(table, "val/top1") == dict.fromkeys(column(table, "epochs"), "0.600 (best 0.600)")
+    names = ["teacher resnet20 (n=1)", "KD [2 epochs, not 40] (n=1)",
+             "RKD [unfinished: 3 of 40 epochs] (n=1)"]  # fmt: skip
+    assert drawn["distillation_final.png"]["xticks"] == names
+    assert drawn["distillation_curves.png"]["legend"] == 2 * names
+
+
+def test_seeds_of_other_lengths_are_reported_apart_not_averaged(
+    cifar10_5k, write_run, drawn, tmp_path, capsys
+):
+    runs = tmp_path / "runs/cifar10-5k"
+    finals = {0: 0.60, 1: 0.64}
+    for seed, top1 in finals.items():
+        folder = "supervised_resnet8" if seed == 0 else f"supervised_resnet8_seed{seed}"
+        write_run(runs / folder, epochs=40, max_epochs=40, final={"val/top1": top1}, seed=seed)
+    write_run(runs / "supervised_resnet8_seed2", epochs=2, max_epochs=2,
+              final={"val/top1": 0.30}, seed=2)  # fmt: skip
+    cifar10_5k.main(["distillation", "--report", "--seeds", "0", "1", "2", "--figures",
+                     "--runs-root", str(runs.parent)])  # fmt: skip
+    out = capsys.readouterr().out
+    per_run, per_method = tables(out)
+    assert column(per_run, "epochs") == {
+        "student resnet8 alone, seed 0": "40",
+        "student resnet8 alone, seed 1": "40",
+        "student resnet8 alone, seed 2": "2 epochs, not 40",
+    }
+    percent = [100 * v for v in finals.values()]
+    mean, std = statistics.mean(percent), statistics.stdev(percent)
+    assert column(per_method, "seeds") == {
+        "student resnet8 alone": "2",
+        "student resnet8 alone [2 epochs, not 40]": "1",
+    }
+    assert column(per_method, "val/top1 %") == {
+        "student resnet8 alone": f"{mean:.1f} ± {std:.1f}",
+        "student resnet8 alone [2 epochs, not 40]": "30.0",
+    }
+    assert drawn["distillation_final.png"]["xticks"] == [
+        "student resnet8 alone (n=2)",
+        "student resnet8 alone [2 epochs, not 40] (n=1)",
+    ]
+
+
+def test_arguments_after_double_dash_reach_every_run(cifar10_5k, started, tmp_path, capsys):
+    cifar10_5k.main(["distillation", "--figures", "--parallel", "2", "--runs-root",
+                     str(tmp_path), "--", "--trainer.max_epochs", "2"])  # fmt: skip
+    configs = [command[command.index("--config") + 1] for command in started]
+    assert sorted(configs) == sorted(run.config for stage in cifar10_5k.SUITES["distillation"]
+                                     for run in stage)  # fmt: skip
+    for command in started:
+        at = command.index("--trainer.max_epochs")
+        assert command[at + 1] == "2", command
+    assert "no logs of the distillation runs" in capsys.readouterr().out
+
+
+def test_a_failed_run_stops_the_suite_with_a_message(cifar10_5k, started, monkeypatch, tmp_path):
+    import subprocess
+
+    fake, teacher = subprocess.run, "configs/supervised/cifar10-5k_resnet20.yaml"
+
+    def teacher_fails(command, **kwargs):
+        done = fake(command, **kwargs)
+        done.returncode = 2 if command[command.index("--config") + 1] == teacher else 0
+        return done
+
+    monkeypatch.setattr(subprocess, "run", teacher_fails)
+    with pytest.raises(SystemExit) as exit_:
+        cifar10_5k.main(["distillation", "--runs-root", str(tmp_path)])
+    assert str(exit_.value.code).startswith("failed: teacher resnet20 (exit status 2);")
+    assert "Later stages were not started" in str(exit_.value.code)
+    assert len(started) == 2  # stage 1 (teacher, student alone); no student of the teacher
+
+
+def test_runs_root_moves_log_folders_and_teacher_paths(cifar10_5k, tmp_path):
+    kd = cifar10_5k.Run("KD", "configs/kd/cifar10-5k_resnet20_resnet8.yaml")
+    assert kd.command_line(["--x", "1"]) == ["fit", "--config", kd.config, "--x", "1"]
+    moved = cifar10_5k.replace(kd, runs_root=tmp_path, tag="seed1",
+                               args=("--seed_everything", "1"))  # fmt: skip
+    assert moved.command_line() == [
+        "fit", "--config", kd.config, "--seed_everything", "1",
+        "--model.init_args.teacher_checkpoint", str(tmp_path / "cifar10-5k/supervised_resnet20"),
+        "--trainer.default_root_dir", str(tmp_path / "cifar10-5k/kd_resnet20_resnet8_seed1"),
+    ]  # fmt: skip
+
+
+def test_documented_command_lines_parse_and_reports_run(
+    cifar10_5k, documented_commands, arguments, write_run, started, tmp_path, capsys
+):
+    """Every documented line parses; a ``--report`` one runs on a full suite of fake logs,
+    a training one starts its runs (faked: they leave no logs)."""
+    commands = documented_commands("cifar10_5k.py")
+    assert len(commands) >= 6, commands  # the docstring's five and README's two at least
+    assert any(" -- " in command for command in commands)
+    logged, empty = tmp_path / "logged", tmp_path / "empty"
+    write_suite(write_run, logged, seeds=(0, 1, 2))
+    for command in commands:
+        argv = arguments(command)
+        args = cifar10_5k.parse(argv)
+        assert args.extra == (argv[argv.index("--") + 1 :] if "--" in argv else []), command
+        before = len(started)
+        runs = logged if args.report else empty
+        cifar10_5k.main(arguments(command, "--runs-root", str(runs)))
+        out = capsys.readouterr().out
+        if args.report:
+            assert len(started) == before, command
+            assert tables(out) and "not run yet" not in out, (command, out)
+        else:
+            assert len(started) > before, command
+            assert "no logs of the" in out, (command, out)
