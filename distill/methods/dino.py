@@ -209,6 +209,7 @@ class DINO(Method):
         return list(views)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
         self.trainer.optimizers[0].param_groups[0]["weight_decay"] = self.weight_decay_at(
             self.global_step
         )
@@ -247,6 +248,8 @@ class DINO(Method):
         self.student.head.cancel_last_layer_gradients(self.current_epoch)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.batch_skipped():  # nonfinite_loss: skip; its teacher outputs may be NaN
+            return
         # The center follows every batch the loss saw; the teacher follows optimiser steps.
         self.dino_loss.update_center(self._teacher_out)
         self._teacher_out = None
