@@ -1,12 +1,16 @@
 import math
+import re
+import warnings
 
+import lightning as L
 import pytest
 import torch
 from tests_support import ColourDataModule, PoisonBatch, quiet_trainer
 from torch import nn
 
+from distill.data import MultiCropViews, TwoViews
 from distill.errors import ConfigError, NonFiniteLossError
-from distill.methods import Supervised
+from distill.methods import CRD, DINO, MoCo, ReKD, Supervised
 from distill.methods.base import Method, lr_factor, split_decay_groups
 
 
@@ -91,9 +95,9 @@ def test_finite_guard_skip_mode_drops_the_bad_step_and_keeps_weights_finite(tmp_
     trainer = quiet_trainer(
         tmp_path, max_steps=4, limit_val_batches=0, callbacks=[PoisonBatch(step=1)]
     )
-    with pytest.warns(UserWarning, match="non-finite training loss at global step 1: skipped"):
+    with pytest.warns(UserWarning, match="skip: skipped global step 1, not finite: train/loss"):
         trainer.fit(model, datamodule=ColourDataModule())
-    assert model.skipped_batches == 1 and trainer.global_step == 4
+    assert model.nonfinite.skipped_batches == 1 and trainer.global_step == 4
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -102,9 +106,193 @@ def test_finite_guard_error_mode_raises_at_the_next_check_naming_the_term(tmp_pa
     trainer = quiet_trainer(
         tmp_path, max_steps=6, limit_val_batches=0, callbacks=[PoisonBatch(step=1)]
     )
-    with pytest.raises(NonFiniteLossError, match=r"train/loss at global step 1 \(epoch 0\)"):
+    with pytest.raises(NonFiniteLossError, match=r"not finite: train/loss at global step 1;"):
         trainer.fit(model, datamodule=ColourDataModule())
     assert trainer.global_step == 2  # checked before the 3rd optimiser step
+
+
+def state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: t.detach().clone() for name, t in module.state_dict().items()}
+
+
+def changed_entries(before: dict, after: dict) -> list[str]:
+    """State-dict keys whose tensors differ."""
+    return [key for key in before if not torch.equal(before[key], after[key])]
+
+
+class StateAround(L.Callback):
+    """The module's whole state before global step ``step`` and before the step after it
+    (after the batch's ``on_train_batch_end``, where queues, banks and EMAs move)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.before = self.after = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            self.before = state_copy(pl_module)
+        elif trainer.global_step == self.step + 1:
+            self.after = state_copy(pl_module)
+
+
+SGD = lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)  # noqa: E731
+
+
+def skip_mode_method(name: str, teacher_checkpoint: str):
+    """A small ``nonfinite_loss: skip`` method, its data and the step a NaN batch hits."""
+    common = dict(optimizer=SGD, nonfinite_loss="skip")
+    encoders = dict(proj_hidden_dim=16, proj_dim=8, queue_size=20, **common)
+    two_views = ColourDataModule(views=TwoViews(blur_prob=0.0))
+    if name == "supervised":
+        return Supervised(backbone="resnet8", num_classes=5, **common), ColourDataModule(), 1
+    if name == "crd":  # at step 0, where the first batch fixes CRD's normalisers Z
+        crd = CRD(
+            student_backbone="resnet8", teacher_backbone="resnet14", num_classes=5,
+            teacher_checkpoint=teacher_checkpoint, num_negatives=16, embed_dim=8, **common,
+        )  # fmt: skip
+        return crd, ColourDataModule(), 0
+    if name == "dino":
+        views = MultiCropViews(num_global=2, num_local=2, blur_probs=(0.0, 0.0, 0.0))
+        dino = DINO(backbone="resnet8", output_dim=32, hidden_dim=16, bottleneck_dim=8,
+                    lr_reference_batch=None, **common)  # fmt: skip
+        return dino, ColourDataModule(views=views), 1
+    if name == "moco":
+        return MoCo(backbone="resnet8", **encoders), two_views, 1
+    # ReKD: at step 2, once the full teacher queue has initialised the prototypes.
+    rekd = ReKD(student_backbone="resnet8", teacher_backbone="resnet8", num_prototypes=4,
+                threshold=0.0, **encoders)  # fmt: skip
+    return rekd, two_views, 2
+
+
+@pytest.mark.parametrize("name", ["supervised", "crd", "dino", "moco", "rekd"])
+def test_skipped_nan_batch_changes_no_state(tmp_path, name, teacher_checkpoint):
+    torch.manual_seed(0)
+    model, data, step = skip_mode_method(name, teacher_checkpoint)
+    around = StateAround(step)
+    trainer = quiet_trainer(
+        tmp_path, max_steps=step + 2, limit_val_batches=0,
+        callbacks=[PoisonBatch(step), around],
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match=f"skipped global step {step}, not finite"):
+        trainer.fit(model, datamodule=data)
+    # Weights, running statistics, queues, banks, center, prototypes, EMA teacher: as before.
+    assert changed_entries(around.before, around.after) == []
+    assert any(key.endswith("running_var") for key in around.before)
+    # The batch after it trains, and updates the state again, all finite.
+    final = state_copy(model)
+    assert changed_entries(around.after, final) != []
+    assert all(t.isfinite().all() for t in final.values() if t.is_floating_point())
+    if name == "crd":  # Z, restored to "not fixed", was fixed by the next batch
+        assert (model.crd.normalizers > 0).all()
+
+
+class PoisonSteps(L.Callback):
+    """Fills the images of the batches at ``steps`` with NaN."""
+
+    def __init__(self, steps) -> None:
+        self.poisons = [PoisonBatch(step) for step in steps]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        for poison in self.poisons:
+            poison.on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+
+@pytest.mark.parametrize("steps, stop", [([1, 6], None), ([1, 4, 6], 6), ([1, 7, 9], None)])
+def test_skip_mode_stops_once_more_than_its_share_of_recent_steps_were_skipped(
+    tmp_path, steps, stop
+):
+    # 0.25 of a window of 8: two skipped steps among the last 8 are tolerated, three are not.
+    model = Supervised(
+        backbone="resnet8", num_classes=5, nonfinite_loss="skip", optimizer=SGD,
+        nonfinite_skip_share=0.25, nonfinite_skip_window=8,
+    )  # fmt: skip
+    trainer = quiet_trainer(tmp_path, max_steps=10, limit_val_batches=0)
+    trainer.callbacks.append(PoisonSteps(steps))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if stop is None:
+            trainer.fit(model, datamodule=ColourDataModule())
+            assert trainer.global_step == 10
+            return
+        with pytest.raises(
+            NonFiniteLossError,
+            match=rf"skip skipped 3 of the last {stop + 1} optimiser steps \(global steps 1 to "
+            rf"{stop}\), more than model.init_args.nonfinite_skip_share=0.25 of "
+            r"model.init_args.nonfinite_skip_window=8",
+        ):
+            trainer.fit(model, datamodule=ColourDataModule())
+    assert trainer.global_step == stop
+
+
+def lr_in(message: str) -> tuple[float, int]:
+    """The ``lr X at global step N`` of a message."""
+    found = re.search(r"lr ([0-9.e+-]+) at global step (\d+)", message)
+    assert found, message
+    return float(found.group(1)), int(found.group(2))
+
+
+def huge_lr_model(mode: str) -> Supervised:
+    return Supervised(
+        backbone="resnet8", num_classes=5, nonfinite_loss=mode, warmup_epochs=1,
+        optimizer=lambda p: torch.optim.SGD(p, lr=1e6, momentum=0.9),
+    )  # fmt: skip
+
+
+def test_skip_mode_with_a_huge_lr_stops_instead_of_skipping_to_the_end(tmp_path):
+    trainer = quiet_trainer(tmp_path, max_epochs=10, limit_val_batches=0)  # 60 steps
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(NonFiniteLossError, match="nonfinite_loss: skip") as error:
+            trainer.fit(huge_lr_model("skip"), datamodule=ColourDataModule())
+    assert trainer.global_step < 20
+    assert "learning rate too high (lr " in str(error.value)
+
+
+def test_error_mode_writes_no_checkpoint_with_an_infinite_state(tmp_path):
+    # lr 1e6: the loss stays finite for a while, the batch-norm variances do not.
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path, save_last=True, every_n_train_steps=1
+    )
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=2, limit_val_batches=0, enable_checkpointing=True,
+        callbacks=[checkpoints],
+    )  # fmt: skip
+    with pytest.raises(
+        NonFiniteLossError, match="parameter and buffer tensors from global"
+    ) as error:
+        trainer.fit(huge_lr_model("error"), datamodule=ColourDataModule())
+    message = str(error.value)
+    bad_step = int(re.search(r"tensors from global step (\d+) on", message).group(1))
+    assert "running_var" in message
+    # The checkpoint after the bad step was refused: last.ckpt is the state before it.
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == bad_step
+    for path in tmp_path.glob("*.ckpt"):
+        state = torch.load(path, weights_only=False)["state_dict"]
+        assert all(t.isfinite().all() for t in state.values() if t.is_floating_point()), path
+    # The lr of the bad step, from the schedule (warm-up over 6 steps of 12), not the lr now.
+    lr, step = lr_in(message)
+    assert step == bad_step
+    expected = 1e6 * lr_factor(bad_step, 12, 6, "cosine", warmup_epochs=1)
+    assert lr == pytest.approx(expected, rel=5e-4)  # printed with 4 significant digits
+    assert lr != pytest.approx(trainer.optimizers[0].param_groups[0]["lr"], rel=5e-4)
+
+
+def test_error_message_gives_the_lr_at_the_bad_step_not_at_detection(tmp_path):
+    model = Supervised(
+        backbone="resnet8", num_classes=5, warmup_epochs=1, nonfinite_check_interval=4,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.3),
+    )  # fmt: skip
+    trainer = quiet_trainer(
+        tmp_path, max_steps=6, limit_val_batches=0, callbacks=[PoisonBatch(step=1)]
+    )
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.fit(model, datamodule=ColourDataModule())
+    assert trainer.global_step == 3  # detected before step 3, 2 steps after the bad one
+    lr, step = lr_in(str(error.value))
+    assert step == 1
+    # Warm-up over the 6 steps per epoch: step 1 runs at 2/6 of the base lr, step 3 at 4/6.
+    assert lr == pytest.approx(0.3 * 2 / 6, rel=5e-4)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
