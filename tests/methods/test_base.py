@@ -5,6 +5,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.plugins import MixedPrecision
 from tests_support import ColourDataModule, PoisonBatch, quiet_trainer
 from torch import nn
 
@@ -311,3 +312,126 @@ def test_channels_last_flag_sets_the_layout_the_fit_trains_in(tmp_path, channels
     optimised = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
     assert {id(c.weight) for c in convs} <= optimised
     assert all(not torch.equal(c.weight, b) for c, b in zip(convs, before, strict=True))
+
+
+def fused_adamw_on_cpu_or_skip() -> None:
+    """Skips the test where this torch has no fused AdamW for CPU tensors (before 2.4)."""
+    param = nn.Parameter(torch.ones(2))
+    param.grad = torch.ones(2)
+    try:
+        torch.optim.AdamW([param], fused=True).step()
+    except (RuntimeError, ValueError) as error:
+        pytest.skip(f"no fused AdamW for CPU tensors in torch {torch.__version__}: {error}")
+
+
+def first_moments(tmp_path, fused: bool, algorithm: str) -> list[torch.Tensor]:
+    """AdamW's ``exp_avg`` after one clipped step under ``16-mixed`` with a GradScaler."""
+    torch.manual_seed(0)
+
+    def adamw(params):
+        return torch.optim.AdamW(params, lr=0.01, fused=fused, foreach=None if fused else False)
+
+    model = Supervised(backbone="resnet8", num_classes=5, optimizer=adamw)
+    # Lightning turns 16-mixed on a CPU trainer into bf16: the plugin keeps fp16 and a scaler.
+    scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
+    trainer = quiet_trainer(
+        tmp_path / str(fused), max_steps=1, limit_val_batches=0, gradient_clip_val=1e-3,
+        gradient_clip_algorithm=algorithm, plugins=[MixedPrecision("16-mixed", "cpu", scaler)],
+    )  # fmt: skip
+    trainer.fit(model, datamodule=ColourDataModule())
+    assert scaler.get_scale() == 16.0  # the step was taken
+    optimizer = trainer.optimizers[0]
+    return [optimizer.state[p]["exp_avg"] for p in model.student.parameters()]
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_clipping_a_fused_optimizer_under_a_grad_scaler_clips_unscaled_gradients(
+    tmp_path, algorithm
+):
+    # Lightning refuses to clip for an optimiser that unscales in its step; Method unscales
+    # first, so the fused step sees the gradients the unfused one sees.
+    fused_adamw_on_cpu_or_skip()
+    fused = first_moments(tmp_path, True, algorithm)
+    reference = first_moments(tmp_path, False, algorithm)
+    for moment, expected in zip(fused, reference, strict=True):
+        # The same gradients: at most the two kernels' float32 rounding apart.
+        torch.testing.assert_close(moment, expected, rtol=1e-6, atol=1e-12)
+    # exp_avg = (1 - β1) × the clipped gradient, to 1e-3 in total norm or in each element.
+    moments = torch.cat([m.flatten() for m in reference]).double()
+    clipped = moments.abs().max() if algorithm == "value" else moments.norm()
+    assert clipped == pytest.approx(0.1 * 1e-3, rel=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_skip_mode_under_a_grad_scaler_skips_the_batch_for_either_optimizer(tmp_path, fused):
+    # A fused optimiser's gradients are still scaled when the step is dropped: Method
+    # unscales them first, so the scaler has its inf check and skips the step too.
+    if fused:
+        fused_adamw_on_cpu_or_skip()
+    torch.manual_seed(0)
+    model = Supervised(
+        backbone="resnet8", num_classes=5, nonfinite_loss="skip",
+        optimizer=lambda p: torch.optim.AdamW(p, lr=0.01, fused=fused),
+    )  # fmt: skip
+    scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
+    around = StateAround(1)
+    trainer = quiet_trainer(
+        tmp_path, max_steps=3, limit_val_batches=0, callbacks=[PoisonBatch(1), around],
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler)],
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="global step 1"):
+        trainer.fit(model, datamodule=ColourDataModule())
+    assert changed_entries(around.before, around.after) == []
+    assert trainer.global_step == 3 and scaler.get_scale() == 8.0  # halved once, for step 1
+
+
+SGD_ = torch.optim.SGD
+
+
+@pytest.mark.parametrize(
+    "optimizer, arguments, message",
+    [
+        (SGD_, {"lr": -1}, "lr: Invalid learning rate: -1; valid: a finite number >= 0"),
+        (SGD_, {"lr": math.nan}, "lr=nan; valid: a finite number >= 0"),
+        (SGD_, {"momentum": -0.9}, "momentum: .*-0.9; valid: a number in \\[0, 1\\)"),
+        (SGD_, {"momentum": 1.5}, "momentum=1.5; valid: a number in \\[0, 1\\)"),
+        (SGD_, {"weight_decay": -5e-4}, "weight_decay: .*-0.0005; valid: a finite number >= 0"),
+        (SGD_, {"nesterov": True}, "nesterov: Nesterov momentum requires a momentum"),
+        (torch.optim.AdamW, {"betas": (1.2, 0.999)}, "betas: .*index 0: 1.2; valid: two"),
+    ],
+)
+def test_invalid_optimizer_numbers_name_the_key_at_construction(optimizer, arguments, message):
+    with pytest.raises(ConfigError, match=f"^model.init_args.optimizer.init_args.{message}"):
+        Supervised(
+            backbone="resnet8", num_classes=5,
+            optimizer=lambda params: optimizer(params, **{"lr": 0.1, **arguments}),
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"warmup_epochs": -1.0}, "warmup_epochs=-1.0; valid: a finite number >= 0"),
+        ({"warmup_epochs": math.inf}, "warmup_epochs=inf; valid: a finite number >= 0"),
+        ({"min_lr_ratio": -0.1}, "min_lr_ratio=-0.1; valid: a number in \\[0, 1\\]"),
+        ({"lr_decay": 2.0}, "lr_decay=2.0; valid: a number in \\[0, 1\\]"),
+        ({"milestones": [30, 20]}, "milestones=\\[30, 20\\]; valid: increasing epochs >= 0"),
+        ({"milestones": [10, 10]}, "milestones=\\[10, 10\\]; valid: increasing epochs >= 0"),
+        ({"milestones": [-1, 5]}, "milestones=\\[-1, 5\\]; valid: increasing epochs >= 0"),
+        ({"nonfinite_check_interval": 0}, "nonfinite_check_interval=0; valid: an integer >= 1"),
+        ({"nonfinite_skip_share": 1.5}, "nonfinite_skip_share=1.5; valid: a number in \\[0, 1\\]"),
+        ({"nonfinite_skip_window": 0}, "nonfinite_skip_window=0; valid: an integer >= 1"),
+        ({"nonfinite_loss": "ignore"}, "nonfinite_loss='ignore'; valid: error, skip, off"),
+    ],
+)  # fmt: skip
+def test_invalid_schedule_and_nonfinite_numbers_name_the_key_at_construction(arguments, message):
+    with pytest.raises(ConfigError, match=f"^model.init_args.{message}"):
+        Supervised(backbone="resnet8", num_classes=5, **arguments)
+
+
+def test_valid_edges_of_the_numbers_are_accepted():
+    Supervised(
+        backbone="resnet8", num_classes=5, warmup_epochs=0.0, min_lr_ratio=1.0, lr_decay=0.0,
+        milestones=[0, 1], nonfinite_check_interval=1, nonfinite_skip_share=0.0,
+        nonfinite_skip_window=1, optimizer=lambda p: torch.optim.SGD(p, lr=0.0, momentum=0.0),
+    )  # fmt: skip
