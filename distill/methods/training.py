@@ -128,12 +128,12 @@ def clip_gradients(optimizer: torch.optim.Optimizer, max_value: float, algorithm
 #: Optimiser arguments checked at construction: torch's message fragment (which names the
 #: argument) -> (the init_args key, its valid range).
 OPTIMIZER_ARGUMENTS = {
+    "nesterov": ("nesterov", "true only with momentum > 0 and dampening 0"),  # before momentum
     "learning rate": ("lr", "a finite number >= 0"),
     "momentum": ("momentum", "a number in [0, 1)"),
     "weight_decay": ("weight_decay", "a finite number >= 0"),
     "epsilon": ("eps", "a number >= 0"),
     "beta parameter": ("betas", "two numbers in [0, 1)"),
-    "nesterov": ("nesterov", "true only with momentum > 0 and dampening 0"),
 }
 OPTIMIZER_KEY = "model.init_args.optimizer.init_args"
 
