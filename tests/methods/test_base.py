@@ -435,3 +435,38 @@ def test_valid_edges_of_the_numbers_are_accepted():
         milestones=[0, 1], nonfinite_check_interval=1, nonfinite_skip_share=0.0,
         nonfinite_skip_window=1, optimizer=lambda p: torch.optim.SGD(p, lr=0.0, momentum=0.0),
     )  # fmt: skip
+
+
+class FiniteLossAt(Method):
+    """A finite loss whose step ``bad`` has NaN gradients or an infinite running variance."""
+
+    def __init__(self, bad: int, what: str) -> None:
+        super().__init__(nonfinite_loss="skip", lr_schedule="constant", optimizer=SGD)
+        self.student = nn.Linear(3, 1)
+        self.side = nn.BatchNorm1d(3)  # a branch the loss does not use
+        self.bad, self.what = bad, what
+
+    def training_step(self, batch, batch_idx):
+        inputs = batch[0]
+        loss = self.student(inputs).pow(2).mean()
+        if self.global_step == self.bad and self.what == "gradients":
+            loss = loss + (self.student.weight.sum() * 0).sqrt()  # 0, with a NaN gradient
+        scale = math.inf if self.global_step == self.bad and self.what == "statistics" else 1
+        self.side(inputs * scale)
+        self.log_terms({"loss": loss})
+        return loss
+
+
+@pytest.mark.parametrize("what, reason", [("gradients", "gradients"),
+                                          ("statistics", "2 running statistics")])  # fmt: skip
+def test_skip_mode_skips_non_finite_gradients_or_statistics_under_a_finite_loss(
+    tmp_path, what, reason
+):
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(12, 3)), 4)
+    model = FiniteLossAt(bad=1, what=what)
+    around = StateAround(1)
+    trainer = quiet_trainer(tmp_path, max_steps=3, callbacks=[around])
+    with pytest.warns(UserWarning, match=f"skipped global step 1, not finite: {reason}"):
+        trainer.fit(model, data)
+    assert changed_entries(around.before, around.after) == []
+    assert all(t.isfinite().all() for t in state_copy(model).values() if t.is_floating_point())
