@@ -24,18 +24,14 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from distill.backbones import to_channels_last
 from distill.errors import ConfigError
+from distill.methods import training
 from distill.methods.training import (  # noqa: F401  (re-exported: the functions' old home)
-    check_arguments,
-    clip_gradients,
     clip_gradients_per_parameter,
-    keep_features,
     lr_factor,
     rng_states,
     set_rng_states,
     split_decay_groups,
-    unscale_gradients,
 )
-from distill.methods.training import optimizer_unscales_itself as unscales_itself
 from distill.modules.finite import NonFiniteGuard
 
 
@@ -90,7 +86,7 @@ class Method(L.LightningModule):
         channels_last: bool = True,
     ) -> None:
         super().__init__()
-        check_arguments(
+        training.check_arguments(
             optimizer, lr_schedule=lr_schedule, warmup_epochs=warmup_epochs,
             milestones=list(milestones or []), lr_decay=lr_decay, min_lr_ratio=min_lr_ratio,
             nonfinite_loss=nonfinite_loss, nonfinite_check_interval=nonfinite_check_interval,
@@ -139,7 +135,7 @@ class Method(L.LightningModule):
         step's first view (``rows`` is its batch size, when views share a forward), which
         online probes (``LinearProbe``) take instead of running the backbone again.
         """
-        return keep_features(self, self.step_features, rows, submodules)
+        return training.keep_features(self, self.step_features, rows, submodules)
 
     def configure_model(self) -> None:
         # Before the optimisers, DDP and the checkpoint are set up: they all see the final
@@ -249,7 +245,7 @@ class Method(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.trainer.gradient_clip_val or self.nonfinite_loss == "skip":
-            unscale_gradients(self.trainer, optimizer)  # see configure_gradient_clipping
+            training.unscale_gradients(self.trainer, optimizer)  # see configure_gradient_clipping
         # The same schedule tags for every method: the first (decaying) group's lr and wd.
         group = optimizer.param_groups[0]
         self.log_terms({"lr": group["lr"], "wd": group.get("weight_decay", 0.0)})
@@ -265,8 +261,8 @@ class Method(L.LightningModule):
     ) -> None:
         # Under a GradScaler, Lightning leaves a fused optimiser's gradients scaled and refuses
         # to clip them; on_before_optimizer_step has unscaled them, so they clip as any others.
-        if gradient_clip_val and unscales_itself(self.trainer, optimizer):
-            clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
+        if gradient_clip_val and training.optimizer_unscales_itself(self.trainer, optimizer):
+            training.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
         else:
             super().configure_gradient_clipping(
                 optimizer, gradient_clip_val, gradient_clip_algorithm

@@ -27,8 +27,9 @@ def extremes(tensors: Iterable[Tensor]) -> tuple[Tensor, int]:
     Both are NaN when the tensor holds a NaN (``aminmax`` propagates it) and infinite when it
     holds an infinity, and, unlike a sum or a 2-norm, never overflow from finite values.
     ``aminmax`` is a vectorised pass on the CPU, where ``torch._foreach_norm(ord=inf)`` falls
-    back to a per-tensor loop about ten times slower, and needs no float64 (MPS has none)
-    to keep a 2-norm from overflowing.
+    back to a per-tensor loop over ten times slower, and it needs no float64 (which MPS
+    lacks) to keep a 2-norm from overflowing. On a GPU it is one small kernel per tensor,
+    queued without a sync.
     """
     tensors = [t.detach() for t in tensors if t.is_floating_point() and t.numel()]
     if not tensors:
@@ -62,8 +63,9 @@ def forward_buffers(module: nn.Module) -> dict[str, Tensor]:
     layers (every module with ``track_running_stats``) and those a module names in its
     ``forward_buffers`` attribute (e.g. CRD's normalisers, fixed on the first batch).
 
-    Buffers that change only after the optimiser step (queues, banks, centers, prototypes,
-    EMA teachers) are not in it: a method leaves them alone for a skipped batch.
+    State that changes only after the optimiser step, in ``on_train_batch_end`` (queues,
+    banks, centers, prototypes, EMA teachers), is not in it: a method makes no such update
+    for a skipped batch (``Method.batch_skipped``), so nothing there needs saving.
     """
     found = {}
     for prefix, sub in module.named_modules():
