@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
@@ -110,6 +112,15 @@ class DINO(Method):
             raise ConfigError(
                 f"model.init_args.momentum_start={momentum_start}, momentum_end={momentum_end}; "
                 "valid: 0 <= momentum_start <= momentum_end <= 1"
+            )
+        for key, value in (("weight_decay_start", weight_decay_start),
+                           ("weight_decay_end", weight_decay_end)):  # fmt: skip
+            if not 0.0 <= value < math.inf:  # set every step: no optimiser checks it
+                raise ConfigError(f"model.init_args.{key}={value}; valid: a finite number >= 0")
+        if lr_reference_batch is not None and lr_reference_batch < 1:
+            raise ConfigError(
+                f"model.init_args.lr_reference_batch={lr_reference_batch}; valid: a number of "
+                "images >= 1, or null (the lr as given)"
             )
         self.num_global_views = num_global_views
         self.momentum_start, self.momentum_end = momentum_start, momentum_end

@@ -239,6 +239,10 @@ def test_bad_batches_and_settings_raise_config_errors(tmp_path):
         make(teacher_temp=0.0, warmup_teacher_temp=0.0)
     with pytest.raises(ConfigError, match="momentum_start=1.1"):
         make(momentum_start=1.1)
+    with pytest.raises(ConfigError, match="weight_decay_end=-0.4; valid: a finite number >= 0"):
+        make(weight_decay_end=-0.4)
+    with pytest.raises(ConfigError, match="lr_reference_batch=-256; valid: a number of images"):
+        make(lr_reference_batch=-256)
     with pytest.raises(ConfigError, match="num_global_views=1 but the data's views have num_g"):
         quiet_trainer(tmp_path, max_steps=1).fit(make(num_global_views=1), colour_data())
 
