@@ -130,9 +130,10 @@ class StateAround(L.Callback):
         self.before = self.after = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
+        # The first batch of each step (under gradient accumulation, several share it).
+        if trainer.global_step == self.step and self.before is None:
             self.before = state_copy(pl_module)
-        elif trainer.global_step == self.step + 1:
+        elif trainer.global_step == self.step + 1 and self.after is None:
             self.after = state_copy(pl_module)
 
 
@@ -185,6 +186,22 @@ def test_skipped_nan_batch_changes_no_state(tmp_path, name, teacher_checkpoint):
     assert all(t.isfinite().all() for t in final.values() if t.is_floating_point())
     if name == "crd":  # Z, restored to "not fixed", was fixed by the next batch
         assert (model.crd.normalizers > 0).all()
+
+
+def test_skipped_accumulated_step_changes_no_state(tmp_path, teacher_checkpoint):
+    # Both micro-batches of optimiser step 1 are NaN: neither queues its keys, the step does
+    # nothing, the key encoder does not move, every running statistic is restored.
+    torch.manual_seed(0)
+    model, data, step = skip_mode_method("moco", teacher_checkpoint)
+    around = StateAround(step)
+    trainer = quiet_trainer(
+        tmp_path, max_steps=step + 2, limit_val_batches=0, accumulate_grad_batches=2,
+        callbacks=[PoisonBatch(step), around],
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match=f"global step {step}"):
+        trainer.fit(model, datamodule=data)
+    assert changed_entries(around.before, around.after) == []
+    assert trainer.global_step == step + 2 and model.nonfinite.skipped_batches == 1
 
 
 class PoisonSteps(L.Callback):
@@ -470,3 +487,32 @@ def test_skip_mode_skips_non_finite_gradients_or_statistics_under_a_finite_loss(
         trainer.fit(model, data)
     assert changed_entries(around.before, around.after) == []
     assert all(t.isfinite().all() for t in state_copy(model).values() if t.is_floating_point())
+
+
+class BreakingSGD(torch.optim.SGD):
+    """SGD whose update ``bad`` leaves one weight infinite, as a finite but huge update would."""
+
+    def __init__(self, params, bad: int) -> None:
+        super().__init__(params, lr=0.05)
+        self.bad, self.steps = bad, 0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        if self.steps == self.bad:
+            self.param_groups[0]["params"][0].view(-1)[0] = math.inf
+        self.steps += 1
+        return loss
+
+
+def test_skip_mode_stops_when_the_weights_went_non_finite(tmp_path):
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(24, 3)), 4)
+    model = FiniteLossAt(bad=-1, what="none")
+    model.optimizer_factory = lambda params: BreakingSGD(params, bad=1)
+    trainer = quiet_trainer(tmp_path, max_steps=6)
+    with pytest.raises(NonFiniteLossError, match="skip cannot undo") as error:
+        trainer.fit(model, data)
+    assert "1 of 6 parameter and buffer tensors from global step 1 on (student.weight)" in str(
+        error.value
+    )
+    assert trainer.global_step == 2  # found at the next batch, not skipped to the end
