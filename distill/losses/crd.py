@@ -7,7 +7,6 @@ and the negative sampler's class index.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -126,11 +125,14 @@ class CRDLoss(nn.Module):
         self.embed_teacher = nn.Linear(teacher_dim, embed_dim)
         self.student_memory = MomentumMemoryBank(num_rows, embed_dim, memory_momentum)
         self.teacher_memory = MomentumMemoryBank(num_rows, embed_dim, memory_momentum)
-        # Z of the student-anchor and teacher-anchor directions; NaN until the first batch.
-        # Whether they are fixed is a Python flag, read back from the buffer on loading, so
-        # that no step reads the buffer from the device.
-        self.register_buffer("normalizers", torch.full((2,), math.nan))
+        # Z of the student-anchor and teacher-anchor directions; 0 (no Z is) until the first
+        # batch, not NaN: the state stays finite. Whether they are fixed is a Python flag, read
+        # back from the buffer on loading, so that no step reads the buffer from the device.
+        self.register_buffer("normalizers", torch.zeros(2))
         self.normalizers_fixed = False
+        # The buffer a forward changes (distill.modules.finite.forward_buffers): a batch that
+        # nonfinite_loss: skip skips restores it, and the load hook below then the flag.
+        self.forward_buffers = ("normalizers",)
         self.register_load_state_dict_post_hook(CRDLoss._read_normalizers_fixed)
         if sampler == "other_class":
             if labels is None or len(labels) != num_rows:
@@ -146,7 +148,8 @@ class CRDLoss(nn.Module):
             self.register_buffer("counts", counts)
 
     def _read_normalizers_fixed(self, incompatible_keys) -> None:
-        self.normalizers_fixed = not torch.isnan(self.normalizers).any()
+        # Checkpoints written before this version marked an unfixed Z with NaN.
+        self.normalizers_fixed = bool((self.normalizers > 0).all())
 
     def embed(self, student_features: Tensor, teacher_features: Tensor) -> tuple[Tensor, Tensor]:
         """L2-normalised embeddings ``z_s``, ``z_t`` ``[B, embed_dim]``."""

@@ -12,19 +12,19 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from typing import ClassVar, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from distill.backbones import to_channels_last
 from distill.errors import ConfigError
+from distill.methods import training
 from distill.methods.training import (  # noqa: F401  (re-exported: the functions' old home)
     clip_gradients_per_parameter,
     lr_factor,
@@ -32,7 +32,7 @@ from distill.methods.training import (  # noqa: F401  (re-exported: the function
     set_rng_states,
     split_decay_groups,
 )
-from distill.modules.finite import FiniteWatch, nonfinite_error
+from distill.modules.finite import NonFiniteGuard
 
 
 class Method(L.LightningModule):
@@ -50,13 +50,17 @@ class Method(L.LightningModule):
         lr_decay: Multistep decay factor.
         min_lr_ratio: Final learning rate of the cosine, as a fraction of the base.
         exclude_norm_bias_from_wd: Put norm weights and biases in a no-weight-decay group.
-        nonfinite_loss: What a NaN or infinite logged training term does: ``error`` stops
-            the run with a ``NonFiniteLossError`` naming the term and step before anything
-            non-finite is checkpointed (checked every ``nonfinite_check_interval`` optimiser
-            steps, at every checkpoint and at the end of fit); ``skip`` drops the gradients of
-            every batch with such a term (its optimiser step does nothing; one host sync per
-            step); ``off`` checks nothing.
+        nonfinite_loss: What a NaN or infinity in a logged training term, a parameter or a
+            buffer does (``distill.modules.finite.NonFiniteGuard``): ``error`` stops the run
+            (``NonFiniteLossError``) and writes no checkpoint with it; ``skip`` skips the
+            batch (no update, its running statistics restored) and stops when the weights
+            went non-finite or too many steps were skipped; ``off`` checks nothing.
         nonfinite_check_interval: Optimiser steps between checks in ``error`` mode.
+        nonfinite_skip_share: ``skip`` stops the run when it skipped more than this share
+            of the last ``nonfinite_skip_window`` optimiser steps. 0.2 of 50: a corrupt image
+            now and then, even a few in a row, is skipped; a run that fails every fifth step
+            diverges, and stops within 50 steps instead of idling to the end.
+        nonfinite_skip_window: How many recent optimiser steps ``nonfinite_skip_share`` counts.
         channels_last: Run the convolutional backbones in the channels-last memory format
             (weights and inputs; ``distill.backbones.to_channels_last``, applied when the
             Trainer sets the model up; ViTs are left as they are): faster convolutions on
@@ -77,17 +81,17 @@ class Method(L.LightningModule):
         exclude_norm_bias_from_wd: bool = False,
         nonfinite_loss: Literal["error", "skip", "off"] = "error",
         nonfinite_check_interval: int = 50,
+        nonfinite_skip_share: float = 0.2,
+        nonfinite_skip_window: int = 50,
         channels_last: bool = True,
     ) -> None:
         super().__init__()
-        if nonfinite_loss not in ("error", "skip", "off"):
-            raise ConfigError(
-                f"model.init_args.nonfinite_loss={nonfinite_loss!r}; valid: error, skip, off"
-            )
-        if lr_schedule not in ("cosine", "multistep", "constant"):
-            raise ConfigError(
-                f"model.init_args.lr_schedule={lr_schedule!r}; valid: cosine, multistep, constant"
-            )
+        training.check_arguments(
+            optimizer, lr_schedule=lr_schedule, warmup_epochs=warmup_epochs,
+            milestones=list(milestones or []), lr_decay=lr_decay, min_lr_ratio=min_lr_ratio,
+            nonfinite_loss=nonfinite_loss, nonfinite_check_interval=nonfinite_check_interval,
+            nonfinite_skip_share=nonfinite_skip_share, nonfinite_skip_window=nonfinite_skip_window,
+        )  # fmt: skip
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule
         self.warmup_epochs = warmup_epochs
@@ -96,10 +100,10 @@ class Method(L.LightningModule):
         self.min_lr_ratio = min_lr_ratio
         self.exclude_norm_bias_from_wd = exclude_norm_bias_from_wd
         self.nonfinite_loss = nonfinite_loss
-        self.nonfinite_check_interval = max(1, nonfinite_check_interval)
+        self.nonfinite = NonFiniteGuard(
+            nonfinite_loss, nonfinite_check_interval, nonfinite_skip_share, nonfinite_skip_window
+        )
         self.channels_last = channels_last
-        self.finite_watch = FiniteWatch()
-        self.skipped_batches = 0
         self._states_before_sanity_check: dict | None = None
         self._last_optimizer_step = 0
         #: The step's backbone features of its first view, by submodule (see below).
@@ -110,7 +114,8 @@ class Method(L.LightningModule):
     # same shuffles, augmentations and negatives as an uninterrupted one (exact when
     # resuming at an epoch boundary with in-process data loading).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        self.check_finite()  # never write a checkpoint over the last good one with NaN in it
+        # Never a checkpoint over the last good one with NaN in it (one reduction of the state).
+        self.nonfinite.check(self, state_now=True)
         checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -123,30 +128,14 @@ class Method(L.LightningModule):
     def on_sanity_check_end(self) -> None:
         set_rng_states(self._states_before_sanity_check)
 
-    @contextlib.contextmanager
-    def keep_step_features(self, rows: int, *submodules: str) -> Iterator[None]:
+    def keep_step_features(self, rows: int, *submodules: str) -> contextlib.AbstractContextManager:
         """Within the block, keeps each submodule's first backbone output, first ``rows`` rows.
 
         They go to ``step_features[name]``, detached ``[rows, D]``: the features of the
         step's first view (``rows`` is its batch size, when views share a forward), which
         online probes (``LinearProbe``) take instead of running the backbone again.
         """
-        kept: set[str] = set()
-        handles = []
-        for name in submodules:
-            self.step_features.pop(name, None)
-
-            def keep(module, inputs, output, name=name) -> None:
-                if name not in kept:
-                    kept.add(name)
-                    self.step_features[name] = output[:rows].detach()
-
-            handles.append(getattr(self, name).backbone.register_forward_hook(keep))
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+        return training.keep_features(self, self.step_features, rows, submodules)
 
     def configure_model(self) -> None:
         # Before the optimisers, DDP and the checkpoint are set up: they all see the final
@@ -169,6 +158,16 @@ class Method(L.LightningModule):
             return False
         self._last_optimizer_step = self.global_step
         return True
+
+    def batch_skipped(self) -> bool:
+        """Whether ``nonfinite_loss: skip`` skipped this batch; first in ``on_train_batch_end``.
+
+        Such a batch must change no state (queues, banks, centers, prototypes, EMA): its
+        embeddings may be NaN, and its optimiser step did nothing.
+        """
+        if self.nonfinite.batch_skipped:
+            self._last_optimizer_step = self.global_step  # no step to follow
+        return self.nonfinite.batch_skipped
 
     def trainable_modules(self) -> list[nn.Module]:
         """Modules whose parameters the optimiser updates (default: the student)."""
@@ -233,49 +232,44 @@ class Method(L.LightningModule):
             if isinstance(value, torch.Tensor):
                 value = value.detach()
                 if watch and name not in unwatched:
-                    self.finite_watch.observe(f"{prefix}{name}", value, self.global_step)
+                    self.nonfinite.watch.observe(f"{prefix}{name}", value, self.global_step)
             else:
                 value = torch.full((), value, dtype=torch.float32, device=self.device)
             self.log(f"{prefix}{name}", value, prog_bar=name == "loss")
 
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self.nonfinite.before_batch(self)
+
+    def on_after_backward(self) -> None:
+        self.nonfinite.after_backward(self)
+
     def on_before_optimizer_step(self, optimizer) -> None:
+        if self.trainer.gradient_clip_val or self.nonfinite_loss == "skip":
+            training.unscale_gradients(self.trainer, optimizer)  # see configure_gradient_clipping
         # The same schedule tags for every method: the first (decaying) group's lr and wd.
         group = optimizer.param_groups[0]
         self.log_terms({"lr": group["lr"], "wd": group.get("weight_decay", 0.0)})
-        if self.nonfinite_loss == "skip":
-            self.skip_nonfinite_batch(optimizer)
-        elif (self.global_step + 1) % self.nonfinite_check_interval == 0:
-            self.check_finite()
+        self.nonfinite.before_optimizer_step(self, optimizer)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        step = self.global_step
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.nonfinite.after_optimizer_step(self, step)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        # Under a GradScaler, Lightning leaves a fused optimiser's gradients scaled and refuses
+        # to clip them; on_before_optimizer_step has unscaled them, so they clip as any others.
+        if gradient_clip_val and training.optimizer_unscales_itself(self.trainer, optimizer):
+            training.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
+        else:
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
 
     def on_train_end(self) -> None:
-        self.check_finite()
-
-    def skip_nonfinite_batch(self, optimizer) -> None:
-        """Drops this step's gradients when a watched term was not finite on any rank."""
-        bad = self.finite_watch.pending().to(self.device).float()
-        if not self.trainer.strategy.reduce(bad, reduce_op="max"):
-            return
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                param.grad = None
-        self.skipped_batches += 1
-        self.finite_watch.first_bad.clear()
-        rank_zero_warn(
-            f"non-finite training loss at global step {self.global_step}: skipped that batch's "
-            f"optimiser step ({self.skipped_batches} skipped so far; model.init_args."
-            "nonfinite_loss=skip)"
-        )
-
-    def check_finite(self) -> None:
-        """Raises ``NonFiniteLossError`` if a watched term was not finite on any rank."""
-        if self.nonfinite_loss != "error" or self._trainer is None:
-            return
-        bad = self.finite_watch.bad_terms()
-        flag = torch.tensor(float(bool(bad)), device=self.device)
-        if not self.trainer.strategy.reduce(flag, reduce_op="max"):
-            return
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None
-        raise nonfinite_error(bad, self.current_epoch, lr, self.trainer.precision)
+        self.nonfinite.check(self, state_now=True)
 
     def init_classification_metrics(self, num_classes: int) -> None:
         """Top-1/top-5 accuracy metrics for ``evaluate_classifier``."""

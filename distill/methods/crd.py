@@ -128,6 +128,8 @@ class CRD(TeacherStudent):
         return int(sizes[: self.trainer.global_rank].sum()), int(sizes.sum())
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.batch_skipped():  # nonfinite_loss: skip; its embeddings may be NaN
+            return
         # Every micro-batch writes its own rows (banks are per sample, not per step).
         z_student, z_teacher, indices = gather_rows(self, *self._pending_update)
         self.crd.update_memory(z_student, z_teacher, indices)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
@@ -111,6 +113,15 @@ class DINO(Method):
                 f"model.init_args.momentum_start={momentum_start}, momentum_end={momentum_end}; "
                 "valid: 0 <= momentum_start <= momentum_end <= 1"
             )
+        for key, value in (("weight_decay_start", weight_decay_start),
+                           ("weight_decay_end", weight_decay_end)):  # fmt: skip
+            if not 0.0 <= value < math.inf:  # set every step: no optimiser checks it
+                raise ConfigError(f"model.init_args.{key}={value}; valid: a finite number >= 0")
+        if lr_reference_batch is not None and lr_reference_batch < 1:
+            raise ConfigError(
+                f"model.init_args.lr_reference_batch={lr_reference_batch}; valid: a number of "
+                "images >= 1, or null (the lr as given)"
+            )
         self.num_global_views = num_global_views
         self.momentum_start, self.momentum_end = momentum_start, momentum_end
         self.weight_decay_start, self.weight_decay_end = weight_decay_start, weight_decay_end
@@ -209,6 +220,7 @@ class DINO(Method):
         return list(views)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
         self.trainer.optimizers[0].param_groups[0]["weight_decay"] = self.weight_decay_at(
             self.global_step
         )
@@ -247,6 +259,8 @@ class DINO(Method):
         self.student.head.cancel_last_layer_gradients(self.current_epoch)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.batch_skipped():  # nonfinite_loss: skip; its teacher outputs may be NaN
+            return
         # The center follows every batch the loss saw; the teacher follows optimiser steps.
         self.dino_loss.update_center(self._teacher_out)
         self._teacher_out = None

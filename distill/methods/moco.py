@@ -95,6 +95,8 @@ class MoCo(Method):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.batch_skipped():  # nonfinite_loss: skip; its keys may be NaN
+            return
         if self.optimizer_stepped():
             self.student.update_key_encoder(self.key_momentum)
         # Every micro-batch queues its keys, gathered so all ranks hold the same queue.

@@ -262,6 +262,8 @@ class ReKD(Method):
         }
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.batch_skipped():  # nonfinite_loss: skip; its keys and anchors may be NaN
+            return
         if self.optimizer_stepped():
             self.student.update_key_encoder(self.key_momentum)
             if not self.teacher_frozen:

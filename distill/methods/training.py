@@ -1,15 +1,21 @@
-"""The plain functions behind ``Method``: parameter groups, the lr schedule, DINO's
-per-parameter gradient clipping and the random states a checkpoint carries."""
+"""The plain functions behind ``Method``: parameter groups, the lr schedule and the checks
+of its numbers, gradient clipping under a gradient scaler (and DINO's per-parameter
+clipping) and the random states a checkpoint carries."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
+import lightning as L
 import numpy as np
 import torch
 from lightly.utils.scheduler import cosine_warmup_schedule
 from torch import nn
+
+from distill.errors import ConfigError
 
 
 def split_decay_groups(modules: Iterable[nn.Module], exclude_norm_bias: bool) -> list[dict]:
@@ -65,6 +71,120 @@ def clip_gradients_per_parameter(parameters: Iterable[nn.Parameter], max_norm: f
     for param in parameters:
         if param.grad is not None:
             torch.nn.utils.clip_grad_norm_(param, max_norm)
+
+
+@contextlib.contextmanager
+def keep_features(
+    module: nn.Module, features: dict, rows: int, submodules: Iterable[str]
+) -> Iterator[None]:
+    """``Method.keep_step_features``: within the block, ``features[name]`` receives the first
+    ``rows`` rows (detached) of the first output of ``module.<name>.backbone``."""
+    kept: set[str] = set()
+    handles = []
+    for name in submodules:
+        features.pop(name, None)
+
+        def keep(backbone, inputs, output, name=name) -> None:
+            if name not in kept:
+                kept.add(name)
+                features[name] = output[:rows].detach()
+
+        handles.append(getattr(module, name).backbone.register_forward_hook(keep))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def optimizer_unscales_itself(trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a ``GradScaler`` scales the gradients and Lightning leaves their unscaling to
+    the optimiser's step (one with ``_step_supports_amp_scaling``, e.g. ``AdamW(fused=True)``),
+    so that in ``on_before_optimizer_step`` they are still scaled."""
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    return scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False)
+
+
+def unscale_gradients(trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> None:
+    """Unscales the gradients that ``optimizer_unscales_itself`` leaves scaled; call once per
+    step, before clipping or dropping them.
+
+    ``GradScaler.step`` supports it: after ``unscale_`` it passes the optimiser no scale, only
+    the inf/NaN flag ``unscale_`` found, and still skips the step on an overflow.
+    """
+    if optimizer_unscales_itself(trainer, optimizer):
+        trainer.precision_plugin.scaler.unscale_(optimizer)
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, max_value: float, algorithm: str) -> None:
+    """Lightning's ``norm`` (total norm) or ``value`` clipping of the optimiser's gradients."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if algorithm == "value":
+        torch.nn.utils.clip_grad_value_(params, max_value)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, max_value)
+
+
+#: Optimiser arguments checked at construction: torch's message fragment (which names the
+#: argument) -> (the init_args key, its valid range).
+OPTIMIZER_ARGUMENTS = {
+    "nesterov": ("nesterov", "true only with momentum > 0 and dampening 0"),  # before momentum
+    "learning rate": ("lr", "a finite number >= 0"),
+    "momentum": ("momentum", "a number in [0, 1)"),
+    "weight_decay": ("weight_decay", "a finite number >= 0"),
+    "epsilon": ("eps", "a number >= 0"),
+    "beta parameter": ("betas", "two numbers in [0, 1)"),
+}
+OPTIMIZER_KEY = "model.init_args.optimizer.init_args"
+
+
+def check_optimizer(optimizer: Callable[[list], torch.optim.Optimizer]) -> None:
+    """Builds ``optimizer`` on one dummy parameter: a bad number is a ``ConfigError`` now,
+    naming its key, instead of a traceback when the fit sets up."""
+    probe = nn.Parameter(torch.zeros(1))
+    try:
+        built = optimizer([probe])
+    except ValueError as error:
+        text = str(error).lower()
+        for fragment, (key, valid) in OPTIMIZER_ARGUMENTS.items():
+            if fragment in text:
+                raise ConfigError(f"{OPTIMIZER_KEY}.{key}: {error}; valid: {valid}") from None
+        raise ConfigError(f"model.init_args.optimizer: {error}") from None
+    except Exception:  # noqa: BLE001  (e.g. fused kernels for another device: the fit decides)
+        return
+    # torch accepts a NaN lr, and other optimisers may check nothing.
+    for key, at_least, below in (("lr", 0, math.inf), ("weight_decay", 0, math.inf),
+                                 ("momentum", 0, 1)):  # fmt: skip
+        value = built.defaults.get(key)
+        if isinstance(value, int | float) and not at_least <= value < below:
+            valid = dict(OPTIMIZER_ARGUMENTS.values())[key]
+            raise ConfigError(f"{OPTIMIZER_KEY}.{key}={value}; valid: {valid}")
+
+
+def check_arguments(optimizer: Callable[[list], torch.optim.Optimizer], **args) -> None:
+    """``ConfigError`` naming the key and the valid range of a bad ``Method`` argument."""
+    for key, choices in (
+        ("lr_schedule", ("cosine", "multistep", "constant")),
+        ("nonfinite_loss", ("error", "skip", "off")),
+    ):
+        if args[key] not in choices:
+            raise ConfigError(f"model.init_args.{key}={args[key]!r}; valid: {', '.join(choices)}")
+    milestones = args["milestones"]
+    for key, valid, ok in (
+        ("warmup_epochs", "a finite number >= 0 (epochs)", 0 <= args["warmup_epochs"] < math.inf),
+        ("milestones", "increasing epochs >= 0, e.g. [150, 180, 210]",
+         all(a < b for a, b in zip([-1, *milestones], milestones, strict=False))),
+        ("lr_decay", "a number in [0, 1]", 0 <= args["lr_decay"] <= 1),
+        ("min_lr_ratio", "a number in [0, 1] (of the base lr)", 0 <= args["min_lr_ratio"] <= 1),
+        ("nonfinite_check_interval", "an integer >= 1 (optimiser steps)",
+         args["nonfinite_check_interval"] >= 1),
+        ("nonfinite_skip_share", "a number in [0, 1]", 0 <= args["nonfinite_skip_share"] <= 1),
+        ("nonfinite_skip_window", "an integer >= 1 (optimiser steps)",
+         args["nonfinite_skip_window"] >= 1),
+    ):  # fmt: skip
+        if not ok:
+            raise ConfigError(f"model.init_args.{key}={args[key]}; valid: {valid}")
+    check_optimizer(optimizer)
 
 
 def rng_states() -> dict:

@@ -145,6 +145,22 @@ def test_unknown_backbone_lists_choices(tmp_path, capsys):
     assert not (tmp_path / "lightning_logs").exists()  # nothing written on a bad config
 
 
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("optimizer.init_args.lr", "-1", "optimizer.init_args.lr: Invalid learning rate: -1.0; "
+         "valid: a finite number >= 0"),
+        ("warmup_epochs", "-1", "warmup_epochs=-1.0; valid: a finite number >= 0 (epochs)"),
+    ],
+)  # fmt: skip
+def test_invalid_numbers_are_one_message_naming_the_key(tmp_path, capsys, option, value, message):
+    args = ["fit", "--config", QUICKSTART, "--trainer.default_root_dir", str(tmp_path)]
+    code, _, err = run_cli(args + [f"--model.init_args.{option}", value], capsys)
+    assert code == 2 and f"distill: error: model.init_args.{message}" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "lightning_logs").exists()  # refused before anything is written
+
+
 def test_missing_dataset_folder_is_named(tmp_path, capsys):
     args = [
         "fit", "--config", QUICKSTART,

@@ -136,10 +136,24 @@ def test_nonfinite_loss_exits_non_zero_and_keeps_last_good_checkpoint(tmp_path):
         root=tmp_path,
     )  # fmt: skip
     assert run.returncode == 1, run.stderr[-3000:]
-    assert "training loss is not finite: train/loss at global step 5 (epoch 1)" in run.stderr
+    assert "training is not finite: train/loss at global step 5;" in run.stderr
     assert "nonfinite_loss: skip" in run.stderr and "Traceback" not in run.stderr
     _, saved = checkpoint(tmp_path)
     assert saved["global_step"] == 4  # the end of epoch 0: the last good state
     assert all(
         torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point()
     )
+
+
+def test_finite_loss_over_an_infinite_state_exits_non_zero_without_a_checkpoint(tmp_path):
+    # lr 1e6: the loss stays finite over these 4 steps, the weights and variances do not
+    # (from step 2 on), and the checkpoints at the end of epoch 0 would hold them.
+    run = distill(
+        "fit", "--config", QUICKSTART, "--trainer.max_steps", "4",
+        "--model.init_args.optimizer.init_args.lr", "1e6", root=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "distill: error: training is not finite: " in run.stderr
+    assert "parameter and buffer tensors from global step" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert list(tmp_path.rglob("*.ckpt")) == []

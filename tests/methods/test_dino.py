@@ -5,6 +5,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.plugins import MixedPrecision
 from tests_support import ColourDataModule, quiet_trainer, resumable_fit
 
 from distill.data import MultiCropViews
@@ -238,6 +239,10 @@ def test_bad_batches_and_settings_raise_config_errors(tmp_path):
         make(teacher_temp=0.0, warmup_teacher_temp=0.0)
     with pytest.raises(ConfigError, match="momentum_start=1.1"):
         make(momentum_start=1.1)
+    with pytest.raises(ConfigError, match="weight_decay_end=-0.4; valid: a finite number >= 0"):
+        make(weight_decay_end=-0.4)
+    with pytest.raises(ConfigError, match="lr_reference_batch=-256; valid: a number of images"):
+        make(lr_reference_batch=-256)
     with pytest.raises(ConfigError, match="num_global_views=1 but the data's views have num_g"):
         quiet_trainer(tmp_path, max_steps=1).fit(make(num_global_views=1), colour_data())
 
@@ -333,3 +338,54 @@ def test_heads_use_the_current_weight_norm_api_without_warnings():
     layer = model.student.head.last_layer
     assert torch.nn.utils.parametrize.is_parametrized(layer, "weight")
     copy.deepcopy(model.student)  # the old weight-norm hooks could not be deep-copied
+
+
+def fused_adamw_on_cpu_or_skip() -> None:
+    """Skips the test where this torch has no fused AdamW for CPU tensors (before 2.4)."""
+    param = torch.nn.Parameter(torch.ones(2))
+    param.grad = torch.ones(2)
+    try:
+        torch.optim.AdamW([param], fused=True).step()
+    except (RuntimeError, ValueError) as error:
+        pytest.skip(f"no fused AdamW for CPU tensors in torch {torch.__version__}: {error}")
+
+
+def first_moments_after_one_clipped_step(tmp_path, fused: bool) -> dict[str, torch.Tensor]:
+    """AdamW's ``exp_avg`` (0.1 × the clipped, unscaled gradient) after one ``16-mixed`` step."""
+    torch.manual_seed(0)
+    model = make(
+        optimizer=lambda p: torch.optim.AdamW(
+            p, lr=0.05, fused=fused, foreach=None if fused else False
+        ),
+        freeze_last_layer=0,
+    )
+    # 16-mixed on a CPU trainer is turned into bf16 by Lightning: the plugin keeps fp16 with
+    # a GradScaler. A small initial scale keeps the first step from overflowing.
+    scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
+    trainer = quiet_trainer(
+        tmp_path / str(fused), max_steps=1, limit_val_batches=0, gradient_clip_val=1e-3,
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler)],
+    )  # fmt: skip
+    trainer.fit(model, datamodule=colour_data(batch_size=6))
+    assert scaler.get_scale() == 16.0  # the step was taken, not skipped for an overflow
+    optimizer = trainer.optimizers[0]
+    assert getattr(optimizer, "_step_supports_amp_scaling", False) == fused
+    return {
+        name: optimizer.state[p]["exp_avg"].clone()
+        for name, p in model.student.named_parameters()
+        if p in optimizer.state
+    }
+
+
+def test_per_parameter_clipping_unscales_a_fused_optimizers_gradients_first(tmp_path):
+    # Under a GradScaler Lightning leaves unscaling to a fused optimiser's step, after the
+    # clipping: clipped while still scaled, each gradient would end 16 times too small.
+    fused_adamw_on_cpu_or_skip()
+    fused = first_moments_after_one_clipped_step(tmp_path, fused=True)
+    reference = first_moments_after_one_clipped_step(tmp_path, fused=False)
+    assert fused.keys() == reference.keys() and len(fused) > 10
+    for name, moment in reference.items():
+        # The same gradients: the moments differ at most by the two kernels' float32 rounding.
+        torch.testing.assert_close(fused[name], moment, rtol=1e-6, atol=1e-12, msg=name)
+    clipped = [name for name, moment in reference.items() if moment.norm() > 0.1 * 1e-3 * 0.999]
+    assert len(clipped) > 10  # most tensors were clipped to 1e-3 (exp_avg = 0.1 × gradient)

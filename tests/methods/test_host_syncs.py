@@ -224,9 +224,9 @@ def test_the_counter_sees_a_sync_from_distill_but_not_from_the_libraries():
         watch = FiniteWatch()
         watch.observe("loss", values.mean(), step=0)
         assert counter.calls == []
-        watch.bad_terms()  # int() of a device tensor: the sync FiniteWatch keeps for its checks
+        watch.bad_terms()  # tolist() of the first bad steps: the sync kept for the checks
     finally:
         for patch in reversed(patches):
             patch.stop()
     assert len(counter.calls) == 1 and "distill/modules/finite.py" in counter.calls[0]
-    assert counter.calls[0].endswith("__int__")
+    assert counter.calls[0].endswith("tolist")
