@@ -75,7 +75,9 @@ class TeacherWeights:
     outside a trainer calls ``load()`` first.
 
     Under DDP every rank loads the file that rank 0 resolved, so a run directory that gains
-    a new run while the ranks start still gives every rank the same teacher.
+    a new run while the ranks start still gives every rank the same teacher. (Strategies
+    that restore a checkpoint only after ``on_fit_start``, such as FSDP and DeepSpeed, read
+    the file on a resume too, and then replace its weights with the restored ones.)
 
     Args:
         teacher: The network; it loads the state dict read from the checkpoint with
@@ -112,9 +114,12 @@ class TeacherWeights:
             strategy: The trainer's strategy: every rank takes the file rank 0 resolved.
 
         Raises:
-            ConfigError: The checkpoint is missing or unreadable, or its weights do not fit
-                the teacher (the message starts with ``model.init_args.teacher_checkpoint``).
+            ConfigError: No checkpoint is set, it is missing or unreadable, or its weights do
+                not fit the teacher (the message starts with
+                ``model.init_args.teacher_checkpoint``).
         """
+        if not self.checkpoint:
+            raise ConfigError("model.init_args.teacher_checkpoint is not set: nothing to load")
         try:
             path = resolve_checkpoint(self.checkpoint)
             if strategy is not None:
@@ -135,6 +140,6 @@ class TeacherWeights:
         source = self.source
         if self._restored and trainer.ckpt_path:
             source = f"the weights restored from {trainer.ckpt_path}"
-        if self._restored:
+        if self._restored and self.checkpoint:
             source += f" (teacher_checkpoint {self.checkpoint!r} not read)"
         rank_zero_info(f"Teacher: {source}")

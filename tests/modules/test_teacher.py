@@ -79,16 +79,29 @@ def test_teacher_loads_the_newest_version_of_a_run_directory(write_run):
     torch.testing.assert_close(teacher(x), sources[1].student.eval()(x))
 
 
-def test_a_state_dict_that_fills_the_teacher_is_kept_and_the_file_never_read(checkpoint, tmp_path):
+def test_without_a_checkpoint_the_teacher_keeps_its_initialisation():
+    weights = TeacherWeights(FrozenTeacher("resnet8", 10), None, "random (online teacher)")
+    assert weights.source == "random (online teacher)"
+    with pytest.raises(ConfigError, match="teacher_checkpoint is not set: nothing to load"):
+        weights.load()
+
+
+def test_a_state_dict_that_fills_the_teacher_is_kept_and_the_file_never_read(
+    checkpoint, tmp_path, lightning_log
+):
     trained = Method(checkpoint)
     trained.teacher_weights.load()
     state = trained.state_dict()
-    model = Method(str(tmp_path / "gone"))  # the teacher's file is gone since
+    gone = str(tmp_path / "gone")
+    model = Method(gone)  # the teacher's file is gone since
     trainer = SimpleNamespace(strategy=None, ckpt_path=None)  # no strategy needed
     model.load_state_dict({k: v for k, v in state.items() if k.startswith("student.")}, False)
     assert model.teacher_weights.source is None  # a state without the teacher fills nothing
     model.load_state_dict(state)  # as Lightning's restore and load_from_checkpoint do
     model.teacher_weights.load_unless_given(trainer)
-    assert "state dict" in model.teacher_weights.source
+    assert model.teacher_weights.source == "the weights loaded with the model's state dict"
+    assert f"Teacher: {model.teacher_weights.source} (teacher_checkpoint {gone!r} not read)" in (
+        lightning_log.text
+    )
     for name, value in trained.teacher.state_dict().items():
         assert torch.equal(model.teacher.state_dict()[name], value), name

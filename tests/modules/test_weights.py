@@ -1,4 +1,3 @@
-import logging
 import os
 import warnings
 
@@ -68,14 +67,6 @@ def test_compiled_module_prefixes_are_stripped(tmp_path):
     plain = tmp_path / "compiled.pt"
     torch.save({f"_orig_mod.{k}": v for k, v in source.student.state_dict().items()}, plain)
     load_weights(Classifier(create_backbone("resnet8"), 10), str(plain))
-
-
-@pytest.fixture
-def lightning_log(caplog, monkeypatch):
-    """Lightning's rank-zero messages in ``caplog`` (its logger does not propagate)."""
-    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
-    caplog.set_level(logging.INFO)
-    return caplog
 
 
 def test_run_directory_resolves_to_the_highest_version_with_a_last_ckpt(write_run):
