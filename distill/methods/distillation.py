@@ -8,18 +8,27 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from distill.backbones import create_backbone
+from distill.errors import ConfigError
 from distill.methods.base import Method
 from distill.modules import Classifier, FrozenTeacher
+from distill.modules.teacher import TeacherWeights
 
 
 class TeacherStudent(Method):
     """A frozen ``self.teacher`` and a trained ``self.student``, both backbone + linear head.
 
+    The teacher's weights are read from ``teacher_checkpoint`` at the start of a fit (or a
+    validation) that does not restore a checkpoint; a student's checkpoint holds its
+    teacher, so resuming, ``distill eval`` and ``distill export`` never read the teacher's
+    file (``distill.modules.teacher.TeacherWeights``). Outside a trainer, call
+    ``model.teacher_weights.load()`` before using the teacher.
+
     Args:
         student_backbone: Backbone name of the student.
         teacher_backbone: Backbone name of the teacher.
         teacher_checkpoint: A ``Supervised`` run directory (its ``trainer.default_root_dir``:
-            the newest version's ``last.ckpt`` is loaded), a ``Supervised`` checkpoint file
+            the ``last.ckpt`` of its newest finished run is loaded, see
+            ``distill.modules.weights.resolve_checkpoint``), a ``Supervised`` checkpoint file
             (its ``student.*`` weights) or a state dict of the teacher classifier.
         num_classes: Number of classes; must match the DataModule.
         ce_weight: Weight γ of the student's cross-entropy on labels.
@@ -44,9 +53,14 @@ class TeacherStudent(Method):
         self.ce_weight = ce_weight
         student = create_backbone(student_backbone, **(student_backbone_kwargs or {}))
         self.student = Classifier(student, num_classes)
-        self.teacher = FrozenTeacher(
-            teacher_backbone, num_classes, teacher_checkpoint, teacher_backbone_kwargs
-        )
+        if not teacher_checkpoint:
+            raise ConfigError(
+                "model.init_args.teacher_checkpoint is required: a trained teacher, e.g. the "
+                "run directory of a Supervised run (runs/cifar10-5k/supervised_resnet20, its "
+                "newest finished last.ckpt), a checkpoint file or a state dict of the classifier."
+            )
+        self.teacher = FrozenTeacher(teacher_backbone, num_classes, teacher_backbone_kwargs)
+        self.teacher_weights = TeacherWeights(self.teacher, teacher_checkpoint)
         self.init_classification_metrics(num_classes)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -57,6 +71,14 @@ class TeacherStudent(Method):
 
     def setup(self, stage: str) -> None:
         self.check_num_classes(self.num_classes)
+
+    # After Lightning restored any checkpoint, which brings the teacher with it.
+    def on_fit_start(self) -> None:
+        self.teacher_weights.load_unless_given(self.trainer)
+        super().on_fit_start()
+
+    def on_validation_start(self) -> None:
+        self.teacher_weights.load_unless_given(self.trainer)
 
     def student_and_teacher(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Embeddings and logits: ``(student_emb, student_logits, teacher_emb, teacher_logits)``."""

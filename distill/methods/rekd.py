@@ -6,7 +6,7 @@ import math
 from typing import Literal
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from distill.backbones import create_backbone
@@ -16,6 +16,7 @@ from distill.methods.base import Method
 from distill.modules.distributed import gather_rows
 from distill.modules.momentum_encoder import MomentumEncoder, two_views
 from distill.modules.prototypes import PrototypeBank
+from distill.modules.teacher import TeacherWeights
 
 
 class ReKD(Method):
@@ -38,8 +39,11 @@ class ReKD(Method):
 
     The teacher is online (trained from scratch with the student, as in the paper) or
     initialised from ``teacher_checkpoint`` (a MoCo, ReKD or Supervised run, or a state
-    dict; see ``MomentumEncoder.load_pretrained``) and then trained on or frozen, the
-    setting of SEED and DisCo. A frozen teacher stays in eval mode; with
+    dict; see ``MomentumEncoder.load_pretrained_state``) and then trained on or frozen, the
+    setting of SEED and DisCo. The checkpoint is read at the start of a fit (or a
+    validation) that does not restore one: a resumed run, ``distill eval`` and ``distill
+    export`` take the teacher from the run's own checkpoint
+    (``distill.modules.teacher.TeacherWeights``). A frozen teacher stays in eval mode; with
     ``teacher_embedding: backbone`` it relates images by its backbone features (for a
     checkpoint without a trained MoCo head). ``relation: labels`` relates images by their
     true labels instead: an oracle, a diagnostic upper bound, never a self-supervised result.
@@ -148,9 +152,9 @@ class ReKD(Method):
             proj_hidden_dim, proj_dim if teacher_embedding == "head" else None, queue_size,
             track_labels=True, shuffle_bn=shuffle_bn, bn_groups=bn_groups,
         )  # fmt: skip
-        self.teacher_source = "random initialisation (online teacher)"
-        if teacher_checkpoint:
-            self.teacher_source = self.teacher.load_pretrained(teacher_checkpoint)
+        self.teacher_weights = TeacherWeights(
+            self.teacher, teacher_checkpoint, "random initialisation (online teacher)"
+        )
         if teacher_frozen:
             self.teacher.requires_grad_(False)
             self.teacher.eval()
@@ -178,14 +182,18 @@ class ReKD(Method):
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher] if self.teacher_frozen else []
 
+    # After Lightning restored any checkpoint, which brings the teacher with it.
     def on_fit_start(self) -> None:
+        self.teacher_weights.load_unless_given(self.trainer)
         super().on_fit_start()
-        rank_zero_info(f"ReKD teacher: {self.teacher_source}")
         if self.relation == "labels":
             rank_zero_warn(
                 "ReKD relation=labels: positives are mined from the true labels (an oracle "
                 "upper bound for diagnostics), so this run is not self-supervised"
             )
+
+    def on_validation_start(self) -> None:
+        self.teacher_weights.load_unless_given(self.trainer)
 
     def teacher_embeddings(self, views: list[Tensor]) -> tuple[Tensor | None, Tensor, Tensor]:
         """The teacher's queries (``None`` when frozen), keys and (detached) anchors."""

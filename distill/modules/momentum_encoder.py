@@ -148,12 +148,24 @@ class MomentumEncoder(nn.Module):
         update_momentum(self.backbone, self.key_backbone, momentum)
         update_momentum(self.head, self.key_head, momentum)
 
-    @torch.no_grad()
     def load_pretrained(self, path: str) -> str:
         """Loads encoder weights from a checkpoint; returns what was loaded, for the log.
 
-        ``path`` is a checkpoint or state-dict file, or a run directory (its newest
-        ``last.ckpt``; see ``distill.modules.weights.resolve_checkpoint``).
+        ``path`` is a checkpoint or state-dict file, or a run directory (the ``last.ckpt``
+        of its newest finished run; see ``distill.modules.weights.resolve_checkpoint``).
+        What is taken from it: see ``load_pretrained_state``.
+
+        Raises:
+            ConfigError: Unreadable file, or weights that do not fit this encoder (the
+                message names the file, what it was read as and the keys that differ).
+        """
+        path = resolve_checkpoint(path)
+        return self.load_pretrained_state(read_state_dict(path), path)
+
+    @torch.no_grad()
+    def load_pretrained_state(self, state: dict[str, Tensor], source: str) -> str:
+        """Loads encoder weights from a checkpoint's state dict read from ``source``; returns
+        what was loaded, for the log.
 
         Looked for in this order: the ``teacher.`` momentum encoder of a ReKD checkpoint,
         the ``student.`` momentum encoder of a MoCo checkpoint, the ``student.backbone`` of
@@ -164,12 +176,11 @@ class MomentumEncoder(nn.Module):
         never loaded: it must hold the keys of this run's images.
 
         Raises:
-            ConfigError: Unreadable file, or weights that do not fit this encoder (the
-                message names the file, what it was read as and the keys that differ).
+            ConfigError: Weights that do not fit this encoder (the message names the file,
+                what it was read as and the keys that differ).
         """
-        path = resolve_checkpoint(path)
-        state, source = encoder_state(read_state_dict(path))
-        where = f"{path!r} (read as {source})"
+        state, kind = encoder_state(state)
+        where = f"{source!r} (read as {kind})"
         load_state_strict(self.backbone, sub_state_dict(state, "backbone."), where)
         loaded = ["backbone"]
         has_head = any(True for _ in self.head.parameters())  # False for no head

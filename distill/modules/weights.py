@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -93,21 +94,31 @@ def load_weights(module: nn.Module, path: str, prefix: str = "student.") -> nn.M
 
 
 def resolve_checkpoint(path: str) -> str:
-    """The checkpoint file ``path`` stands for: ``path`` itself, or a run directory's newest
-    ``last.ckpt``; logs which file it is and what it holds.
+    """The checkpoint file ``path`` stands for: ``path`` itself, or the ``last.ckpt`` of a run
+    directory's newest finished run; logs which file it is and what it holds.
 
     A run directory is what a config's ``trainer.default_root_dir`` names (e.g.
-    ``runs/cifar10-5k/supervised_resnet20``). Its ``last.ckpt`` files are under
-    ``lightning_logs/version_*/checkpoints/``, and the one taken is that of the highest
-    version number: Lightning numbers versions in the order runs start and every resume
-    starts a new one, so the highest holds the latest state. File times are not used
-    because copying or unpacking a run can change them; versions without a ``last.ckpt``
-    (a ``validate``) are skipped.
+    ``runs/cifar10-5k/supervised_resnet20``). Each fit, and each resume of one, is a run with
+    its own ``lightning_logs/version_N/checkpoints/last.ckpt``; Lightning numbers versions in
+    the order runs start, so a higher ``N`` is a newer run (file times are not used because
+    copying or unpacking a run changes them). Versions without a ``last.ckpt`` (a
+    ``validate``) are no runs to choose from.
 
-    Logs (rank zero) the file, its epoch, global step and the best value of its checkpoint
-    callback's monitor when it has one, and warns when a ``last.ckpt`` is of a run that
-    has not finished: interrupted, or fewer epochs than the ``max_epochs`` in the
-    ``config.yaml`` (or ``hparams.yaml``) of its version.
+    A run is finished when its ``last.ckpt`` is not of an interrupted run and it reached the
+    ``max_epochs`` or ``max_steps`` of its version's ``config.yaml`` (or ``hparams.yaml``);
+    when neither file records them, only an interruption makes a run unfinished. The run
+    taken is the newest finished one, so a run interrupted, still training or stopped early
+    beside a finished one is passed over. The candidates (each version: epochs done of
+    planned, global step, finished or not) and the one taken are logged, and a warning
+    names them when the choice may not be the run meant:
+
+    - no run is finished: the newest readable run is taken;
+    - the run taken trained for less than half the optimiser steps of another candidate
+      (e.g. a 1-epoch smoke run added to a teacher's directory after the real one).
+
+    To take another run, give its ``last.ckpt`` (or any checkpoint file) instead of the
+    directory. A checkpoint file is used as given; a ``last.ckpt`` given so is still checked,
+    and warned about when its run is unfinished.
 
     Raises:
         ConfigError: ``path`` does not exist, or is a directory with no ``last.ckpt`` where
@@ -119,34 +130,131 @@ def resolve_checkpoint(path: str) -> str:
             "holding lightning_logs/version_*/checkpoints/last.ckpt) or a checkpoint file."
         )
     if os.path.isdir(path):
-        path = _newest_last_checkpoint(path)
-    _describe_checkpoint(path)
+        path = str(_choose_run(path))
+    elif os.path.basename(path) == "last.ckpt":
+        run = _read_run(Path(path))
+        if run is not None and not run.finished:
+            rank_zero_warn(
+                f"{path} is of an unfinished run: {run.progress()}. Resume the run with "
+                f"--ckpt_path {path}, or load another checkpoint."
+            )
+    _log_contents(path)
     return path
 
 
-def _newest_last_checkpoint(run_dir: str) -> str:
+#: A run taken from a directory is "much shorter" than another below this share of its steps.
+MUCH_SHORTER = 0.5
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What a version's ``last.ckpt`` and config say about the run that wrote them."""
+
+    path: Path
+    epochs: int  # completed epochs (an interrupted one does not count)
+    step: int
+    planned_epochs: int | None  # None: not recorded, or no limit
+    planned_steps: int | None
+    interrupted: str | None  # the signal
+    finished: bool
+
+    @property
+    def version(self) -> str:
+        return self.path.parent.parent.name
+
+    def progress(self) -> str:
+        """E.g. ``interrupted by SIGTERM, 12 of 40 epochs, global step 120``."""
+        epochs = f" of {self.planned_epochs}" if self.planned_epochs is not None else ""
+        steps = f" of {self.planned_steps}" if self.planned_steps is not None else ""
+        state = f"interrupted by {self.interrupted}, " if self.interrupted else ""
+        return f"{state}{self.epochs}{epochs} epochs, global step {self.step}{steps}"
+
+    def summary(self) -> str:
+        """E.g. ``version_1 (1 of 1 epochs, global step 44, finished)``."""
+        return f"{self.version} ({self.progress()}, {'' if self.finished else 'un'}finished)"
+
+
+def _choose_run(run_dir: str) -> Path:
+    """The run ``resolve_checkpoint`` takes from ``run_dir``, logged and warned about."""
     logs = Path(run_dir, "lightning_logs")
     versions = {
         int(folder.name.removeprefix("version_")): folder
         for folder in logs.glob("version_*")
         if folder.name.removeprefix("version_").isdigit()
     }
-    found = sorted(
-        (number, folder / "checkpoints" / "last.ckpt")
-        for number, folder in versions.items()
-        if (folder / "checkpoints" / "last.ckpt").is_file()
-    )
-    if not found:
+    files = [
+        versions[n] / "checkpoints" / "last.ckpt"
+        for n in sorted(versions)
+        if (versions[n] / "checkpoints" / "last.ckpt").is_file()
+    ]
+    if not files:
         seen = ", ".join(versions[n].name for n in sorted(versions)) or "no version_* folder"
         raise ConfigError(
             f"run directory {run_dir!r} has no last.ckpt: searched "
             f"{logs / 'version_*' / 'checkpoints' / 'last.ckpt'} (found {seen}). Train the "
             "run first (its trainer.default_root_dir), or give a checkpoint file."
         )
-    return str(found[-1][1])
+    read = [(file, _read_run(file)) for file in files]
+    runs = [run for _, run in read if run is not None]
+    if not runs:  # nothing to compare: reading the newest reports what is wrong with it
+        return files[-1]
+    candidates = "; ".join(
+        run.summary() if run else f"{file.parent.parent.name} (unreadable last.ckpt)"
+        for file, run in read
+    )
+    finished = [run for run in runs if run.finished]
+    taken = (finished or runs)[-1]
+    longest = max(runs, key=lambda run: run.step)
+    if not finished:
+        rank_zero_warn(
+            f"run directory {run_dir} has no finished run; taking the newest, {taken.version} "
+            f"({taken.progress()}). Runs: {candidates}. Finish it with --ckpt_path "
+            f"{taken.path}, or give the checkpoint file of the run you mean instead of the "
+            "directory."
+        )
+    elif taken.step < MUCH_SHORTER * longest.step:
+        rank_zero_warn(
+            f"run directory {run_dir}: taking its newest finished run, {taken.version} "
+            f"({taken.progress()}), although {longest.version} trained far longer "
+            f"({longest.progress()}); if you meant that one, give its file instead of the "
+            f"directory: {longest.path}. Runs: {candidates}."
+        )
+    else:
+        rank_zero_info(
+            f"run directory {run_dir}: taking its newest finished run, {taken.version}. "
+            f"Runs: {candidates}."
+        )
+    return taken.path
 
 
-def _describe_checkpoint(path: str) -> None:
+def _read_run(path: Path) -> _Run | None:
+    """The run whose ``last.ckpt`` is ``path``; ``None`` when unreadable or no checkpoint."""
+    try:  # memory-mapped: only the small entries read here are loaded
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    if not isinstance(checkpoint, dict) or "epoch" not in checkpoint:
+        return None
+    epoch, step = int(checkpoint["epoch"]), int(checkpoint.get("global_step", 0))
+    states = [s for s in checkpoint.get("callbacks", {}).values() if isinstance(s, dict)]
+    interrupted = next((s["interrupted"] for s in states if s.get("interrupted")), None)
+    # ``epoch`` counts from 0 and is saved at an epoch's end before the count moves on.
+    epochs = epoch if interrupted else epoch + 1
+    signal = None if interrupted is None else str(interrupted.get("signal") or "a signal")
+    plan = _planned_length(path.parent.parent)
+    if plan is None:  # not recorded: only an interruption tells
+        return _Run(path, epochs, step, None, None, signal, interrupted is None)
+    max_epochs, max_steps = plan
+    max_steps = max_steps if (max_steps or -1) > 0 else None
+    if max_epochs is None:  # Lightning's defaults: 1000 epochs, no limit beside max_steps
+        max_epochs = -1 if max_steps else 1000
+    planned_epochs = max_epochs if max_epochs >= 0 else None
+    reached = (max_steps is not None and step >= max_steps) or 0 <= max_epochs <= epochs
+    finished = reached and interrupted is None
+    return _Run(path, epochs, step, planned_epochs, max_steps, signal, finished)
+
+
+def _log_contents(path: str) -> None:
     try:  # memory-mapped: only the small entries read here are loaded
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
@@ -156,31 +264,16 @@ def _describe_checkpoint(path: str) -> None:
     epoch, step = checkpoint["epoch"], checkpoint.get("global_step", 0)
     states = [s for s in checkpoint.get("callbacks", {}).values() if isinstance(s, dict)]
     best = next((s for s in states if s.get("best_model_score") is not None), None)
-    interrupted = next((s["interrupted"] for s in states if s.get("interrupted")), None)
     metric = ""
     if best is not None:
         name = os.path.basename(best.get("best_model_path") or "") or "?"
         metric = f", best {best.get('monitor')} {float(best['best_model_score']):.4f} ({name})"
     rank_zero_info(f"Loading weights from {path}: epoch={epoch}, global step {step}{metric}")
-    if os.path.basename(path) != "last.ckpt":
-        return  # another checkpoint (e.g. the best epoch) was chosen on purpose
-    version_dir = Path(path).parent.parent
-    max_epochs, max_steps = _planned_length(version_dir)
-    # ``epoch`` counts from 0 and is saved at an epoch's end before the count moves on.
-    done = epoch if interrupted else epoch + 1
-    ended_by_steps = max_steps is not None and 0 < max_steps <= step
-    short = max_epochs is not None and done < max_epochs and not ended_by_steps
-    if interrupted or short:
-        how = f"interrupted by {interrupted.get('signal')}, " if interrupted else ""
-        count = f"{done} of {max_epochs} epochs" if (max_epochs or 0) > 0 else f"{done} epochs"
-        rank_zero_warn(
-            f"{path} is of an unfinished run: {how}{count} done, global step {step}. "
-            f"Resume the run with --ckpt_path {path}, or load another checkpoint."
-        )
 
 
-def _planned_length(version_dir: Path) -> tuple[int | None, int | None]:
-    """``(max_epochs, max_steps)`` of the run that wrote ``version_dir``, when recorded."""
+def _planned_length(version_dir: Path) -> tuple[int | None, int | None] | None:
+    """``(max_epochs, max_steps)`` of the run that wrote ``version_dir``; ``None`` when not
+    recorded (a run's ``config.yaml`` records both, perhaps as null)."""
     for name in ("config.yaml", "hparams.yaml"):
         try:
             config = yaml.safe_load((version_dir / name).read_text())
@@ -191,4 +284,4 @@ def _planned_length(version_dir: Path) -> tuple[int | None, int | None]:
         trainer = config.get("trainer") or config
         if isinstance(trainer, dict) and "max_epochs" in trainer:
             return trainer.get("max_epochs"), trainer.get("max_steps")
-    return None, None
+    return None

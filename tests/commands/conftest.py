@@ -1,7 +1,8 @@
-"""Tiny runs the command tests read: a Supervised (quickstart) and a DINO checkpoint."""
+"""Tiny runs the command tests read: a Supervised (quickstart), a DINO and a KD checkpoint."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,17 @@ data:
     views:
       class_path: distill.data.MultiCropViews
       init_args: {num_local: 0, blur_probs: [0.0, 0.0, 0.0]}
+"""
+
+KD_CONFIG = """
+seed_everything: 0
+model:
+  class_path: distill.methods.KD
+  init_args: {student_backbone: resnet8, teacher_backbone: resnet8, num_classes: 10,
+              teacher_checkpoint: TEACHER_RUN}
+data:
+  class_path: distill.data.DigitsDataModule
+  init_args: {batch_size: 32}
 """
 
 
@@ -70,6 +82,19 @@ def dino_config(tmp_path_factory) -> str:
 def dino_ckpt(tmp_path_factory, dino_config) -> Path:
     """DINO resnet8 on digits (2 global crops), 2 steps: the teacher is an EMA, not the student."""
     return tiny_fit(dino_config, tmp_path_factory.mktemp("dino"), steps=2)
+
+
+@pytest.fixture(scope="session")
+def kd_run(tmp_path_factory, supervised_ckpt) -> tuple[str, Path]:
+    """``(config, last.ckpt)`` of a KD student taught by (a copy of) the quickstart's run
+    directory, 2 steps; the teacher's run directory is deleted once the student is trained."""
+    root = tmp_path_factory.mktemp("kd")
+    teacher_run = shutil.copytree(supervised_ckpt.parents[3], root / "teacher")
+    config = root / "kd.yaml"
+    config.write_text(KD_CONFIG.replace("TEACHER_RUN", str(teacher_run)))
+    checkpoint = tiny_fit(str(config), root / "student", steps=2)
+    shutil.rmtree(teacher_run)
+    return str(config), checkpoint
 
 
 @pytest.fixture

@@ -98,6 +98,23 @@ def test_teacher_with_lbfgs_matches_direct_knn_and_probe(
     assert not torch.allclose(student_x, val_x)
 
 
+def test_kd_teacher_is_evaluated_from_the_students_checkpoint_after_its_run_is_gone(
+    kd_run, supervised_ckpt, tmp_path
+):
+    config, checkpoint = kd_run  # the teacher's run directory no longer exists
+    output = tmp_path / "teacher.json"
+    cli = build_cli(
+        [
+            "eval", "--config", config, "--ckpt_path", str(checkpoint), "--submodule", "teacher",
+            "--knn_k", "5", "--linear_epochs", "1", "--output", str(output),
+        ]
+    )  # fmt: skip
+    assert json.loads(output.read_text())["submodule"] == "teacher"
+    teacher = torch.load(supervised_ckpt, weights_only=True)["state_dict"]
+    for name, value in cli.model.teacher.state_dict().items():
+        assert torch.equal(value, teacher[f"student.{name}"]), name
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -59,6 +59,21 @@ def test_teacher_export_takes_the_teacher_weights(dino_ckpt, dino_config, tmp_pa
         torch.testing.assert_close(load_pretrained(str(weights))(images), expected)
 
 
+def test_kd_teacher_exports_from_the_students_checkpoint_after_its_run_is_gone(
+    kd_run, supervised_ckpt, tmp_path, cli
+):
+    config, checkpoint = kd_run  # the teacher's run directory no longer exists
+    weights = tmp_path / "teacher.pt"
+    args = ["export", "--config", config, "--ckpt_path", checkpoint, "--output", weights]
+    code, _, err = cli(args + ["--submodule", "teacher"])
+    assert code == 0, err
+    teacher = checkpoint_state(supervised_ckpt)
+    exported = torch.load(weights, weights_only=True)
+    assert len(exported) > 10
+    for name, value in exported.items():
+        assert torch.equal(value, teacher[f"student.backbone.{name}"]), name
+
+
 @pytest.fixture
 def resnet18_checkpoint(tmp_path):
     """A Supervised resnet18 state with non-trivial batch-norm statistics, as a checkpoint."""

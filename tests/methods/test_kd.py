@@ -1,11 +1,14 @@
 import copy
+import os
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from tests_support import quiet_trainer
 
+from distill.cli import main
 from distill.data import DigitsDataModule
 from distill.errors import ConfigError
 from distill.losses import kd_loss
@@ -20,6 +23,12 @@ def teacher_checkpoint(tmp_path):
     return str(path)
 
 
+def teacher_weights(checkpoint) -> dict[str, torch.Tensor]:
+    """The classifier a Supervised checkpoint holds, as the teacher's state dict."""
+    state = torch.load(checkpoint)["state_dict"]
+    return {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+
+
 def make(checkpoint, **kwargs):
     defaults = dict(
         student_backbone="resnet8", teacher_backbone="resnet14",
@@ -31,6 +40,7 @@ def make(checkpoint, **kwargs):
 
 def test_loss_is_weighted_ce_plus_kd(teacher_checkpoint):
     model = make(teacher_checkpoint, temperature=3.0, kd_weight=0.7, ce_weight=0.2)
+    model.teacher_weights.load()
     images, targets = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
     model.eval()  # fixed BN statistics, so both evaluations see the same network
     loss = model.training_step((images, targets, torch.arange(6)), 0)
@@ -39,15 +49,17 @@ def test_loss_is_weighted_ce_plus_kd(teacher_checkpoint):
     torch.testing.assert_close(loss, expected)
 
 
-def test_fit_trains_only_the_student_and_leaves_the_teacher_untouched(teacher_checkpoint, tmp_path):
-    model = make(teacher_checkpoint)
-    teacher_before = copy.deepcopy(model.teacher.state_dict())
+def test_fit_loads_the_teacher_and_trains_only_the_student(teacher_checkpoint, tmp_path):
+    model = make(teacher_checkpoint)  # Python users build the model and fit it
+    teacher_before = teacher_weights(teacher_checkpoint)
     student_before = copy.deepcopy(model.student.state_dict())
     trainer = quiet_trainer(tmp_path, max_steps=4, limit_val_batches=1)
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))
     for name, value in model.teacher.state_dict().items():
         assert torch.equal(value, teacher_before[name]), name  # weights and BN buffers
     assert not model.teacher.training
+    # Loaded after the model was set up: it keeps the channels-last layout of configure_model.
+    assert model.teacher.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     moved = [
         n for n, v in model.student.state_dict().items() if not torch.equal(v, student_before[n])
     ]
@@ -68,7 +80,49 @@ def test_backward_sends_no_gradient_to_the_teacher(teacher_checkpoint):
 def test_teacher_with_other_logit_width_is_refused_with_the_shapes(teacher_checkpoint):
     # KD compares logits class by class: a 10-class teacher cannot teach a 5-class student.
     with pytest.raises(ConfigError, match=r"head\.weight \(10, \d+\) vs \(5, \d+\).*num_classes"):
-        make(teacher_checkpoint, num_classes=5)
+        make(teacher_checkpoint, num_classes=5).teacher_weights.load()
+
+
+def test_teacher_checkpoint_is_required():
+    with pytest.raises(ConfigError, match="model.init_args.teacher_checkpoint is required"):
+        make(None)
+
+
+def test_fresh_fit_without_the_teacher_file_names_the_setting(tmp_path):
+    missing = str(tmp_path / "runs" / "teacher")
+    model = make(missing)
+    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    with pytest.raises(
+        ConfigError, match=rf"^model.init_args.teacher_checkpoint: '{missing}' does not exist"
+    ):
+        trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))
+
+
+def test_resume_and_load_from_checkpoint_take_the_teacher_from_the_checkpoint(
+    teacher_checkpoint, tmp_path
+):
+    data = DigitsDataModule(batch_size=16)
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(make(teacher_checkpoint), datamodule=data)
+    student_ckpt = str(tmp_path / "student.ckpt")
+    trainer.save_checkpoint(student_ckpt)
+    expected = teacher_weights(teacher_checkpoint)
+    torch.manual_seed(2)  # the teacher's file now holds another run
+    other = Supervised(backbone="resnet14", num_classes=10)
+    torch.save({"state_dict": other.state_dict()}, teacher_checkpoint)
+
+    resumed = make(teacher_checkpoint)
+    trainer = quiet_trainer(tmp_path, max_steps=4, limit_val_batches=1)
+    trainer.fit(resumed, datamodule=data, ckpt_path=student_ckpt)
+    assert trainer.global_step == 4
+    for name, value in resumed.teacher.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+    os.remove(teacher_checkpoint)  # and then it is gone
+    loaded = KD.load_from_checkpoint(student_ckpt)
+    quiet_trainer(tmp_path).validate(loaded, datamodule=data, verbose=False)
+    for name, value in loaded.teacher.state_dict().items():
+        assert torch.equal(value, expected[name]), name
 
 
 def test_frozen_teacher_alone_raises_no_eval_mode_warning(tmp_path, teacher_checkpoint):
@@ -83,3 +137,31 @@ def test_frozen_teacher_alone_raises_no_eval_mode_warning(tmp_path, teacher_chec
     model = make(teacher_checkpoint)
     model.student.head.eval()  # a module left in eval mode by mistake is still reported
     assert len(eval_mode_warnings(model)) == 1
+
+
+def test_command_line_resume_needs_no_teacher_file(teacher_checkpoint, tmp_path):
+    config = tmp_path / "kd.yaml"
+    model = {"student_backbone": "resnet8", "teacher_backbone": "resnet14", "num_classes": 10}
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "class_path": "distill.methods.KD",
+                    "init_args": {**model, "teacher_checkpoint": teacher_checkpoint},
+                },
+                "data": {"class_path": "distill.data.DigitsDataModule"},
+                "trainer": {"default_root_dir": str(tmp_path), "limit_val_batches": 1,
+                            "enable_progress_bar": False},
+            }
+        )
+    )  # fmt: skip
+    main(["fit", "--config", str(config), "--trainer.max_steps", "2"])
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    os.remove(teacher_checkpoint)
+    main(["fit", "--config", str(config), "--trainer.max_steps", "3", "--ckpt_path", str(last)])
+    resumed = tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"
+    state = torch.load(resumed, weights_only=True)
+    assert state["global_step"] == 3
+    for name, value in torch.load(last, weights_only=True)["state_dict"].items():
+        if name.startswith("teacher."):
+            assert torch.equal(state["state_dict"][name], value), name

@@ -1,3 +1,5 @@
+import os
+
 import lightning as L
 import pytest
 import torch
@@ -277,6 +279,13 @@ def save_checkpoint(path, model):
     return str(path)
 
 
+def loaded(**kwargs) -> ReKD:
+    """``make(**kwargs)`` with the teacher's checkpoint read, as the start of a fit does."""
+    model = make(**kwargs)
+    model.teacher_weights.load()
+    return model
+
+
 def test_teacher_is_initialised_from_moco_rekd_supervised_or_state_dict(tmp_path):
     torch.manual_seed(1)
     moco = MoCo(backbone="resnet14", proj_hidden_dim=32, proj_dim=16, queue_size=20,
@@ -284,24 +293,24 @@ def test_teacher_is_initialised_from_moco_rekd_supervised_or_state_dict(tmp_path
     with torch.no_grad():  # the key encoder differs from the query encoder, as after training
         for p in moco.student.key_backbone.parameters():
             p.add_(1.0)
-    model = make(teacher_checkpoint=save_checkpoint(tmp_path / "moco.ckpt", moco))
-    assert "momentum encoder of MoCo's student" in model.teacher_source
+    model = loaded(teacher_checkpoint=save_checkpoint(tmp_path / "moco.ckpt", moco))
+    assert "momentum encoder of MoCo's student" in model.teacher_weights.source
     for name, value in moco.student.state_dict().items():
         if not name.startswith("queue."):
             assert torch.equal(model.teacher.state_dict()[name], value), name
     assert not torch.equal(model.teacher.queue.keys, moco.student.queue.keys)  # never loaded
 
-    rekd = make(teacher_checkpoint=save_checkpoint(tmp_path / "rekd.ckpt", model))
-    assert "ReKD's teacher" in rekd.teacher_source
+    rekd = loaded(teacher_checkpoint=save_checkpoint(tmp_path / "rekd.ckpt", model))
+    assert "ReKD's teacher" in rekd.teacher_weights.source
     assert torch.equal(
         rekd.teacher.key_backbone.conv1.weight, moco.student.key_backbone.conv1.weight
     )
 
     supervised = Supervised(backbone="resnet14", num_classes=5, optimizer=OPTIMIZER)
-    model = make(teacher_checkpoint=save_checkpoint(tmp_path / "sup.ckpt", supervised))
+    model = loaded(teacher_checkpoint=save_checkpoint(tmp_path / "sup.ckpt", supervised))
     assert (
-        model.teacher_source.startswith("backbone from")
-        and "student backbone" in model.teacher_source
+        model.teacher_weights.source.startswith("backbone from")
+        and "student backbone" in model.teacher_weights.source
     )
     for name, value in supervised.student.backbone.state_dict().items():
         assert torch.equal(model.teacher.backbone.state_dict()[name], value), name
@@ -309,8 +318,8 @@ def test_teacher_is_initialised_from_moco_rekd_supervised_or_state_dict(tmp_path
 
     path = tmp_path / "backbone.pt"
     torch.save(supervised.student.backbone.state_dict(), path)
-    model = make(teacher_checkpoint=str(path), teacher_frozen=True, teacher_embedding="backbone")
-    assert "a backbone state dict" in model.teacher_source
+    model = loaded(teacher_checkpoint=str(path), teacher_frozen=True, teacher_embedding="backbone")
+    assert "a backbone state dict" in model.teacher_weights.source
     assert model.prototypes.prototypes.shape == (4, 64) and model.teacher.queue.keys.shape == (
         20,
         64,
@@ -326,16 +335,16 @@ def test_teacher_checkpoint_that_does_not_fit_is_refused_by_name(tmp_path):
         r"CifarResNet: missing keys \[layer1.1"
     )
     with pytest.raises(ConfigError, match=message):
-        make(teacher_checkpoint=path)  # a resnet14 teacher
-    with pytest.raises(ConfigError, match="does not exist"):
-        make(teacher_checkpoint=str(tmp_path / "missing.ckpt"))
+        loaded(teacher_checkpoint=path)  # a resnet14 teacher
+    with pytest.raises(ConfigError, match="teacher_checkpoint: '.*missing.ckpt' does not exist"):
+        loaded(teacher_checkpoint=str(tmp_path / "missing.ckpt"))
 
 
 def test_frozen_teacher_never_changes_and_gets_no_loss(tmp_path):
     moco = MoCo(backbone="resnet14", proj_hidden_dim=32, proj_dim=16, queue_size=20,
                 optimizer=OPTIMIZER)  # fmt: skip
-    model = make(teacher_checkpoint=save_checkpoint(tmp_path / "t.ckpt", moco),
-                 teacher_frozen=True, prototype_init_step=2)  # fmt: skip
+    model = loaded(teacher_checkpoint=save_checkpoint(tmp_path / "t.ckpt", moco),
+                   teacher_frozen=True, prototype_init_step=2)  # fmt: skip
     before = {k: v.clone() for k, v in model.teacher.state_dict().items() if "queue" not in k}
     trainer = quiet_trainer(tmp_path, max_steps=4, limit_val_batches=0)
     trainer.fit(model, datamodule=colours())
@@ -360,3 +369,31 @@ def test_teacher_options_that_cannot_work_are_refused(tmp_path):
         make(relation_weight=1.5)
     with pytest.raises(ConfigError, match="relation='classes'; valid: teacher, labels"):
         make(relation="classes")
+
+
+class TeacherAtTrainStart(L.Callback):
+    """The teacher's state when training starts: after any restore and the teacher's load."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.state = {k: v.clone() for k, v in pl_module.teacher.state_dict().items()}
+
+
+def test_resume_takes_the_teacher_from_the_checkpoint_without_reading_its_file(tmp_path):
+    moco = MoCo(backbone="resnet14", proj_hidden_dim=32, proj_dim=16, queue_size=20,
+                optimizer=OPTIMIZER)  # fmt: skip
+    teacher_file = save_checkpoint(tmp_path / "moco.ckpt", moco)
+    start = TeacherAtTrainStart()
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[start])
+    trainer.fit(make(teacher_checkpoint=teacher_file), datamodule=colours())
+    assert torch.equal(start.state["backbone.conv1.weight"], moco.student.backbone.conv1.weight)
+    student_ckpt = str(tmp_path / "student.ckpt")
+    trainer.save_checkpoint(student_ckpt)
+    trained = {k: v.clone() for k, v in trainer.lightning_module.teacher.state_dict().items()}
+    os.remove(teacher_file)
+
+    # The online teacher trained on: resuming must continue from it, not from the file.
+    trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=0, callbacks=[start])
+    trainer.fit(make(teacher_checkpoint=teacher_file), datamodule=colours(), ckpt_path=student_ckpt)
+    assert trainer.global_step == 3
+    for name, value in trained.items():
+        assert torch.equal(start.state[name], value), name

@@ -1,4 +1,3 @@
-import logging
 import os
 import warnings
 
@@ -70,14 +69,6 @@ def test_compiled_module_prefixes_are_stripped(tmp_path):
     load_weights(Classifier(create_backbone("resnet8"), 10), str(plain))
 
 
-@pytest.fixture
-def lightning_log(caplog, monkeypatch):
-    """Lightning's rank-zero messages in ``caplog`` (its logger does not propagate)."""
-    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
-    caplog.set_level(logging.INFO)
-    return caplog
-
-
 def test_run_directory_resolves_to_the_highest_version_with_a_last_ckpt(write_run):
     write_run(2)
     newest = write_run(10)
@@ -101,17 +92,74 @@ def test_resolution_logs_the_file_epoch_step_and_best_metric(write_run, lightnin
     ) in lightning_log.text
 
 
-def test_unfinished_run_warns_with_its_epochs(write_run):
+def test_unfinished_last_checkpoint_file_warns_with_its_epochs(write_run):
     path = write_run(0, epoch=11, max_epochs=40)
-    with pytest.warns(UserWarning, match="unfinished run: 12 of 40 epochs done, global step 120"):
-        resolve_checkpoint(str(path.parents[3]))
+    with pytest.warns(UserWarning, match="unfinished run: 12 of 40 epochs, global step 120"):
+        assert resolve_checkpoint(str(path)) == str(path)
 
 
-def test_interrupted_last_checkpoint_warns(write_run):
-    interrupted = {"signal": "SIGTERM", "epoch": 39, "batch": 3, "global_step": 390}
-    path = write_run(0, epoch=39, max_epochs=40, interrupted=interrupted)
-    with pytest.warns(UserWarning, match="interrupted by SIGTERM, 39 of 40 epochs done"):
-        resolve_checkpoint(str(path.parents[3]))
+def test_directory_without_a_finished_run_takes_the_newest_with_a_warning(write_run):
+    write_run(0, epoch=39, max_epochs=40, interrupted={"signal": "SIGTERM"})
+    newest = write_run(1, epoch=11, max_epochs=40)
+    with pytest.warns(UserWarning) as caught:
+        assert resolve_checkpoint(str(newest.parents[3])) == str(newest)
+    message = str(caught[0].message)
+    assert "has no finished run; taking the newest, version_1 (12 of 40 epochs" in message
+    assert (
+        "Runs: version_0 (interrupted by SIGTERM, 39 of 40 epochs, global step 400, "
+        "unfinished); version_1 (12 of 40 epochs, global step 120, unfinished)"
+    ) in message
+    assert f"Finish it with --ckpt_path {newest}" in message
+
+
+def test_directory_takes_its_newest_finished_run_and_logs_the_candidates(
+    write_run, tmp_path, lightning_log
+):
+    finished = write_run(0, epoch=39, max_epochs=40)
+    write_run(1, epoch=5, interrupted={"signal": "SIGTERM"})  # a resume, interrupted
+    write_run(2, epoch=11, max_epochs=40)  # still training, or stopped early
+    write_run(3).write_bytes(b"PK\x03\x04 cut short")  # a write the disk did not finish
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the longest run is taken: nothing to warn about
+        assert resolve_checkpoint(str(tmp_path / "run")) == str(finished)
+    assert (
+        f"run directory {tmp_path / 'run'}: taking its newest finished run, version_0. Runs: "
+        "version_0 (40 of 40 epochs, global step 400, finished); version_1 (interrupted by "
+        "SIGTERM, 5 of 40 epochs, global step 60, unfinished); version_2 (12 of 40 epochs, "
+        "global step 120, unfinished); version_3 (unreadable last.ckpt)."
+    ) in lightning_log.text
+
+
+def test_a_much_shorter_newest_finished_run_is_taken_with_a_warning(write_run, tmp_path):
+    real = write_run(0, epoch=39, max_epochs=40)
+    smoke = write_run(1, epoch=0, max_epochs=1)  # a 1-epoch smoke run added later
+    with pytest.warns(UserWarning) as caught:
+        assert resolve_checkpoint(str(tmp_path / "run")) == str(smoke)
+    message = str(caught[0].message)
+    assert (
+        "taking its newest finished run, version_1 (1 of 1 epochs, global step 10), although "
+        "version_0 trained far longer (40 of 40 epochs, global step 400)"
+    ) in message
+    assert f"give its file instead of the directory: {real}" in message
+
+
+def test_max_steps_and_lightnings_default_length_decide_what_is_finished(
+    write_run, tmp_path, lightning_log
+):
+    by_steps = write_run(0, epoch=9, max_epochs=None, max_steps=100, global_step=100)
+    write_run(1, epoch=5, max_epochs=None, max_steps=100, global_step=60)
+    write_run(2, epoch=4, max_epochs=None)  # no limit given: Lightning stops at 1000 epochs
+    assert resolve_checkpoint(str(tmp_path / "run")) == str(by_steps)
+    assert (
+        "version_0 (10 epochs, global step 100 of 100, finished); version_1 (6 epochs, global "
+        "step 60 of 100, unfinished); version_2 (5 of 1000 epochs, global step 50, unfinished)"
+    ) in lightning_log.text
+
+
+def test_run_without_a_recorded_plan_is_finished_unless_interrupted(write_run, tmp_path):
+    plain = write_run(0, epoch=2, config=False)  # e.g. a Trainer built in Python
+    write_run(1, epoch=3, config=False, interrupted={"signal": "SIGINT"})
+    assert resolve_checkpoint(str(tmp_path / "run")) == str(plain)
 
 
 def test_finished_run_does_not_warn(write_run):
