@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torchvision.utils import make_grid
 
+from distill.checkpoint_io import use_atomic_checkpoint_io
 from distill.eval.features import eval_mode, extract_features, resolve_submodule
 
 
@@ -81,6 +82,7 @@ class MethodCheckpoint(ModelCheckpoint):
         if self.monitor == "auto":
             self.monitor = getattr(pl_module, "monitor", None)
         super().setup(trainer, pl_module, stage)
+        use_atomic_checkpoint_io(trainer.strategy)  # no truncated checkpoint under a valid name
         self._sigint = None
         if stage == "fit" and threading.current_thread() is threading.main_thread():
             self._previous_sigint = signal.getsignal(signal.SIGINT)

@@ -32,7 +32,7 @@ import distill.methods  # noqa: F401  (registers the methods for short class nam
 from distill.callbacks import MethodCheckpoint, RunHParams, ViewGrid
 from distill.commands import COMMANDS, add_command_arguments, provided_arguments
 from distill.data.base import ViewDataModule
-from distill.errors import ConfigError, NonFiniteLossError
+from distill.errors import ConfigError, NonFiniteLossError, OutputError
 from distill.methods.base import Method
 
 
@@ -133,10 +133,10 @@ COMMAND_TRAINER = {
 
 
 def _find_user_error(error: BaseException | None) -> Exception | None:
-    """The ConfigError (or NonFiniteLossError) behind ``error``, which may be wrapped."""
+    """The ConfigError, NonFiniteLossError or OutputError behind ``error``, which may be wrapped."""
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, ConfigError | NonFiniteLossError):
+        if isinstance(error, ConfigError | NonFiniteLossError | OutputError):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
@@ -178,9 +178,13 @@ def build_cli(args: list[str] | None = None, **kwargs) -> DistillCLI:
     )
 
 
-#: Exit codes: 2 a configuration mistake, 1 a non-finite loss, 128 + signal number after a
-#: SIGTERM (143: schedulers requeue) or SIGINT (130) that wrote an interrupted checkpoint.
-EXIT_CONFIG, EXIT_NONFINITE, EXIT_SIGTERM, EXIT_SIGINT = 2, 1, 143, 130
+#: Exit codes: 2 a configuration mistake, 1 a non-finite loss, 74 a file that could not be
+#: written (disk full, read-only: sysexits' EX_IOERR), 128 + signal number after a SIGTERM
+#: (143: schedulers requeue) or SIGINT (130) that wrote an interrupted checkpoint.
+EXIT_CONFIG, EXIT_NONFINITE, EXIT_WRITE, EXIT_SIGTERM, EXIT_SIGINT = 2, 1, 74, 143, 130
+
+#: Exit code by the kind of error ``main`` prints.
+EXIT_CODES = {ConfigError: EXIT_CONFIG, NonFiniteLossError: EXIT_NONFINITE, OutputError: EXIT_WRITE}
 
 
 def main(args: list[str] | None = None) -> None:
@@ -200,5 +204,5 @@ def main(args: list[str] | None = None) -> None:
         if user_error is None:
             raise
         print(f"distill: error: {user_error}", file=sys.stderr)
-        code = EXIT_CONFIG if isinstance(user_error, ConfigError) else EXIT_NONFINITE
+        code = next(code for kind, code in EXIT_CODES.items() if isinstance(user_error, kind))
         raise SystemExit(code) from None
