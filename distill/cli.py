@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import sys
 import warnings
-from pathlib import Path
 
 import docstring_parser
-import torch
 from jsonargparse import Namespace, class_from_function
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -31,6 +29,12 @@ import distill.eval  # noqa: F401  (registers the callbacks for short class name
 import distill.methods  # noqa: F401  (registers the methods for short class names)
 from distill.callbacks import MethodCheckpoint, RunHParams, ViewGrid
 from distill.commands import COMMANDS, add_command_arguments, provided_arguments
+from distill.commands.checkpoint import (
+    check_restorable,
+    lightning_resolves,
+    read_checkpoint,
+    weights_must_fit,
+)
 from distill.data.base import ViewDataModule
 from distill.errors import ConfigError, NonFiniteLossError, OutputError
 from distill.methods.base import Method
@@ -67,7 +71,8 @@ class DistillCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         command = COMMANDS.get(subcommand)
         if command is None:
-            return super()._run_subcommand(subcommand)
+            with weights_must_fit(self.trainer, self.model):  # one message, not torch's keys
+                return super()._run_subcommand(subcommand)
         options = self._prepare_subcommand_kwargs(subcommand)  # with model and datamodule
         config = self.config[subcommand].clone().as_dict()
         command(**provided_arguments(command, trainer=self.trainer, config=config), **options)
@@ -77,7 +82,14 @@ class DistillCLI(LightningCLI):
         parser.add_lightning_class_args(ViewGrid, "view_grid")
 
     def _parse_ckpt_path(self) -> None:
-        """Checks a ``--ckpt_path`` against the configured model instead of obeying it.
+        """Checks a ``--ckpt_path`` and compares it with the configured model instead of obeying it.
+
+        Before anything is built or written (no log folder yet), the file must be one the
+        subcommand can use: present, a file (a folder gets the ``last.ckpt`` inside
+        suggested), readable to the end, and for fit, validate and test a Lightning
+        checkpoint (``read_checkpoint`` and ``check_restorable`` of
+        ``distill.commands.checkpoint``). Lightning's own values (``last``, ``best``, ``hpc``,
+        ``registry``, URLs) are left to Lightning.
 
         LightningCLI replaces the configured model (class and arguments) with the
         checkpoint's, so a Supervised config resumed from a KD checkpoint silently trains KD
@@ -87,17 +99,22 @@ class DistillCLI(LightningCLI):
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        model = self.config[subcommand].get("model") if ckpt_path else None
-        if not ckpt_path or not Path(ckpt_path).is_file() or model is None:
+        if not ckpt_path or lightning_resolves(ckpt_path):
             return super()._parse_ckpt_path()
-        saved = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-        hparams = dict(saved.get("hyper_parameters", {}))
+        saved = read_checkpoint(ckpt_path)
+        model = self.config[subcommand].get("model")
+        hparams = dict(saved.get("hyper_parameters") or {}) if isinstance(saved, dict) else {}
         saved_class = hparams.pop("_class_path", None)
-        if saved_class and saved_class != model.class_path:
+        if model is not None and saved_class and saved_class != model.class_path:
             raise ConfigError(
                 f"--ckpt_path {ckpt_path} is a checkpoint of {saved_class}, but the configured "
                 f"model is {model.class_path}; resume it with that method's config"
             )
+        check_restorable(saved, ckpt_path, subcommand)
+        if not isinstance(saved, dict):
+            return  # eval and export say what the file holds instead
+        if model is None:
+            return super()._parse_ckpt_path()
         configured = (model.get("init_args") or Namespace()).clone().as_dict()
         changed = [
             f"{key}: {hparams[key]!r} -> {configured[key]!r}"
