@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 from torchvision.utils import make_grid
 
+from distill.checkpoint_io import use_atomic_checkpoint_io
 from distill.errors import ConfigError
 from distill.eval.features import eval_mode, extract_features, resolve_submodule
 from distill.resume import resume_report, run_settings
@@ -152,6 +153,7 @@ class MethodCheckpoint(ModelCheckpoint):
         if self.monitor == "auto":
             self.monitor = getattr(pl_module, "monitor", None)
         super().setup(trainer, pl_module, stage)
+        use_atomic_checkpoint_io(trainer.strategy)  # no truncated checkpoint under a valid name
         self._sigint = None
         if stage == "fit" and threading.current_thread() is threading.main_thread():
             self._previous_sigint = signal.getsignal(signal.SIGINT)

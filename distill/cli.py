@@ -17,14 +17,13 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
+import os
 import re
 import sys
 import warnings
-from pathlib import Path
 from typing import NoReturn
 
 import docstring_parser
-import torch
 from jsonargparse import ArgumentParser, Namespace, class_from_function
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -36,8 +35,14 @@ import distill.eval  # noqa: F401  (registers the callbacks for short class name
 import distill.methods  # noqa: F401  (registers the methods for short class names)
 from distill.callbacks import CountedModelSummary, MethodCheckpoint, RunHParams, ViewGrid
 from distill.commands import COMMANDS, add_command_arguments, provided_arguments
+from distill.commands.checkpoint import (
+    check_restorable,
+    lightning_resolves,
+    read_checkpoint,
+    weights_must_fit,
+)
 from distill.data.base import ViewDataModule
-from distill.errors import ConfigError, NonFiniteLossError
+from distill.errors import ConfigError, NonFiniteLossError, OutputError
 from distill.methods.base import Method
 
 
@@ -147,7 +152,8 @@ class DistillCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         command = COMMANDS.get(subcommand)
         if command is None:
-            return super()._run_subcommand(subcommand)
+            with weights_must_fit(self.trainer, self.model):  # one message, not torch's keys
+                return super()._run_subcommand(subcommand)
         options = self._prepare_subcommand_kwargs(subcommand)  # with model and datamodule
         config = self.config[subcommand].clone().as_dict()
         command(**provided_arguments(command, trainer=self.trainer, config=config), **options)
@@ -157,7 +163,14 @@ class DistillCLI(LightningCLI):
         parser.add_lightning_class_args(ViewGrid, "view_grid")
 
     def _parse_ckpt_path(self) -> None:
-        """Checks a ``--ckpt_path`` against the configured model instead of obeying it.
+        """Checks a ``--ckpt_path`` and compares it with the configured model instead of obeying it.
+
+        Before anything is built or written (no log folder yet), the file must be one the
+        subcommand can use: present, a file (a folder gets the ``last.ckpt`` inside
+        suggested), readable to the end, and for fit, validate and test a Lightning
+        checkpoint (``read_checkpoint`` and ``check_restorable`` of
+        ``distill.commands.checkpoint``). Lightning's own values (``last``, ``best``, ``hpc``,
+        ``registry``, URLs) are left to Lightning.
 
         LightningCLI replaces the configured model (class and arguments) with the
         checkpoint's, so a Supervised config resumed from a KD checkpoint silently trains KD
@@ -167,20 +180,26 @@ class DistillCLI(LightningCLI):
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        model = self.config[subcommand].get("model") if ckpt_path else None
-        if not ckpt_path or not Path(ckpt_path).is_file() or model is None:
+        if not ckpt_path or lightning_resolves(ckpt_path):
             return super()._parse_ckpt_path()
-        saved = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-        hparams = dict(saved.get("hyper_parameters", {}))
+        saved = read_checkpoint(ckpt_path)
+        model = self.config[subcommand].get("model")
+        hparams = dict(saved.get("hyper_parameters") or {}) if isinstance(saved, dict) else {}
         saved_class = hparams.pop("_class_path", None)
-        if saved_class and saved_class != model.class_path:
+        if model is not None and saved_class and saved_class != model.class_path:
             raise ConfigError(
                 f"--ckpt_path {ckpt_path} is a checkpoint of {saved_class}, but the configured "
                 f"model is {model.class_path}; resume it with that method's config"
             )
+        check_restorable(saved, ckpt_path, subcommand)
+        if not isinstance(saved, dict):
+            return  # eval and export say what the file holds instead
+        if model is None:
+            return super()._parse_ckpt_path()
         configured = (model.get("init_args") or Namespace()).clone().as_dict()
         changed = [
             f"{key}: {hparams[key]!r} -> {configured[key]!r}"
+            + (TEACHER_NOT_READ if key == "teacher_checkpoint" else "")
             for key in sorted(hparams)
             if not key.startswith("_") and key in configured and hparams[key] != configured[key]
         ]
@@ -188,6 +207,21 @@ class DistillCLI(LightningCLI):
             rank_zero_warn(
                 f"model arguments differ from the checkpoint's ({ckpt_path}); the configured "
                 f"values apply: {'; '.join(changed)}"
+            )
+
+    def before_instantiate_classes(self) -> None:
+        """A fresh fit reads ``model.init_args.teacher_checkpoint`` when it starts (a resumed
+        one takes the teacher in its checkpoint): a path that does not exist is refused now,
+        before the run's log folder is made."""
+        config = self.config.get(self.subcommand) if self.subcommand == "fit" else None
+        if config is None or config.get("ckpt_path") or config.get("model") is None:
+            return
+        teacher = (config.model.get("init_args") or Namespace()).get("teacher_checkpoint")
+        if isinstance(teacher, str) and teacher and not os.path.exists(teacher):
+            raise ConfigError(
+                f"model.init_args.teacher_checkpoint: {teacher!r} does not exist (working "
+                f"directory {os.getcwd()!r}): give the teacher's run directory (its "
+                "trainer.default_root_dir), a checkpoint file or a state-dict file."
             )
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]):
@@ -207,6 +241,9 @@ class DistillCLI(LightningCLI):
         return trainer
 
 
+#: Said of a changed ``teacher_checkpoint`` on resume: the checkpoint's teacher is used.
+TEACHER_NOT_READ = " (not read: the teacher is the one in the checkpoint)"
+
 #: Trainer settings under ``eval`` and ``export``, over the config's.
 COMMAND_TRAINER = {
     "logger": False,
@@ -217,10 +254,10 @@ COMMAND_TRAINER = {
 
 
 def _find_user_error(error: BaseException | None) -> Exception | None:
-    """The ConfigError (or NonFiniteLossError) behind ``error``, which may be wrapped."""
+    """The ConfigError, NonFiniteLossError or OutputError behind ``error``, which may be wrapped."""
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, ConfigError | NonFiniteLossError):
+        if isinstance(error, ConfigError | NonFiniteLossError | OutputError):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
@@ -278,9 +315,13 @@ def build_cli(args: list[str] | None = None, **kwargs) -> DistillCLI:
     )
 
 
-#: Exit codes: 2 a configuration mistake, 1 a non-finite loss, 128 + signal number after a
-#: SIGTERM (143: schedulers requeue) or SIGINT (130) that wrote an interrupted checkpoint.
-EXIT_CONFIG, EXIT_NONFINITE, EXIT_SIGTERM, EXIT_SIGINT = 2, 1, 143, 130
+#: Exit codes: 2 a configuration mistake, 1 a non-finite loss, 74 a file that could not be
+#: written (disk full, read-only: sysexits' EX_IOERR), 128 + signal number after a SIGTERM
+#: (143: schedulers requeue) or SIGINT (130) that wrote an interrupted checkpoint.
+EXIT_CONFIG, EXIT_NONFINITE, EXIT_WRITE, EXIT_SIGTERM, EXIT_SIGINT = 2, 1, 74, 143, 130
+
+#: Exit code by the kind of error ``main`` prints.
+EXIT_CODES = {ConfigError: EXIT_CONFIG, NonFiniteLossError: EXIT_NONFINITE, OutputError: EXIT_WRITE}
 
 
 def main(args: list[str] | None = None) -> None:
@@ -300,5 +341,5 @@ def main(args: list[str] | None = None) -> None:
         if user_error is None:
             raise
         print(f"distill: error: {user_error}", file=sys.stderr)
-        code = EXIT_CONFIG if isinstance(user_error, ConfigError) else EXIT_NONFINITE
+        code = next(code for kind, code in EXIT_CODES.items() if isinstance(user_error, kind))
         raise SystemExit(code) from None

@@ -1,4 +1,4 @@
-"""The one exception type for user mistakes, so the CLI can print it without a traceback."""
+"""The exception types for what a user can act on, so the CLI can print them without a traceback."""
 
 
 class ConfigError(ValueError):
@@ -7,3 +7,8 @@ class ConfigError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite; the message names the term, step and likely causes."""
+
+
+class OutputError(RuntimeError):
+    """A file could not be written (disk full, read-only folder, no permission): the message
+    names the file, the cause and what was kept."""

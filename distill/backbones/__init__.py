@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from distill.checkpoint_io import load_torch_file
 from distill.errors import ConfigError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -108,26 +109,54 @@ def load_pretrained(path: str) -> nn.Module:
         The backbone, in eval mode.
 
     Raises:
-        ConfigError: A missing or unreadable file, or weights that do not fit the backbone.
+        ConfigError: A missing, unreadable or malformed file (the message names it and the
+            fault), or weights that do not fit the backbone.
     """
     sidecar = Path(path).with_suffix(".json")
     for file in (Path(path), sidecar):
         if not file.is_file():
-            raise ConfigError(f"{file} does not exist (distill export writes both files)")
-    info = json.loads(sidecar.read_text())
-    backbone = create_backbone(info["backbone"], **info.get("kwargs", {}))
+            kind = "is a folder, not a file" if file.is_dir() else "does not exist"
+            raise ConfigError(f"{file} {kind} (distill export writes both files)")
+    info = _read_sidecar(sidecar)
+    backbone = create_backbone(info["backbone"], **info["kwargs"])
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ConfigError(f"cannot read weights from {path}: {error}") from error
+        state = load_torch_file(path)
+    except ConfigError as error:
+        raise ConfigError(f"cannot read weights: {error}") from error
+    if not isinstance(state, dict) or "state_dict" in state:
+        what = "a Lightning checkpoint" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise ConfigError(
+            f"{path} holds {what}, not a backbone's state dict; write one with distill export"
+        )
     try:
         backbone.load_state_dict(state)
     except RuntimeError as error:
         raise ConfigError(
             f"the weights in {path} do not fit backbone {info['backbone']!r} with "
-            f"{info.get('kwargs', {})}: {error}"
+            f"{info['kwargs']}: {error}"
         ) from error
     return backbone.eval()
+
+
+def _read_sidecar(sidecar: Path) -> dict:
+    """The sidecar's content, checked to name a backbone (a string) and its kwargs (a dict).
+
+    Raises:
+        ConfigError: Unreadable, not JSON, or without those entries.
+    """
+    fix = "write the pair again with distill export"
+    try:
+        info = json.loads(sidecar.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read {sidecar}: {error.strerror or error}") from error
+    except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8
+        raise ConfigError(f"{sidecar} is not valid JSON ({error}); {fix}") from error
+    if not isinstance(info, dict) or not isinstance(info.get("backbone"), str):
+        raise ConfigError(f'{sidecar} names no backbone (a "backbone": "name" entry); {fix}')
+    info.setdefault("kwargs", {})
+    if not isinstance(info["kwargs"], dict):
+        raise ConfigError(f'{sidecar}: "kwargs" is {info["kwargs"]!r}, not an object; {fix}')
+    return info
 
 
 # Importing the modules registers their backbones.

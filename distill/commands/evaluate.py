@@ -8,24 +8,54 @@
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
+from torch import nn
 
-from distill.commands.checkpoint import checkpoint_file, weights_must_fit
+from distill.backbones import to_channels_last
+from distill.checkpoint_io import write_atomically
+from distill.commands.checkpoint import (
+    backbone_state,
+    check_outputs,
+    checkpoint_file,
+    submodule_backbone,
+)
 from distill.data.base import ViewDataModule
-from distill.errors import ConfigError
+from distill.errors import ConfigError, OutputError
 from distill.eval.features import FeatureCache, resolve_submodule
 from distill.eval.knn import knn_accuracies
 from distill.eval.linear import fit_linear_classifier
 from distill.eval.metrics import top_k_accuracies
+from distill.modules.weights import load_state_strict
 
 #: Learning rate of each linear-probe optimiser when ``--linear_lr`` is not given.
 DEFAULT_LINEAR_LR = {"sgd": 0.1, "lbfgs": 1.0, "adam": 0.01}
+
+
+class BackboneOnly(L.LightningModule):
+    """What ``distill eval`` runs through the trainer: one backbone, as ``network.backbone``.
+
+    Not the method: its heads never see the data and its setup checks (``num_classes``,
+    view recipe) do not apply, so a backbone is probed on data with any number of classes.
+    ``FeatureCache("network")`` extracts its features at the end of validation.
+    """
+
+    def __init__(self, backbone: nn.Module, channels_last: bool = False) -> None:
+        super().__init__()
+        self.network = nn.Module()
+        self.network.backbone = backbone
+        self.channels_last = channels_last
+
+    def configure_model(self) -> None:
+        if self.channels_last:  # as the method ran it (the same kernels, the same features)
+            to_channels_last(self)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        return None  # the features are FeatureCache's, from its own loaders
 
 
 def evaluate(
@@ -43,15 +73,18 @@ def evaluate(
     linear_weight_decay: float = 0.0,
     linear_batch_size: int = 256,
     output: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """k-NN and linear probe of a checkpoint's backbone on frozen, un-augmented features.
 
-    The model and the data come from the config, as for ``fit``; the checkpoint's weights
-    are restored strictly by Lightning's ``validate`` (one val batch), whose end extracts
-    the backbone features of the un-augmented train and val splits once (eval mode, the
-    trainer's devices and precision). The k-NN is ``KNNEval``'s; the linear probe is fitted
-    on the cached train features and scored on val. Writes the results as JSON and prints
-    a table.
+    The backbone is the one the config's model names, with the checkpoint's
+    ``{submodule}.backbone.*`` weights loaded strictly; the data comes from the config. Only
+    the backbone runs (the trainer's devices and precision, eval mode) over the un-augmented
+    train and val splits, so the method's own head and number of classes play no part: the
+    probes are fitted on the data's classes, however many. The k-NN is ``KNNEval``'s; the
+    linear probe is fitted on the train features and scored on val. Prints a table, then
+    writes the results as JSON; if that write fails, the JSON goes to stdout and the exit
+    code is 74.
 
     Args:
         ckpt_path: Checkpoint to evaluate.
@@ -64,21 +97,25 @@ def evaluate(
         linear_weight_decay: Weight decay of the linear probe (lbfgs: L2 penalty on weights).
         linear_batch_size: Mini-batch size of the linear probe (sgd, adam).
         output: Results file (default: <ckpt_path>.<submodule>.eval.json).
+        overwrite: Replace an existing results file at the output path (never a checkpoint).
 
     Returns:
-        The results that were written.
+        The results.
     """
-    checkpoint_file(ckpt_path)
+    path = checkpoint_file(ckpt_path)
     resolve_submodule(model, submodule)
+    backbone = submodule_backbone(model, submodule)
     if not knn_k or min(knn_k) < 1:
         raise ConfigError(f"--knn_k {list(knn_k)}: give one or more positive integers")
-    cache = FeatureCache(submodule)
+    results_path = Path(output or f"{ckpt_path}.{submodule}.eval.json")
+    check_outputs([results_path], str(path), overwrite)  # before minutes of work, not after
+    state = backbone_state(ckpt_path, submodule)
+    load_state_strict(backbone, state, f"{ckpt_path} ({submodule}.backbone.*)")
+    cache = FeatureCache("network")
     trainer.callbacks.append(cache)
     trainer.limit_val_batches = 1  # the cache reads the splits through its own loaders
-    with weights_must_fit(ckpt_path), warnings.catch_warnings():
-        # The run's callbacks are left out on purpose: their states are not needed here.
-        warnings.filterwarnings("ignore", "Be aware that when using `ckpt_path`, callbacks")
-        trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    probed = BackboneOnly(backbone, getattr(model, "channels_last", False))
+    trainer.validate(probed, datamodule=datamodule, verbose=False)
     # Made under the validation loop's inference mode: clones are ordinary tensors.
     train_x, train_y = (t.clone() for t in cache.train)
     val_x, val_y = (t.clone() for t in cache.val)
@@ -111,10 +148,27 @@ def evaluate(
         },
     }  # fmt: skip
     if trainer.is_global_zero:
-        path = Path(output or f"{ckpt_path}.{submodule}.eval.json")
-        path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        print(results_table(results) + f"\nwrote {path}")
+        write_results(results, results_path)
     return results
+
+
+def write_results(results: dict[str, Any], path: Path) -> None:
+    """Prints the table, then writes the JSON; a failed write loses nothing computed.
+
+    Raises:
+        OutputError: The file could not be written; the JSON was printed to stdout first.
+    """
+    print(results_table(results), flush=True)
+    text = json.dumps(results, indent=2, default=str) + "\n"
+    try:
+        write_atomically({path: lambda file: file.write(text.encode())}, "results")
+    except OutputError as error:
+        print(text, end="", flush=True)
+        raise OutputError(
+            f"{error}; the results are printed above (table and JSON on stdout). Save them "
+            "with another --output"
+        ) from error
+    print(f"wrote {path}")
 
 
 def results_table(results: dict[str, Any]) -> str:

@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from torch import nn
 
 from distill.backbones import create_backbone
-from distill.commands.checkpoint import checkpoint_file
+from distill.checkpoint_io import torch_save, write_atomically
+from distill.commands.checkpoint import backbone_state, check_outputs, checkpoint_file
 from distill.data.base import ViewDataModule
 from distill.errors import ConfigError
 from distill.eval.features import resolve_submodule
-from distill.modules.weights import load_state_strict, read_state_dict, sub_state_dict
+from distill.modules.weights import load_state_strict
 
 
 def backbone_spec(model: L.LightningModule, submodule: str) -> tuple[str, dict[str, Any]]:
@@ -51,6 +51,7 @@ def export(
     ckpt_path: str,
     submodule: str = "student",
     output: str | None = None,
+    overwrite: bool = False,
 ) -> tuple[Path, Path]:
     """Writes a checkpoint's backbone as a state dict, with a JSON sidecar to rebuild it.
 
@@ -59,13 +60,17 @@ def export(
     (for ``resnet18`` and ``resnet50``, torchvision's, without ``fc``); they are loaded
     strictly into the backbone the model's config names before anything is written. The
     sidecar holds the backbone name, its keyword arguments, ``num_features`` and the
-    normalisation the DataModule applied (mean, std, image size, eval resize).
+    normalisation the DataModule applied (mean, std, image size, eval resize). Both files
+    are written beside each other and renamed into place together: a failed write (read-only
+    folder, disk full) leaves nothing new and exits with code 74.
 
     Args:
         ckpt_path: Checkpoint to read.
         submodule: Network whose backbone is exported (student, teacher).
         output: Weights file (default: <checkpoint stem>.<submodule>-backbone.pt beside the
-            checkpoint); the sidecar is the same path with .json.
+            checkpoint); the sidecar is the same path with .json, so the weights file may
+            not end in .json.
+        overwrite: Replace an earlier export at the output paths (never a checkpoint).
 
     Returns:
         The weights and sidecar paths.
@@ -74,15 +79,18 @@ def export(
     module = resolve_submodule(model, submodule)
     if not isinstance(getattr(module, "backbone", None), nn.Module):
         raise ConfigError(f"{type(model).__name__}.{submodule} has no backbone to export")
-    name, kwargs = backbone_spec(model, submodule)
-    prefix = f"{submodule}.backbone."
-    state = sub_state_dict(read_state_dict(str(path)), prefix)
-    if not state:
-        raise ConfigError(f"{ckpt_path} holds no {prefix}* weights to export")
-    backbone = create_backbone(name, **kwargs)
-    load_state_strict(backbone, state, f"{ckpt_path} ({prefix}*)")
     weights = Path(output) if output else path.with_name(f"{path.stem}.{submodule}-backbone.pt")
     sidecar = weights.with_suffix(".json")
+    if weights.suffix.lower() == ".json":
+        raise ConfigError(
+            f"--output {output} ends in .json, the sidecar's suffix: the weights and the "
+            f"sidecar would be one file; name the weights e.g. {weights.with_suffix('.pt')}"
+        )
+    check_outputs([weights, sidecar], ckpt_path, overwrite)
+    name, kwargs = backbone_spec(model, submodule)
+    state = backbone_state(ckpt_path, submodule)
+    backbone = create_backbone(name, **kwargs)
+    load_state_strict(backbone, state, f"{ckpt_path} ({submodule}.backbone.*)")
     info = {
         "backbone": name,
         "kwargs": kwargs,
@@ -96,7 +104,15 @@ def export(
         "model": config.get("model", {}).get("class_path", type(model).__name__),
     }
     # Plain (contiguous) tensors: channels_last training leaves NHWC-strided conv weights.
-    torch.save({k: v.contiguous() for k, v in backbone.state_dict().items()}, weights)
-    sidecar.write_text(json.dumps(info, indent=2) + "\n")
+    tensors = {k: v.contiguous() for k, v in backbone.state_dict().items()}
+    sidecar_text = (json.dumps(info, indent=2) + "\n").encode()
+    write_atomically(
+        {
+            weights: lambda file: torch_save(tensors, file),
+            sidecar: lambda file: file.write(sidecar_text),
+        },
+        "export",
+        "; nothing was exported. Choose another --output",
+    )
     print(f"wrote {weights} ({name}, {len(state)} tensors) and {sidecar}")
     return weights, sidecar

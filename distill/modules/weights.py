@@ -11,6 +11,7 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from distill.checkpoint_io import load_torch_file
 from distill.errors import ConfigError
 
 
@@ -29,10 +30,13 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     Raises:
         ConfigError: The file is missing, unreadable or holds neither.
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ConfigError(f"weights file {path!r} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_file(path)  # one message for a folder, a truncated or corrupt file
+    except ConfigError as error:
+        raise ConfigError(f"cannot read weights: {error}") from error
+    try:
         return _extract_state_dict(obj)
     except Exception as error:
         raise ConfigError(f"cannot read weights from {path!r}: {error}") from error

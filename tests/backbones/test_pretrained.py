@@ -50,3 +50,36 @@ def test_weights_of_another_backbone_are_refused(tmp_path):
     (tmp_path / "backbone.json").write_text(json.dumps({"backbone": "resnet14", "kwargs": {}}))
     with pytest.raises(ConfigError, match="(?s)do not fit backbone 'resnet14'.*Missing key"):
         load_pretrained(path)
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "message"),
+    [
+        ('{"backbone": "resnet8",', "backbone.json is not valid JSON (Expecting"),
+        ('["resnet8"]', 'backbone.json names no backbone (a "backbone": "name" entry)'),
+        ('{"backbone": "resnet8", "kwargs": [1]}', 'backbone.json: "kwargs" is [1], not an object'),
+    ],
+)
+def test_malformed_sidecar_is_named_with_its_fault(tmp_path, sidecar, message):
+    _, path = write_export(tmp_path, "resnet8", {})
+    (tmp_path / "backbone.json").write_text(sidecar)
+    with pytest.raises(ConfigError) as error:
+        load_pretrained(path)
+    assert message in str(error.value)
+    assert str(error.value).endswith("; write the pair again with distill export")
+
+
+def test_truncated_weights_are_named(tmp_path):
+    _, path = write_export(tmp_path, "resnet8", {})
+    whole = (tmp_path / "backbone.pt").read_bytes()
+    (tmp_path / "backbone.pt").write_bytes(whole[:1000])
+    with pytest.raises(ConfigError, match=r"^cannot read weights: .*backbone.pt is truncated"):
+        load_pretrained(path)
+
+
+def test_a_checkpoint_instead_of_an_export_is_named(tmp_path):
+    _, path = write_export(tmp_path, "resnet8", {})
+    state = torch.load(path, weights_only=True)
+    torch.save({"state_dict": state, "epoch": 0, "pytorch-lightning_version": "2.6.0"}, path)
+    with pytest.raises(ConfigError, match="holds a Lightning checkpoint, not a backbone's state"):
+        load_pretrained(path)

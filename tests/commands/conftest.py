@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
+import os
 import shutil
 from pathlib import Path
 
@@ -118,3 +122,40 @@ def digits_features(backbone: torch.nn.Module, split: str) -> tuple[torch.Tensor
 def split_features():
     """``split_features(backbone, "train" | "val")``: digits features computed directly."""
     return digits_features
+
+
+@pytest.fixture
+def read_only_folder(tmp_path, monkeypatch):
+    """A folder in which no file can be created: mode 0o555, and where the user ignores modes
+    (root), creating a file there fails with EROFS as on a read-only mount."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    probe = folder / "probe"
+    try:
+        probe.touch()
+    except PermissionError:
+        pass  # the mode holds
+    else:
+        probe.unlink()
+        real_os_open, real_open = os.open, builtins.open
+
+        def refuse(path) -> None:
+            if Path(path).resolve().parent == folder.resolve():
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+        def os_open(path, flags, *args, **kwargs):
+            if flags & os.O_CREAT:
+                refuse(path)
+            return real_os_open(path, flags, *args, **kwargs)
+
+        def open_(file, mode="r", *args, **kwargs):
+            if isinstance(file, str | os.PathLike) and set(mode) & set("wax+"):
+                refuse(file)
+            return real_open(file, mode, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", os_open)
+        monkeypatch.setattr(builtins, "open", open_)
+        monkeypatch.setattr(io, "open", open_)
+    yield folder
+    folder.chmod(0o755)

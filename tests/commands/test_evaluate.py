@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from distill.cli import build_cli
+from distill.data import ImageFolderDataModule
 from distill.eval import fit_linear_classifier, knn_accuracies
 from distill.methods import DINO, Supervised
 
@@ -121,7 +122,10 @@ def test_kd_teacher_is_evaluated_from_the_students_checkpoint_after_its_run_is_g
         (["--ckpt_path", "missing.ckpt"], "missing.ckpt: no such checkpoint file"),
         (["--submodule", "teacher"], "has no submodule 'teacher'; available: student"),
         (["--knn_k", "0"], "--knn_k [0]: give one or more positive integers"),
-        (["--model.init_args.backbone", "resnet14"], "do not fit the configured model"),
+        (
+            ["--model.init_args.backbone", "resnet14"],
+            "(student.backbone.*) do not fit the CifarResNet",
+        ),
     ],
 )
 def test_mistakes_end_in_one_message_and_write_nothing(
@@ -145,3 +149,70 @@ def test_help_lists_the_options(cli):
         "--linear_epochs",
     ):
         assert option in out
+
+
+def test_read_only_output_loses_nothing_computed(supervised_ckpt, read_only_folder, cli):
+    output = read_only_folder / "results.json"
+    args = ["eval", "--config", QUICKSTART, "--ckpt_path", supervised_ckpt, "--output", output]
+    code, out, err = cli(args + ["--linear_epochs", "5"])
+    assert code == 74 and "Traceback" not in err
+    message = err.strip().splitlines()[-1]
+    assert message.startswith(f"distill: error: cannot write results {output}: ")
+    assert "read-only" in message  # EACCES under a 0o555 mode, EROFS on a read-only mount
+    assert message.endswith(
+        "; the results are printed above (table and JSON on stdout). Save them with another "
+        "--output"
+    )
+    table, printed = out.split("\n{", 1)
+    assert "| k-NN, k = 20 |" in table and "| linear, sgd, 5 epochs |" in table
+    results = json.loads("{" + printed)
+    assert results["checkpoint"] == str(supervised_ckpt) and results["linear"]["top1"] > 0
+    assert list(read_only_folder.iterdir()) == []
+
+
+def test_existing_results_are_replaced_only_when_asked(supervised_ckpt, tmp_path, cli):
+    output = tmp_path / "results.json"
+    output.write_text("earlier results\n")
+    args = ["eval", "--config", QUICKSTART, "--ckpt_path", supervised_ckpt, "--output", output]
+    code, out, err = cli(args)
+    assert code == 2 and out == ""  # refused before any work
+    assert f"{output} already exists; pass --overwrite true to replace it" in err
+    assert output.read_text() == "earlier results\n"
+    code, _, err = cli(args + ["--overwrite", "true", "--linear_epochs", "5"])
+    assert code == 0, err
+    assert json.loads(output.read_text())["settings"]["linear_epochs"] == 5
+    code, _, err = cli(args[:-2] + ["--output", supervised_ckpt, "--overwrite", "true"])
+    assert code == 2 and "is the checkpoint being read" in err
+
+
+def test_backbone_of_a_10_class_checkpoint_is_probed_on_3_class_data(
+    supervised_ckpt, png_folder, tmp_path, cli
+):
+    output = tmp_path / "three.json"
+    code, _, err = cli(
+        [
+            "eval", "--config", QUICKSTART, "--ckpt_path", supervised_ckpt,
+            "--data", "distill.data.ImageFolderDataModule",
+            "--data.init_args.data_dir", png_folder, "--data.init_args.image_size", "32",
+            "--knn_k", "5", "--linear_epochs", "30", "--output", output,
+        ]
+    )  # fmt: skip
+    assert code == 0, err
+    results = json.loads(output.read_text())
+    assert results["num_classes"] == 3 and results["train_images"] == 18
+    # Directly: the checkpoint's backbone on the folder's un-augmented splits, 3-class probes.
+    model = Supervised(backbone="resnet8", num_classes=10)
+    model.load_state_dict(torch.load(supervised_ckpt, weights_only=True)["state_dict"])
+    data = ImageFolderDataModule(data_dir=str(png_folder), image_size=32, eval_resize=None)
+    features = {}
+    with torch.no_grad():
+        backbone = model.student.backbone.eval()
+        for split in ("train", "val"):
+            batches = [(backbone(x), y) for x, y, _ in data.eval_dataloader(split)]
+            features[split] = tuple(torch.cat(parts) for parts in zip(*batches, strict=True))
+    (train_x, train_y), (val_x, val_y) = features["train"], features["val"]
+    assert results["knn"]["5"] == knn_accuracies(train_x, train_y, val_x, val_y, 3, [5])[5]
+    classifier = fit_linear_classifier(train_x, train_y, 3, 30, 0.1, optimizer="sgd")
+    with torch.no_grad():
+        correct = int((classifier(val_x).argmax(1) == val_y).sum())
+    assert results["linear"]["top1"] == pytest.approx(correct / len(val_y), abs=1e-6)

@@ -129,3 +129,79 @@ def test_mistakes_end_in_one_message_and_write_nothing(
     code, _, err = cli(args + extra)
     assert code == 2 and message in err and "Traceback" not in err
     assert not weights.exists() and not weights.with_suffix(".json").exists()
+
+
+def export_args(ckpt: Path, *extra) -> list:
+    return ["export", "--config", QUICKSTART, "--ckpt_path", ckpt, *extra]
+
+
+def test_output_that_is_the_checkpoint_is_refused_by_any_path(supervised_ckpt, tmp_path, cli):
+    before = supervised_ckpt.read_bytes()
+    alias = tmp_path / "alias.ckpt"
+    alias.symlink_to(supervised_ckpt)
+    for output in (supervised_ckpt, alias):
+        code, _, err = cli(export_args(supervised_ckpt, "--output", output, "--overwrite", "true"))
+        assert code == 2 and "Traceback" not in err
+        assert (
+            f"--output {output} is the checkpoint being read (--ckpt_path {supervised_ckpt}); "
+            "choose another --output"
+        ) in err
+    assert supervised_ckpt.read_bytes() == before
+
+
+def test_output_that_is_another_checkpoint_is_refused_even_with_overwrite(
+    supervised_ckpt, tmp_path, cli
+):
+    other = tmp_path / "other.pt"  # a Lightning checkpoint, whatever its name
+    other.write_bytes(supervised_ckpt.read_bytes())
+    code, _, err = cli(export_args(supervised_ckpt, "--output", other, "--overwrite", "true"))
+    assert code == 2
+    assert (
+        f"{other} is a checkpoint; distill never writes over one, not even with --overwrite" in err
+    )
+    assert other.read_bytes() == supervised_ckpt.read_bytes()
+
+
+def test_weights_named_like_the_sidecar_are_refused(supervised_ckpt, tmp_path, cli):
+    code, _, err = cli(export_args(supervised_ckpt, "--output", tmp_path / "model.json"))
+    assert code == 2
+    assert (
+        f"--output {tmp_path / 'model.json'} ends in .json, the sidecar's suffix: the weights "
+        f"and the sidecar would be one file; name the weights e.g. {tmp_path / 'model.pt'}"
+    ) in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_earlier_export_is_replaced_only_when_asked(supervised_ckpt, tmp_path, cli):
+    weights = tmp_path / "model.pt"
+    assert cli(export_args(supervised_ckpt, "--output", weights))[0] == 0
+    weights.write_bytes(b"an earlier export")
+    code, _, err = cli(export_args(supervised_ckpt, "--output", weights))
+    assert code == 2
+    assert (
+        f"{weights} already exists; pass --overwrite true to replace it, or choose another --output"
+    ) in err
+    assert weights.read_bytes() == b"an earlier export"
+    code, _, err = cli(export_args(supervised_ckpt, "--output", weights, "--overwrite", "true"))
+    assert code == 0, err
+    assert set(load_pretrained(str(weights)).state_dict()) >= {"conv1.weight"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.pt"]
+
+
+def test_read_only_folder_ends_in_one_message_and_writes_nothing(
+    supervised_ckpt, read_only_folder, cli
+):
+    weights = read_only_folder / "model.pt"
+    code, out, err = cli(export_args(supervised_ckpt, "--output", weights))
+    assert code == 74 and "Traceback" not in err
+    message = err.strip().splitlines()[-1]
+    assert message.startswith(f"distill: error: cannot write export {weights}: ")
+    assert "read-only" in message  # EACCES under a 0o555 mode, EROFS on a read-only mount
+    assert message.endswith("; nothing was exported. Choose another --output")
+    assert list(read_only_folder.iterdir()) == []
+
+
+def test_help_documents_overwrite(cli):
+    code, out, _ = cli(["export", "--help"])
+    assert code == 0
+    assert "--overwrite" in out and "Replace an earlier export" in out

@@ -1,6 +1,7 @@
 import copy
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,3 +166,44 @@ def test_command_line_resume_needs_no_teacher_file(teacher_checkpoint, tmp_path)
     for name, value in torch.load(last, weights_only=True)["state_dict"].items():
         if name.startswith("teacher."):
             assert torch.equal(state["state_dict"][name], value), name
+
+
+def kd_config(tmp_path, teacher) -> Path:
+    config = tmp_path / "kd.yaml"
+    model = {"student_backbone": "resnet8", "teacher_backbone": "resnet14", "num_classes": 10}
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"class_path": "distill.methods.KD",
+                          "init_args": {**model, "teacher_checkpoint": str(teacher)}},
+                "data": {"class_path": "distill.data.DigitsDataModule"},
+                "trainer": {"default_root_dir": str(tmp_path / "run"), "limit_val_batches": 1,
+                            "enable_progress_bar": False},
+            }
+        )
+    )  # fmt: skip
+    return config
+
+
+def test_fresh_cli_fit_with_a_missing_teacher_is_refused_before_any_log_folder(tmp_path, capsys):
+    config = kd_config(tmp_path, tmp_path / "no-such-teacher")
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(config)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        f"distill: error: model.init_args.teacher_checkpoint: '{tmp_path / 'no-such-teacher'}'"
+        " does not exist" in err
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_says_a_changed_teacher_checkpoint_is_not_read(teacher_checkpoint, tmp_path):
+    config = kd_config(tmp_path, teacher_checkpoint)
+    main(["fit", "--config", str(config), "--trainer.max_steps", "1"])
+    last = tmp_path / "run" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    with pytest.warns(UserWarning, match="model arguments differ") as caught:
+        main(["fit", "--config", str(config), "--trainer.max_steps", "2", "--ckpt_path", str(last),
+              "--model.init_args.teacher_checkpoint", str(tmp_path / "elsewhere")])  # fmt: skip
+    (message,) = [str(w.message) for w in caught if "model arguments differ" in str(w.message)]
+    assert "(not read: the teacher is the one in the checkpoint)" in message

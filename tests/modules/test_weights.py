@@ -184,3 +184,17 @@ def test_directory_without_last_ckpt_names_what_was_searched(tmp_path):
 def test_missing_path_names_both_accepted_forms(tmp_path):
     with pytest.raises(ConfigError, match="'.*nowhere' does not exist: give a run directory"):
         resolve_checkpoint(str(tmp_path / "nowhere"))
+
+
+def test_folder_and_truncated_file_are_named_as_such(tmp_path):
+    network = Classifier(create_backbone("resnet8"), 10)
+    with pytest.raises(ConfigError, match=f"^cannot read weights: {tmp_path} is a folder, not a"):
+        load_weights(network, str(tmp_path))
+    path = tmp_path / "weights.pt"
+    torch.save(network.state_dict(), path)
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(ConfigError) as error:
+        load_weights(network, str(path))
+    assert str(error.value).startswith(
+        f"cannot read weights: {path} is truncated, corrupt or not a torch.save file (5000 bytes"
+    )

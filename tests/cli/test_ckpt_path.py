@@ -1,0 +1,156 @@
+"""``--ckpt_path`` of fit, validate and test, checked before anything is built or written: one
+message for a missing file, a folder, a truncated file, a file that is not a Lightning
+checkpoint and weights that do not fit; Lightning's own values still reach Lightning."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.backbones import create_backbone
+from distill.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    """Runs the CLI; returns (exit code, stderr)."""
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    return code, capsys.readouterr().err
+
+
+def command(subcommand: str, root: Path, *extra) -> list:
+    return [
+        subcommand, "--config", QUICKSTART, "--trainer.default_root_dir", root,
+        "--trainer.max_epochs", 1, "--trainer.limit_train_batches", 2,
+        "--trainer.limit_val_batches", 1, "--trainer.limit_test_batches", 1,
+        "--trainer.enable_progress_bar", "false", *extra,
+    ]  # fmt: skip
+
+
+def error_line(err: str) -> str:
+    """The one line ``main`` printed, checked to be the last and without a traceback."""
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A quickstart run of 2 steps: its default_root_dir."""
+    root = tmp_path_factory.mktemp("trained")
+    try:
+        main([str(a) for a in command("fit", root)])
+    except SystemExit as exit_:
+        assert not exit_.code
+    return root
+
+
+def last_checkpoint(root: Path) -> Path:
+    return root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test"])
+def test_truncated_checkpoint_is_refused_before_any_log_folder(
+    trained, tmp_path, capsys, subcommand
+):
+    whole = last_checkpoint(trained).read_bytes()
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(whole[: len(whole) // 2])
+    code, err = run_cli(command(subcommand, tmp_path / "run", "--ckpt_path", cut), capsys)
+    assert code == 2
+    assert error_line(err).startswith(
+        f"distill: error: --ckpt_path {cut} is truncated, corrupt or not a torch.save file "
+        f"({len(whole) // 2} bytes; torch.load: RuntimeError PytorchStreamReader failed"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_folder_suggests_the_last_checkpoint_of_its_newest_version(tmp_path, capsys):
+    for version in (2, 10):  # 10 is newer than 2 (a number, not a string order)
+        folder = tmp_path / "lightning_logs" / f"version_{version}" / "checkpoints"
+        folder.mkdir(parents=True)
+        (folder / "last.ckpt").touch()
+    code, err = run_cli(command("fit", tmp_path, "--ckpt_path", tmp_path), capsys)
+    newest = tmp_path / "lightning_logs" / "version_10" / "checkpoints" / "last.ckpt"
+    assert code == 2
+    assert error_line(err) == (
+        f"distill: error: --ckpt_path {tmp_path} is a folder, not a checkpoint file; did you "
+        f"mean --ckpt_path {newest}?"
+    )
+    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == [
+        "version_10", "version_2",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_plain_state_dict_is_named_with_what_to_use_it_for(tmp_path, capsys, subcommand):
+    weights = tmp_path / "backbone.pt"
+    torch.save(create_backbone("resnet8").state_dict(), weights)
+    run = tmp_path / "run"
+    code, err = run_cli(command(subcommand, run, "--ckpt_path", weights), capsys)
+    assert code == 2
+    line = error_line(err)
+    assert line.startswith(
+        f"distill: error: --ckpt_path {weights} holds a plain state dict (54 tensors; keys like "
+        f"conv1.weight, bn1.weight, bn1.bias, ... (+51)), not a Lightning checkpoint: distill "
+        f"{subcommand} restores one written by distill fit"
+    )
+    assert "distill.backbones.load_pretrained(path)" in line
+    assert "model.init_args.teacher_checkpoint" in line
+    assert not run.exists()
+
+
+def test_weights_only_checkpoint_cannot_resume_a_fit(trained, tmp_path, capsys):
+    saved = torch.load(last_checkpoint(trained), weights_only=True)
+    kept = ("epoch", "global_step", "pytorch-lightning_version", "state_dict", "loops")
+    weights_only = tmp_path / "weights-only.ckpt"
+    torch.save({key: saved[key] for key in kept}, weights_only)  # save_weights_only's layout
+    code, err = run_cli(command("fit", tmp_path / "run", "--ckpt_path", weights_only), capsys)
+    assert code == 2
+    assert error_line(err).startswith(
+        f"distill: error: --ckpt_path {weights_only} holds weights only (saved with "
+        "save_weights_only: no optimiser or loop state), so a fit cannot resume from it"
+    )
+
+
+def test_resume_after_the_checkpoints_folder_was_deleted_leaves_no_new_version(
+    trained, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    checkpoints = last_checkpoint(run).parent
+    shutil.rmtree(checkpoints)
+    code, err = run_cli(command("fit", run, "--ckpt_path", checkpoints / "last.ckpt"), capsys)
+    assert code == 2
+    assert error_line(err) == (
+        f"distill: error: --ckpt_path {checkpoints / 'last.ckpt'}: no such checkpoint file (its "
+        f"folder {checkpoints} is gone too: moved or deleted?)"
+    )
+    assert [p.name for p in (run / "lightning_logs").iterdir()] == ["version_0"]
+
+
+def test_resume_with_another_backbone_lists_the_keys_that_do_not_fit(trained, tmp_path, capsys):
+    last = last_checkpoint(trained)
+    args = command("fit", tmp_path, "--ckpt_path", last, "--model.init_args.backbone", "resnet14")
+    code, err = run_cli(args, capsys)
+    assert code == 2
+    assert error_line(err).startswith(
+        f"distill: error: the weights in {last} do not fit the configured model (same method, "
+        "backbone and sizes as the run that wrote it?): missing keys "
+        "[student.backbone.layer1.1.conv1.weight, student.backbone.layer1.1.bn1.weight, "
+    )
+    assert error_line(err).endswith(", ... (+26)]")  # resnet14's extra block in each stage: 36
+
+
+def test_lightnings_own_ckpt_path_values_still_reach_lightning(tmp_path, capsys):
+    # "last" of a fresh run: Lightning finds no last checkpoint, warns, and trains from scratch.
+    with pytest.warns(UserWarning, match="there is no last checkpoint available"):
+        code, err = run_cli(command("fit", tmp_path, "--ckpt_path", "last"), capsys)
+    assert code == 0, err
+    assert last_checkpoint(tmp_path).is_file()
