@@ -294,6 +294,8 @@ class Method(L.LightningModule):
         if expected is not None and expected != num_classes:
             raise ConfigError(
                 f"model.init_args.num_classes={num_classes} but the data "
-                f"({type(datamodule).__name__}) has {expected} classes; set "
-                f"model.init_args.num_classes={expected}."
+                f"({type(datamodule).__name__}) has {expected} classes: to train on it, set "
+                f"model.init_args.num_classes={expected}; a checkpoint trained with "
+                f"{num_classes} classes cannot be validated on it, but `distill eval` probes "
+                "its backbone on data with any number of classes."
             )

@@ -45,5 +45,8 @@ def test_validation_accuracy_matches_direct_count(tmp_path):
 
 def test_num_classes_mismatch_names_key_and_value(tmp_path):
     model = Supervised(backbone="resnet8", num_classes=100)
-    with pytest.raises(ConfigError, match="num_classes=100.*10 classes"):
+    with pytest.raises(ConfigError, match="num_classes=100.*10 classes") as error:
         trainer(tmp_path, max_steps=1).fit(model, datamodule=DigitsDataModule())
+    # Setting the data's count is the fix for a fresh fit, not for another checkpoint's head.
+    assert "set model.init_args.num_classes=10" in str(error.value)
+    assert "`distill eval` probes its backbone" in str(error.value)
