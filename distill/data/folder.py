@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from distill.data.arguments import require_numbers
 from distill.data.base import ViewDataModule
 from distill.data.images import load_rgb
 from distill.data.scan import find_bad_images
@@ -208,6 +209,8 @@ class ImageFolderDataModule(ViewDataModule):
         ):
             if value not in valid:
                 raise ConfigError(f"data.init_args.{key}={value!r}; valid: {', '.join(valid)}")
+        require_numbers("data.init_args.mean", mean, 3)  # one per RGB channel
+        require_numbers("data.init_args.std", std, 3, low=0.0, low_open=True)
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.verify_images = verify_images
