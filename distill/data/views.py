@@ -240,7 +240,8 @@ class TwoViews(ViewRecipe):
     Args:
         crop_size: Output size in pixels.
         min_scale: Smallest crop area fraction.
-        color_jitter: Brightness/contrast/saturation strength (hue is a quarter of it).
+        color_jitter: Brightness/contrast/saturation strength (hue is a quarter of it),
+            in [0, 2].
         color_jitter_prob: Probability of applying colour jitter.
         gray_prob: Probability of converting to grayscale.
         blur_prob: Probability of a Gaussian blur.
@@ -309,7 +310,8 @@ class MultiCropViews(ViewRecipe):
         local_size: Local crop size in pixels.
         global_scale: Area fraction range of the global crops.
         local_scale: Area fraction range of the local crops.
-        color_jitter_strength: Multiplier of DINO's colour jitter (0.4, 0.4, 0.2, 0.1).
+        color_jitter_strength: Multiplier of DINO's colour jitter (0.4, 0.4, 0.2, 0.1), in
+            [0, 5].
         blur_probs: Blur probability of (first global, other globals, locals); CIFAR-size
             configs usually set all three to 0.
         solarization_prob: Solarisation probability of the second and later globals.
