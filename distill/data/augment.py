@@ -24,6 +24,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from distill.data.arguments import (
+    require_int,
+    require_numbers,
+    require_probability,
+    require_scale,
+)
+from distill.errors import ConfigError
+
 #: Random codes per view: crop 10 x (area, log-ratio) tries + (top, left), flip, jitter
 #: (apply, 4 factors, 4 order keys), grayscale, blur (apply, sigma), solarize.
 NUM_UNIFORMS = 36
@@ -68,10 +76,30 @@ class ViewSpec:
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.jitter[3] <= 0.5:
-            raise ValueError(f"hue jitter must be in [0, 0.5], got {self.jitter[3]}")
+        # The recipes check their own arguments by their keys; this catches a spec built
+        # directly (a recipe of one's own) before a crop or a colour op fails on it.
+        require_int("ViewSpec.size", self.size, 1)
+        require_scale("ViewSpec.scale", self.scale)
+        require_numbers("ViewSpec.ratio", self.ratio, 2, low=0.0, low_open=True)
+        if self.padding is not None:
+            require_int("ViewSpec.padding", self.padding, 0)
+        require_numbers("ViewSpec.jitter", self.jitter, 4)
+        require_numbers("ViewSpec.blur_sigma", self.blur_sigma, 2, low=0.0, low_open=True)
+        for name in ("hflip_prob", "jitter_prob", "gray_prob", "blur_prob", "solarize_prob"):
+            require_probability(f"ViewSpec.{name}", getattr(self, name))
+        for name in ("ratio", "blur_sigma"):
+            if getattr(self, name)[0] > getattr(self, name)[1]:
+                value = getattr(self, name)
+                raise ConfigError(f"ViewSpec.{name}={value!r}; valid: (min, max), min <= max")
+        if min(self.jitter[:3]) < 0 or not 0 <= self.jitter[3] <= 0.5:
+            raise ConfigError(
+                f"ViewSpec.jitter={self.jitter!r}; valid: brightness, contrast and saturation "
+                f">= 0, hue in [0, 0.5]"
+            )
         if self.interpolation not in ("bilinear", "bicubic"):
-            raise ValueError(f"interpolation must be bilinear or bicubic: {self.interpolation}")
+            raise ConfigError(
+                f"ViewSpec.interpolation={self.interpolation!r}; valid: bilinear, bicubic"
+            )
 
     @property
     def photometric(self) -> bool:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
+from distill.data.arguments import DATA, require_int
 from distill.data.device_views import Canvas
 from distill.data.sampling import (
     LazyDataLoader,
@@ -105,6 +106,19 @@ def recipe_settings(recipe: ViewRecipe, key: str = "views") -> dict[str, object]
     return settings
 
 
+def require_views(views: ViewRecipe) -> None:
+    """Raises unless the recipe ``views`` makes at least one view (when it lists them)."""
+    try:
+        specs = views.specs()
+    except NotImplementedError:  # a recipe with a transform of its own lists no specs
+        return
+    if not specs:
+        raise ConfigError(
+            f"{DATA}.views: {type(views).__name__} makes no view; valid: a recipe with one "
+            f"view or more (SupervisedViews, TwoViews, MultiCropViews)"
+        )
+
+
 class ViewDataModule(L.LightningDataModule):
     """Base DataModule: subclasses only say where the images come from.
 
@@ -118,6 +132,9 @@ class ViewDataModule(L.LightningDataModule):
     recipes; ``targets`` is ``[B]`` (``-1`` when unlabelled) and ``indices`` ``[B]`` the
     dataset rows. Validation and the un-augmented training set (``train_eval_dataloader``,
     used for k-NN feature banks and offline probes) yield a single un-augmented tensor.
+
+    The constructor checks every number (``batch_size`` >= 1, ``num_workers`` >= 0, sizes
+    >= 1): a bad one is a ``ConfigError`` naming its key before anything runs.
 
     Args:
         data_dir: Root folder of the dataset.
@@ -150,6 +167,14 @@ class ViewDataModule(L.LightningDataModule):
         drop_last: bool = True,
     ) -> None:
         super().__init__()
+        require_int(f"{DATA}.batch_size", batch_size, 1)
+        require_int(f"{DATA}.num_workers", num_workers, 0)
+        require_int(f"{DATA}.image_size", image_size, 1)
+        if eval_resize is not None:
+            require_int(f"{DATA}.eval_resize", eval_resize, 1)
+        require_int(f"{DATA}.eval_batch_size", eval_batch_size, 1)
+        if views is not None:
+            require_views(views)
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.num_workers = num_workers

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
+from distill.data.arguments import DATA
 from distill.data.base import ViewDataModule
+from distill.errors import ConfigError
+
+#: scikit-learn's digits: images and classes.
+DIGITS, CLASSES = 1797, 10
 
 
 class DigitsDataset(Dataset):
@@ -74,6 +81,16 @@ class DigitsDataModule(ViewDataModule):
         **kwargs,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, **kwargs)
+        # scikit-learn's stratified split holds out ceil(fraction * images) and needs one
+        # image of each class on either side.
+        held_out = math.ceil(val_fraction * DIGITS) if 0 < val_fraction < 1 else 0
+        if not CLASSES <= held_out <= DIGITS - CLASSES:
+            low, high = (CLASSES - 1) / DIGITS, (DIGITS - CLASSES) / DIGITS
+            raise ConfigError(
+                f"{DATA}.val_fraction={val_fraction!r}; valid: a number above {low:.4f} and up "
+                f"to {high:.4f}, which leaves at least one image of each of the {CLASSES} "
+                f"digits in both splits ({DIGITS} images)"
+            )
         self.split_seed = split_seed
         self.val_fraction = val_fraction
 

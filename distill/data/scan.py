@@ -1,8 +1,11 @@
-"""Checks every image of a split in parallel, caching each result by (path, size, mtime).
+"""Checks every image of a split in parallel, caching each result by the file's identity.
 
-The cache is one gzipped JSON file per split in a user cache folder, never in the data
-folder: a second setup of an unchanged split only ``stat``s its files. A cache that cannot
-be read or written is skipped with a debug message.
+A file's identity is its size, its mtime and a fingerprint of its first and last 4 KiB
+(``file_identity``): (size, mtime) alone misses a file replaced by another of the same size
+with the old mtime kept (``cp -p``, ``rsync -t``, ``touch -r``). The cache is one gzipped
+JSON file per split in a user cache folder, never in the data folder: a second setup of an
+unchanged split reads at most 8 KiB of each file and decodes none. A cache that cannot be
+read or written is skipped with a debug message.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import os
 import tempfile
 import time
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
@@ -26,13 +30,38 @@ CheckLevel = Literal["header", "decode"]
 #: A decode check also answers a header check; a failure answers both.
 _DEPTH = {"header": 1, "decode": 2}
 _CHUNK = 256
-CACHE_VERSION = 1
+#: 2: entries are [size, mtime_ns, fingerprint, depth, reason] (1 had no fingerprint).
+CACHE_VERSION = 2
+#: Bytes of each end of a file that its fingerprint covers (a small file: all of it).
+FINGERPRINT_BYTES = 4096
 
 
 def default_cache_dir() -> str:
     """``$XDG_CACHE_HOME/distill/image-scan``, ``~/.cache/distill/image-scan`` by default."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "distill", "image-scan")
+
+
+def file_identity(path: str) -> list[int]:
+    """``[size, mtime_ns, fingerprint]`` of the file ``path``, the key of its cached check.
+
+    The fingerprint is the CRC-32 of the first and last ``FINGERPRINT_BYTES`` (two reads of
+    one page each): a change detector, not a security hash. On cifar10-5k's 2 KB PNGs it
+    costs about 3 times a bare ``stat`` and under a third of the header check it saves.
+
+    Raises:
+        OSError: The file cannot be opened or read.
+    """
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        status = os.fstat(descriptor)
+        checksum = zlib.crc32(os.pread(descriptor, FINGERPRINT_BYTES, 0))
+        if status.st_size > FINGERPRINT_BYTES:
+            tail = max(FINGERPRINT_BYTES, status.st_size - FINGERPRINT_BYTES)
+            checksum = zlib.crc32(os.pread(descriptor, FINGERPRINT_BYTES, tail), checksum)
+    finally:
+        os.close(descriptor)
+    return [status.st_size, status.st_mtime_ns, checksum]
 
 
 def _cache_path(root: str, cache_dir: str) -> str:
@@ -67,6 +96,10 @@ def _write_cache(path: str, root: str, files: dict[str, list]) -> None:
         log.debug("image check cache %s not written, continuing without: %s", path, error)
 
 
+def _reason(error: OSError) -> str:
+    return f"{type(error).__name__}: {error.strerror or error}"
+
+
 def find_bad_images(
     root: str,
     paths: Sequence[str],
@@ -95,16 +128,19 @@ def find_bad_images(
         results = []
         for path in chunk:
             key = os.path.relpath(path, root)
-            stat = os.stat(path)
+            try:
+                identity = file_identity(path)
+            except OSError as error:  # vanished or unreadable since it was listed
+                results.append((path, key, [None] * 3 + [depth, _reason(error)], False))
+                continue
             entry = cached.get(key)
             reused = (
                 entry is not None
-                and entry[:2] == [stat.st_size, stat.st_mtime_ns]
-                and (entry[3] is not None or entry[2] >= depth)
+                and entry[:3] == identity
+                and (entry[4] is not None or entry[3] >= depth)
             )
             if not reused:
-                reason = check_image(path, decode=level == "decode")
-                entry = [stat.st_size, stat.st_mtime_ns, depth, reason]
+                entry = [*identity, depth, check_image(path, decode=level == "decode")]
             results.append((path, key, entry, reused))
         return results
 
@@ -114,7 +150,7 @@ def find_bad_images(
     files = {key: entry for _, key, entry, _ in results}
     if files != cached:
         _write_cache(cache_file, root, files)
-    bad = {path: entry[3] for path, _, entry, _ in results if entry[3] is not None}
+    bad = {path: entry[4] for path, _, entry, _ in results if entry[4] is not None}
     log.info(
         "checked %d images in %s (%s, %d from cache): %d bad, %.1fs",
         len(results), root, level, sum(item[3] for item in results), len(bad),

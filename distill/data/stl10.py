@@ -18,6 +18,9 @@ _FILES = {
 }
 
 
+TRAIN_SPLITS = ("unlabeled", "train", "train+unlabeled")
+
+
 class _STL10Files(STL10):
     """torchvision's STL-10 that checks the split's files exist instead of hashing them."""
 
@@ -54,6 +57,10 @@ class STL10DataModule(ViewDataModule):
         **kwargs,
     ) -> None:
         super().__init__(data_dir=data_dir, image_size=image_size, **kwargs)
+        if train_split not in TRAIN_SPLITS:
+            raise ConfigError(
+                f"data.init_args.train_split={train_split!r}; valid: {', '.join(TRAIN_SPLITS)}"
+            )
         self.train_split = train_split
         self.download = download
         needed = {"train", "test", *train_split.split("+")}

@@ -20,6 +20,14 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from distill.data.arguments import (
+    VIEWS,
+    require_int,
+    require_number,
+    require_numbers,
+    require_probability,
+    require_scale,
+)
 from distill.data.augment import (
     ViewParams,
     ViewSpec,
@@ -198,6 +206,10 @@ class SupervisedViews(ViewRecipe):
         min_scale: float = 0.08,
         hflip_prob: float = 0.5,
     ) -> None:
+        require_int(f"{VIEWS}.crop_size", crop_size, 1)
+        require_int(f"{VIEWS}.padding", padding, 0)
+        require_number(f"{VIEWS}.min_scale", min_scale, 0.0, 1.0, low_open=True)
+        require_probability(f"{VIEWS}.hflip_prob", hflip_prob)
         self.crop_size = crop_size
         self.padding = padding
         self.random_resized_crop = random_resized_crop
@@ -228,7 +240,8 @@ class TwoViews(ViewRecipe):
     Args:
         crop_size: Output size in pixels.
         min_scale: Smallest crop area fraction.
-        color_jitter: Brightness/contrast/saturation strength (hue is a quarter of it).
+        color_jitter: Brightness/contrast/saturation strength (hue is a quarter of it),
+            in [0, 2].
         color_jitter_prob: Probability of applying colour jitter.
         gray_prob: Probability of converting to grayscale.
         blur_prob: Probability of a Gaussian blur.
@@ -247,6 +260,17 @@ class TwoViews(ViewRecipe):
         blur_prob: float = 0.5,
         hflip_prob: float = 0.5,
     ) -> None:
+        require_int(f"{VIEWS}.crop_size", crop_size, 1)
+        require_number(f"{VIEWS}.min_scale", min_scale, 0.0, 1.0, low_open=True)
+        # The hue jitter, a quarter of the strength, must stay within half a turn.
+        require_number(f"{VIEWS}.color_jitter", color_jitter, 0.0, 2.0)
+        for key, probability in (
+            ("color_jitter_prob", color_jitter_prob),
+            ("gray_prob", gray_prob),
+            ("blur_prob", blur_prob),
+            ("hflip_prob", hflip_prob),
+        ):
+            require_probability(f"{VIEWS}.{key}", probability)
         self.crop_size = crop_size
         self.min_scale = min_scale
         self.color_jitter = color_jitter
@@ -286,7 +310,8 @@ class MultiCropViews(ViewRecipe):
         local_size: Local crop size in pixels.
         global_scale: Area fraction range of the global crops.
         local_scale: Area fraction range of the local crops.
-        color_jitter_strength: Multiplier of DINO's colour jitter (0.4, 0.4, 0.2, 0.1).
+        color_jitter_strength: Multiplier of DINO's colour jitter (0.4, 0.4, 0.2, 0.1), in
+            [0, 5].
         blur_probs: Blur probability of (first global, other globals, locals); CIFAR-size
             configs usually set all three to 0.
         solarization_prob: Solarisation probability of the second and later globals.
@@ -304,11 +329,16 @@ class MultiCropViews(ViewRecipe):
         blur_probs: tuple[float, float, float] = (1.0, 0.1, 0.5),
         solarization_prob: float = 0.2,
     ) -> None:
-        if num_global < 1 or num_local < 0:
-            raise ValueError(
-                f"MultiCropViews needs num_global >= 1 and num_local >= 0, "
-                f"got num_global={num_global}, num_local={num_local}"
-            )
+        require_int(f"{VIEWS}.num_global", num_global, 1)  # the teacher's views
+        require_int(f"{VIEWS}.num_local", num_local, 0)
+        require_int(f"{VIEWS}.global_size", global_size, 1)
+        require_int(f"{VIEWS}.local_size", local_size, 1)
+        require_scale(f"{VIEWS}.global_scale", global_scale)
+        require_scale(f"{VIEWS}.local_scale", local_scale)
+        # The hue jitter, a tenth of the strength, must stay within half a turn.
+        require_number(f"{VIEWS}.color_jitter_strength", color_jitter_strength, 0.0, 5.0)
+        require_numbers(f"{VIEWS}.blur_probs", blur_probs, 3, 0.0, 1.0)
+        require_probability(f"{VIEWS}.solarization_prob", solarization_prob)
         self.num_global = num_global
         self.num_local = num_local
         self.global_size = global_size

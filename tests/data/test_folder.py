@@ -1,6 +1,8 @@
 """ImageFolderDataModule on broken trees: bad files, hidden entries, empty classes, 16 bits."""
 
 import logging
+import os
+import shutil
 import zlib
 
 import numpy as np
@@ -191,3 +193,135 @@ def test_cli_names_bad_file_in_one_line_and_exits_2(png_folder, tmp_path, capsys
         main(args)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and str(broken) in err and "Traceback" not in err
+
+
+def test_folder_link_loop_is_named_before_anything_is_listed_twice(png_folder, tmp_path):
+    loop = png_folder / "train" / "cat" / "loop"
+    os.symlink(".", loop)  # today's os.walk lists each image 41 times: loop/loop/.../0.png
+    with pytest.raises(ConfigError) as error:
+        make(png_folder, tmp_path).setup("fit")
+    message = str(error.value)
+    assert message.startswith(
+        "1 link(s) in the image folders (data.init_args.train_dir, val_dir) cannot be followed: "
+    )
+    assert f"{str(loop)!r} -> '.', the folder {str(loop.parent)!r} that holds the link" in message
+    assert "Remove or repair" in message and "data.init_args.on_bad_image=skip" in message
+
+
+def test_skipped_folder_link_loop_leaves_each_image_once(png_folder, tmp_path, caplog):
+    os.symlink(".", png_folder / "train" / "cat" / "loop")
+    dm = make(png_folder, tmp_path, on_bad_image="skip")
+    with caplog.at_level(logging.WARNING, logger="distill.data.folder"):
+        dm.setup("fit")
+    assert len(dm.train_set) == 18 and dm.train_set.dataset.targets.count(0) == 6
+    assert "leaving out 1 link(s)" in caplog.text and "loop" in caplog.text
+
+
+def test_dangling_and_looping_file_links_are_named_in_one_message(png_folder, tmp_path):
+    dog = png_folder / "train" / "dog"
+    os.symlink("nowhere.png", dog / "gone.png")
+    os.symlink("b.png", dog / "a.png")
+    os.symlink("a.png", dog / "b.png")
+    frog = png_folder / "val" / "frog"
+    os.symlink("missing.jpg", frog / "x.jpg")
+    for verify_images in ("header", "off"):  # listed, not found by the image check
+        with pytest.raises(ConfigError) as error:
+            make(png_folder, tmp_path, verify_images=verify_images).setup("fit")
+        message = str(error.value)
+        assert message.startswith("4 link(s) in the image folders")
+        assert f"{str(dog / 'gone.png')!r} -> 'nowhere.png', which does not exist" in message
+        assert f"{str(dog / 'a.png')!r} -> 'b.png', a loop of links" in message
+        assert f"{str(frog / 'x.jpg')!r} -> 'missing.jpg'" in message
+
+
+def test_class_folders_linked_from_elsewhere_keep_working(png_folder, tmp_path):
+    for split in ("train", "val"):
+        moved = tmp_path / "disk2" / split / "dog"
+        (png_folder / split / "dog").rename(moved.parent.mkdir(parents=True) or moved)
+        os.symlink(moved, png_folder / split / "dog")
+    dm = make(png_folder, tmp_path)
+    dm.setup("fit")
+    train = dm.train_set.dataset
+    assert train.classes == ["cat", "dog", "frog"] and train.targets.count(1) == 6
+    assert len(dm.val_set) == 9
+
+
+def test_dangling_class_folder_link_is_named_at_construction(png_folder, tmp_path):
+    os.symlink(tmp_path / "unmounted" / "bird", png_folder / "train" / "bird")
+    with pytest.raises(ConfigError, match="^1 link") as error:
+        make(png_folder, tmp_path)
+    assert "bird" in str(error.value) and "which does not exist" in str(error.value)
+
+
+def test_two_paths_to_one_file_count_once_with_a_warning(png_folder, tmp_path, caplog):
+    cat = png_folder / "train" / "cat"
+    os.symlink("0.png", cat / "x.png")
+    os.symlink(cat / "1.png", cat / "y.png")
+    dm = make(png_folder, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="distill.data.folder"):
+        dm.setup("fit")
+    assert len(dm.train_set) == 18 and dm.train_set.dataset.targets.count(0) == 6
+    assert "2 image file(s)" in caplog.text and "count once" in caplog.text
+    assert f"{str(cat / 'x.png')!r} is {str(cat / '0.png')!r}" in caplog.text
+
+
+def test_one_file_in_two_classes_is_refused(png_folder, tmp_path):
+    stray = png_folder / "train" / "dog" / "stray.png"
+    os.symlink(png_folder / "train" / "cat" / "3.png", stray)
+    with pytest.raises(ConfigError) as error:
+        make(png_folder, tmp_path).setup("fit")
+    message = str(error.value)
+    assert message.startswith("data.init_args.train_dir: 1 image file(s)")
+    assert f"{str(stray)!r} in 'dog' is {str(png_folder / 'train' / 'cat' / '3.png')!r}" in message
+    assert "in 'cat'" in message and "two labels" in message
+
+
+def test_file_in_both_splits_is_warned_about(png_folder, tmp_path, caplog):
+    leaked = png_folder / "val" / "cat" / "leaked.png"
+    os.symlink(png_folder / "train" / "cat" / "4.png", leaked)
+    dm = make(png_folder, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="distill.data.folder"):
+        dm.setup("fit")
+    assert len(dm.val_set) == 10  # still validated on: a warning, not a refusal
+    assert "1 image file(s) of data.init_args.val_dir are also in data.init_args.train_dir" in (
+        caplog.text
+    )
+    assert repr(str(leaked)) in caplog.text
+
+
+@pytest.mark.parametrize("kept", [["cat"], []])
+def test_fewer_than_two_classes_are_refused_at_construction(png_folder, tmp_path, kept):
+    for split in ("train", "val"):
+        for name in {"cat", "dog", "frog"} - set(kept):
+            shutil.rmtree(png_folder / split / name)
+    with pytest.raises(ConfigError) as error:
+        make(png_folder, tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"data.init_args.train_dir: {str(png_folder / 'train')!r} has")
+    assert f"{len(kept)} class folder(s)" in message and "at least 2 class folders" in message
+
+
+def test_class_with_no_readable_image_left_is_refused(png_folder, tmp_path):
+    for path in (png_folder / "val" / "dog").iterdir():
+        truncate(path)
+    with pytest.raises(ConfigError, match="no image of class folder.s. dog of") as error:
+        make(png_folder, tmp_path, on_bad_image="skip").setup("fit")
+    assert "data.init_args.val_dir" in str(error.value)
+
+
+def test_cli_names_a_dangling_link_in_one_line_and_exits_2(png_folder, tmp_path, capsys):
+    gone = png_folder / "val" / "cat" / "gone.png"
+    os.symlink("nowhere.png", gone)
+    args = [
+        "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
+        "--trainer.default_root_dir", str(tmp_path),
+        "--data", "distill.data.ImageFolderDataModule",
+        "--data.init_args.data_dir", str(png_folder),
+        "--data.init_args.num_workers", "0",
+        "--model.init_args.num_classes", "3",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert f"{str(gone)!r} -> 'nowhere.png', which does not exist" in err

@@ -48,6 +48,35 @@ def test_second_scan_opens_no_file_and_changed_file_is_checked_again(
     assert opened == [changed] and list(bad) == [changed]
 
 
+def test_file_replaced_with_the_same_size_and_mtime_is_checked_again(
+    png_folder, tmp_path, monkeypatch
+):
+    root, paths = split_files(png_folder)
+    cache = str(tmp_path / "cache")
+    find_bad_images(root, paths, "header", cache)
+    # As `cp -p`, `rsync -t` or `touch -r` leave it: other bytes, same size, same mtime.
+    replaced = paths[2]
+    before = os.stat(replaced)
+    data = bytearray(open(replaced, "rb").read())
+    start = data.index(b"IDAT") + 8  # image data, a few hundred bytes into the file
+    data[start : start + 16] = bytes(16)
+    with open(replaced, "wb") as file:
+        file.write(data)
+    os.utime(replaced, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(replaced)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    opened = count_opens(monkeypatch)
+    bad = find_bad_images(root, paths, "header", cache)
+    assert opened == [replaced] and list(bad) == [replaced] and "checksum" in bad[replaced]
+
+
+def test_file_gone_since_it_was_listed_is_named_not_raised(png_folder, tmp_path):
+    root, paths = split_files(png_folder)
+    os.remove(paths[0])
+    bad = find_bad_images(root, paths, "header", str(tmp_path / "cache"))
+    assert list(bad) == [paths[0]] and bad[paths[0]].startswith("FileNotFoundError")
+
+
 def test_header_results_do_not_answer_a_decode_check(png_folder, tmp_path, monkeypatch):
     root, paths = split_files(png_folder)
     cache = str(tmp_path / "cache")
