@@ -23,6 +23,7 @@ from torch import Tensor
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as F
 
+from distill.data.arguments import VIEWS, require_int
 from distill.data.augment import ViewParams, ViewSpec, draw_codes
 from distill.data.views import SupervisedViews, ViewPlan, ViewRecipe, to_uint8
 from distill.errors import ConfigError
@@ -103,6 +104,8 @@ class DeviceViews(ViewRecipe):
                 f"DeviceViews(recipe={type(recipe).__name__}): the recipe must list its views "
                 f"(SupervisedViews, TwoViews or MultiCropViews)."
             )
+        if canvas_size is not None:
+            require_int(f"{VIEWS}.canvas_size", canvas_size, 1)
         self.recipe = recipe
         self.canvas_size = canvas_size
         self._plan = ViewPlan(specs)

@@ -7,6 +7,7 @@ from tests_support import ROOT, ColourDataModule
 
 from distill.cli import main
 from distill.data import (
+    DeviceViews,
     DigitsDataModule,
     ImageFolderDataModule,
     MultiCropViews,
@@ -103,6 +104,9 @@ CASES = {
     "solarization_prob -0.5": (
         MultiCropViews, {"solarization_prob": -0.5}, f"{VIEWS}.solarization_prob=-0.5",
         PROBABILITY,
+    ),
+    "canvas_size 0": (
+        DeviceViews, {"recipe": TwoViews(), "canvas_size": 0}, f"{VIEWS}.canvas_size=0", INTEGER,
     ),
     "spec size 0": (ViewSpec, {"size": 0}, "ViewSpec.size=0", INTEGER),
     "spec scale": (ViewSpec, {"size": 8, "scale": (0.5, 2.0)}, "ViewSpec.scale=(0.5, 2.0)", SCALE),
