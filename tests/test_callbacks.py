@@ -83,6 +83,7 @@ class FirstEpoch(L.Callback):
         self.__dict__.setdefault("epoch", trainer.current_epoch)
 
 
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_last_checkpoint_is_the_final_state_when_the_metric_peaked_early(tmp_path):
     from distill.methods import Supervised
 

@@ -176,6 +176,7 @@ def test_missing_config_file_is_named(capsys):
     assert code == 2 and "nope.yaml" in err
 
 
+@pytest.mark.filterwarnings("ignore:resuming from")  # settings changed on purpose
 def test_resume_keeps_existing_run_intact(tmp_path, capsys):
     base = [
         "fit", "--config", QUICKSTART, "--trainer.default_root_dir", str(tmp_path),

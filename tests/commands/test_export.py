@@ -121,6 +121,7 @@ def test_torchvision_backbone_loads_into_torchvision_resnet18(resnet18_checkpoin
         (["--model.init_args.backbone", "resnet14"], "do not fit the CifarResNet"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:model arguments differ")  # changed on purpose
 def test_mistakes_end_in_one_message_and_write_nothing(
     supervised_ckpt, tmp_path, cli, extra, message
 ):

@@ -140,6 +140,7 @@ def test_frozen_teacher_alone_raises_no_eval_mode_warning(tmp_path, teacher_chec
     assert len(eval_mode_warnings(model)) == 1
 
 
+@pytest.mark.filterwarnings("ignore:resuming from")  # settings changed on purpose
 def test_command_line_resume_needs_no_teacher_file(teacher_checkpoint, tmp_path):
     config = tmp_path / "kd.yaml"
     model = {"student_backbone": "resnet8", "teacher_backbone": "resnet14", "num_classes": 10}
@@ -202,7 +203,8 @@ def test_resume_says_a_changed_teacher_checkpoint_is_not_read(teacher_checkpoint
     config = kd_config(tmp_path, teacher_checkpoint)
     main(["fit", "--config", str(config), "--trainer.max_steps", "1"])
     last = tmp_path / "run" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-    with pytest.warns(UserWarning, match="model arguments differ") as caught:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         main(["fit", "--config", str(config), "--trainer.max_steps", "2", "--ckpt_path", str(last),
               "--model.init_args.teacher_checkpoint", str(tmp_path / "elsewhere")])  # fmt: skip
     (message,) = [str(w.message) for w in caught if "model arguments differ" in str(w.message)]
