@@ -234,3 +234,35 @@ class PoisonBatch(L.Callback):
             views = batch[0] if isinstance(batch[0], list | tuple) else [batch[0]]
             for view in views:
                 view.fill_(float("nan"))
+
+
+# Float tolerances, derived from the computation rather than from what one CPU's kernels give.
+# A float32 result is compared with a float64 reference of the same inputs. Its error is
+# bounded by counting roundings, each worth EPS32 (twice the worst case of one rounding,
+# 2**-24 of the value: the margin covers any kernel's summation order, FMA or vector width),
+# and by how the computation amplifies them (a division by a temperature, an exp).
+EPS32 = torch.finfo(torch.float32).eps
+TRANSCENDENTAL = 4 * EPS32  # exp, log, sqrt: elementwise kernels (glibc, Sleef u10) err < 1 ulp
+
+
+def dot_error(dim: int, norms: float = 1.0) -> float:
+    """Bound on the absolute error of a float32 dot product in dimension ``dim`` of vectors
+    whose norms multiply to at most ``norms`` (Higham's γ_dim: ``dim`` roundings of
+    Σ|a_i b_i| ≤ ‖a‖‖b‖, whatever the order of the sum)."""
+    return dim * EPS32 * norms
+
+
+def exp_score_rtol(dim: int, temperature: float, norms: float = 1.0) -> float:
+    """Bound on the relative error of float32 ``exp(⟨a, b⟩/τ)`` (``a``, ``b`` as in
+    ``dot_error``): the dot product's error and the division's rounding, divided by ``τ``,
+    become a relative error of the exponential; then exp's own."""
+    return (dot_error(dim, norms) + EPS32 * norms) / temperature + TRANSCENDENTAL
+
+
+def log_softmax_error(logit_error: float, num_classes: int, max_abs_log_prob: float) -> float:
+    """Bound on the absolute error of float32 ``log_softmax`` entries whose logits err by at
+    most ``logit_error``: the entry's and the log-sum-exp's share of that (twice it), the sum
+    of ``num_classes`` exponentials, the log, and the subtraction of values up to
+    ``max_abs_log_prob``."""
+    sum_of_exps = (num_classes + 1) * EPS32 + TRANSCENDENTAL
+    return 2 * logit_error + sum_of_exps + TRANSCENDENTAL + EPS32 * max_abs_log_prob
