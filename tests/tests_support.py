@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -252,17 +253,31 @@ def dot_error(dim: int, norms: float = 1.0) -> float:
     return dim * EPS32 * norms
 
 
+def score_error(dim: int, temperature: float, norms: float = 1.0) -> float:
+    """Bound on the absolute error of a float32 logit ``⟨a, b⟩/τ`` (``a``, ``b`` as in
+    ``dot_error``): the dot product's error and the division's rounding, over ``τ``."""
+    return (dot_error(dim, norms) + EPS32 * norms) / temperature
+
+
 def exp_score_rtol(dim: int, temperature: float, norms: float = 1.0) -> float:
-    """Bound on the relative error of float32 ``exp(⟨a, b⟩/τ)`` (``a``, ``b`` as in
-    ``dot_error``): the dot product's error and the division's rounding, divided by ``τ``,
-    become a relative error of the exponential; then exp's own."""
-    return (dot_error(dim, norms) + EPS32 * norms) / temperature + TRANSCENDENTAL
+    """Bound on the relative error of float32 ``exp(⟨a, b⟩/τ)``: the logit's absolute error
+    (``score_error``) becomes the exponential's relative error; then exp's own rounding."""
+    return score_error(dim, temperature, norms) + TRANSCENDENTAL
 
 
-def log_softmax_error(logit_error: float, num_classes: int, max_abs_log_prob: float) -> float:
-    """Bound on the absolute error of float32 ``log_softmax`` entries whose logits err by at
-    most ``logit_error``: the entry's and the log-sum-exp's share of that (twice it), the sum
-    of ``num_classes`` exponentials, the log, and the subtraction of values up to
-    ``max_abs_log_prob``."""
-    sum_of_exps = (num_classes + 1) * EPS32 + TRANSCENDENTAL
-    return 2 * logit_error + sum_of_exps + TRANSCENDENTAL + EPS32 * max_abs_log_prob
+def softmax_rtol(logit_error: float, max_abs_logit: float, num_classes: int) -> float:
+    """Bound on the relative error of float32 ``softmax`` over ``num_classes`` logits of size at
+    most ``max_abs_logit`` that err by at most ``logit_error``: the shift by the largest logit
+    (a rounding of up to 2·max|z|), the entry's and the sum's share of the logits' error
+    (twice), the exps, their sum and the division."""
+    shifted = logit_error + EPS32 * max_abs_logit
+    return 2 * shifted + TRANSCENDENTAL + (num_classes + 1) * EPS32
+
+
+def log_softmax_error(logit_error: float, max_abs_logit: float, num_classes: int) -> float:
+    """Bound on the absolute error of float32 ``log_softmax`` (logits as in ``softmax_rtol``):
+    the shifted logits' errors (twice, as there), the sum of exps and its log, and the final
+    subtraction, of values up to ``|log p| ≤ 2·max|z| + log C``."""
+    shifted = logit_error + EPS32 * max_abs_logit
+    log_sum_exp = (num_classes + 1) * EPS32 + TRANSCENDENTAL * (1 + math.log(num_classes))
+    return 2 * shifted + log_sum_exp + EPS32 * (2 * max_abs_logit + math.log(num_classes))
