@@ -244,6 +244,12 @@ class PoisonBatch(L.Callback):
 # and by how the computation amplifies them (a division by a temperature, an exp).
 EPS32 = torch.finfo(torch.float32).eps
 TRANSCENDENTAL = 4 * EPS32  # exp, log, sqrt: elementwise kernels (glibc, Sleef u10) err < 1 ulp
+# Whole networks compared two ways (batch splits, layouts, statistics groups) run in float64
+# instead, where no per-network analysis is needed: an output of these small networks gathers
+# ~1e4 roundings of 2**-53 (depth × fan-in), amplified at most ~100 times by batch norms and
+# cancellations, so 1e6·eps64 ≈ 2e-10 bounds it, and a wrong group, layout or statistic moves
+# outputs by more than 1e-3.
+NETWORK64_TOL = 1e6 * torch.finfo(torch.float64).eps
 
 
 def dot_error(dim: int, norms: float = 1.0) -> float:
@@ -281,3 +287,32 @@ def log_softmax_error(logit_error: float, max_abs_logit: float, num_classes: int
     shifted = logit_error + EPS32 * max_abs_logit
     log_sum_exp = (num_classes + 1) * EPS32 + TRANSCENDENTAL * (1 + math.log(num_classes))
     return 2 * shifted + log_sum_exp + EPS32 * (2 * max_abs_logit + math.log(num_classes))
+
+
+def normalize_error(dim: int) -> float:
+    """Bound on the absolute error of the entries (at most 1) of a float32 L2-normalised vector
+    in dimension ``dim``: its norm (``dim`` squares summed, a sqrt) and the division."""
+    return (dim + 2) * EPS32 + TRANSCENDENTAL
+
+
+def assert_within(actual: torch.Tensor, expected: torch.Tensor, error, name: str = "") -> None:
+    """Asserts ``|actual − expected| ≤ error`` entry by entry (``error`` a bound per entry or
+    one for all), naming the worst entry and its share of the bound."""
+    difference = (actual.detach().double() - expected.detach().double()).abs()
+    bound = torch.as_tensor(error, dtype=torch.float64).expand_as(difference)
+    share = difference / bound
+    worst = int(share.flatten().argmax())
+    assert (difference <= bound).all(), (
+        f"{name} entry {worst}: |{actual.flatten()[worst].item()!r} − "
+        f"{expected.flatten()[worst].item()!r}| = {difference.flatten()[worst].item():.3g} "
+        f"exceeds its bound {bound.flatten()[worst].item():.3g} "
+        f"({share.flatten()[worst].item():.3g} times)"
+    )
+
+
+def ema_error(momentum: float, average: torch.Tensor, online: torch.Tensor) -> torch.Tensor:
+    """Bound per entry on the error of float32 ``m·average + (1 − m)·online`` (fused or not):
+    ``m`` and ``1 − m`` rounded to float32, two products and a sum, of values up to
+    ``m|average| + (1 − m)|online|``."""
+    average, online = average.detach().double(), online.detach().double()
+    return 2 * EPS32 * (momentum * average.abs() + (1 - momentum) * online.abs())
