@@ -99,6 +99,26 @@ def test_loss_matches_formula_with_z_fixed_on_the_first_batch():
     assert torch.equal(crd.normalizers, frozen)
 
 
+def test_float64_embeddings_are_scored_in_float64():
+    # As under --trainer.precision 64-true: banks and embeddings in float64 stay float64 (a
+    # float32 cast of the embeddings alone was a dtype error against the float64 banks).
+    torch.manual_seed(0)
+    crd = CRDLoss(6, 10, num_rows=40, embed_dim=8, num_negatives=12, sampler="uniform").double()
+    f_s, f_t = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, 10, dtype=torch.float64)
+    z_s, z_t = crd.embed(f_s, f_t)
+    idx = torch.tensor([0, 5, 9, 33])
+    torch.manual_seed(1)
+    student_loss, teacher_loss = crd(z_s, z_t, idx)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        normalizers, losses, _ = reference_crd(crd, z_s, z_t, crd.sample(idx), 0.07)
+    assert student_loss.dtype == teacher_loss.dtype == torch.float64
+    # Float64 on both sides: ~100 roundings of 2⁻⁵³, amplified 1/τ by exp, stay below 1e-12.
+    torch.testing.assert_close(crd.normalizers, normalizers, rtol=1e-10, atol=0)
+    got = torch.stack([student_loss, teacher_loss]).detach()
+    torch.testing.assert_close(got, losses, rtol=1e-10, atol=0)
+
+
 def test_gradients_reach_the_embed_heads_and_the_student_features():
     crd = CRDLoss(6, 10, num_rows=40, embed_dim=8, num_negatives=12, sampler="uniform")
     f_s = torch.randn(4, 6, requires_grad=True)
