@@ -316,3 +316,23 @@ def ema_error(momentum: float, average: torch.Tensor, online: torch.Tensor) -> t
     ``m|average| + (1 − m)|online|``."""
     average, online = average.detach().double(), online.detach().double()
     return 2 * EPS32 * (momentum * average.abs() + (1 - momentum) * online.abs())
+
+
+def normalise_error(mean, std) -> float:
+    """Bound on the error of a float32 normalised pixel ``(x − m)/s`` for ``x = p/255`` in
+    [0, 1]: three roundings (the scaling, the subtraction, the division) of values up to
+    ``(1 + m)/s``, in the normalised units."""
+    return 3 * EPS32 * (1 + max(mean)) / min(std)
+
+
+HUE_LIPSCHITZ = 4.0  # a hue rotation moves its output by ≤ 4 times its input's change (∞-norm)
+
+
+def photometric_batch_error(size: int, jitter: float = 0.4) -> float:
+    """Bound on how far one ``size``² image's float32 colour jitter and blur, in [0, 1], can
+    move when computed in another batch, where reductions and products may round otherwise:
+    the contrast's mean of size² lumas (weighed |1 − f| ≤ ``jitter``, then scaled by the later
+    ops' Lipschitz constants: brightness 1 + j, saturation 1 + 2j, the hue), and the blur's
+    two products of up to 2·size terms. Twice that: each run is within it of the exact value."""
+    contrast = jitter * size**2 * EPS32 * (1 + jitter) * (1 + 2 * jitter) * HUE_LIPSCHITZ
+    return 2 * (contrast + 2 * 2 * size * EPS32)
