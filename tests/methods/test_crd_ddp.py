@@ -12,6 +12,7 @@ from tests_support import NETWORK64_TOL, launch_ddp
 from distill.methods import Supervised
 
 WORKER = Path(__file__).with_name("ddp_crd_worker.py")
+pytestmark = pytest.mark.numerics
 
 
 @pytest.mark.parametrize("sampler", ["uniform", "other_class"])

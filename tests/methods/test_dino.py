@@ -169,6 +169,7 @@ def test_center_follows_the_teacher_outputs(fitted):
         assert_within(after, expected, error)
 
 
+@pytest.mark.numerics
 def test_schedules_at_start_middle_end_and_as_logged(fitted):
     model, trainer, watcher, _ = fitted
     for record in watcher.steps:

@@ -3,10 +3,12 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 from tests_support import EPS32, NETWORK64_TOL, launch_ddp
 
 WORKER = Path(__file__).with_name("ddp_dino_worker.py")
+pytestmark = pytest.mark.numerics
 
 
 def run_single_process(out_dir: Path) -> None:
