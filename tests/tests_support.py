@@ -240,8 +240,8 @@ class PoisonBatch(L.Callback):
 # Float tolerances, derived from the computation rather than from what one CPU's kernels give.
 # A float32 result is compared with a float64 reference of the same inputs. Its error is
 # bounded by counting roundings, each worth EPS32 (twice the worst case of one rounding,
-# 2**-24 of the value: the margin covers any kernel's summation order, FMA or vector width),
-# and by how the computation amplifies them (a division by a temperature, an exp).
+# 2**-24 of the value), in the worst case over any summation order, vector width or fusion a
+# kernel may choose, and by how the computation amplifies them (a temperature, an exp).
 EPS32 = torch.finfo(torch.float32).eps
 TRANSCENDENTAL = 4 * EPS32  # exp, log, sqrt: elementwise kernels (glibc, Sleef u10) err < 1 ulp
 # Whole networks compared two ways (batch splits, layouts, statistics groups) run in float64
@@ -318,7 +318,7 @@ def ema_error(momentum: float, average: torch.Tensor, online: torch.Tensor) -> t
     return 2 * EPS32 * (momentum * average.abs() + (1 - momentum) * online.abs())
 
 
-def normalise_error(mean, std) -> float:
+def pixel_normalisation_error(mean, std) -> float:
     """Bound on the error of a float32 normalised pixel ``(x − m)/s`` for ``x = p/255`` in
     [0, 1]: three roundings (the scaling, the subtraction, the division) of values up to
     ``(1 + m)/s``, in the normalised units."""

@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 from tests_support import (
     ColourDataModule,
-    normalise_error,
     photometric_batch_error,
+    pixel_normalisation_error,
     quiet_trainer,
     resumable_fit,
 )
@@ -88,7 +88,9 @@ def test_device_views_are_the_host_views_of_the_same_codes(recipe, canvas_size):
 def test_padded_crop_on_device_is_the_host_crop():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8))
     recipe = SupervisedViews(crop_size=32, padding=4)
-    error = 2 * normalise_error(MEAN, STD)  # pixels copied; each side normalises its own way
+    error = 2 * pixel_normalisation_error(
+        MEAN, STD
+    )  # pixels copied; each side normalises its own way
     for seed in range(10):
         on_device = device_views(recipe, [image], [seed])[0]
         torch.testing.assert_close(on_device, host_views(recipe, image, seed), atol=error, rtol=0)
@@ -100,7 +102,7 @@ def test_a_samples_views_do_not_depend_on_its_batch():
     images = [smooth_image() for _ in range(4)]
     batch = device_views(recipe, images, [10, 11, 12, 13])
     alone = device_views(recipe, images[2:3], [12])
-    error = photometric_batch_error(24) / min(STD) + 2 * normalise_error(MEAN, STD)
+    error = photometric_batch_error(24) / min(STD) + 2 * pixel_normalisation_error(MEAN, STD)
     for in_batch, by_itself in zip(batch, alone, strict=True):
         torch.testing.assert_close(in_batch[2:3], by_itself, atol=error, rtol=0)
 
@@ -146,7 +148,9 @@ def test_ranks_see_the_views_of_a_single_process():
 
     single = views_by_index(1, 0)
     # Batches of 3 and 6: the photometric reductions may round otherwise.
-    error = photometric_batch_error(32) / min(data.std) + 2 * normalise_error(data.mean, data.std)
+    error = photometric_batch_error(32) / min(data.std) + 2 * pixel_normalisation_error(
+        data.mean, data.std
+    )
     for rank in (0, 1):
         shared = {i: views for i, views in views_by_index(2, rank).items() if i in single}
         assert len(shared) == 3  # the rank's first three of the single process's first six

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests_support import EPS32, normalise_error, photometric_batch_error
+from tests_support import EPS32, photometric_batch_error, pixel_normalisation_error
 from torchvision.transforms.v2 import functional as F
 
 from distill.data.augment import group_params
@@ -133,7 +133,7 @@ def test_views_of_a_sample_do_not_depend_on_the_rest_of_its_batch():
     batch = dataset.__getitems__([(11 + i, i) for i in range(6)])
     alone = dataset.__getitems__([(14, 3)])[0]
     assert alone[2] == 3
-    error = photometric_batch_error(32) / min(STD) + 2 * normalise_error(MEAN, STD)
+    error = photometric_batch_error(32) / min(STD) + 2 * pixel_normalisation_error(MEAN, STD)
     for view, expected in zip(alone[0], batch[3][0], strict=True):
         torch.testing.assert_close(view, expected, atol=error, rtol=0)
     assert not torch.equal(batch[2][0][0], batch[3][0][0])
