@@ -12,10 +12,13 @@ from tests_support import NETWORK64_TOL, launch_ddp
 from distill.methods import Supervised
 
 WORKER = Path(__file__).with_name("ddp_crd_worker.py")
-pytestmark = pytest.mark.numerics
 
 
-@pytest.mark.parametrize("sampler", ["uniform", "other_class"])
+# The samplers differ in the rows they draw, not in the arithmetic compared: one of them
+# is enough for the numerical tests' repeats under other CPU kernels.
+@pytest.mark.parametrize(
+    "sampler", [pytest.param("uniform", marks=pytest.mark.numerics), "other_class"]
+)
 def test_state_agrees_across_ranks_and_with_one_process(tmp_path, sampler):
     torch.manual_seed(4)
     teacher = tmp_path / "teacher.ckpt"
