@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -285,3 +286,104 @@ class RecordIndices(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.indices += batch[2].tolist()
+
+
+# Float tolerances, derived from the computation rather than from what one CPU's kernels give.
+# A float32 result is compared with a float64 reference of the same inputs. Its error is
+# bounded by counting roundings, each worth EPS32 (twice the worst case of one rounding,
+# 2**-24 of the value), in the worst case over any summation order, vector width or fusion a
+# kernel may choose, and by how the computation amplifies them (a temperature, an exp).
+EPS32 = torch.finfo(torch.float32).eps
+TRANSCENDENTAL = 4 * EPS32  # exp, log, sqrt: elementwise kernels (glibc, Sleef u10) err < 1 ulp
+# Whole networks compared two ways (batch splits, layouts, statistics groups) run in float64
+# instead, where no per-network analysis is needed: an output of these small networks gathers
+# ~1e4 roundings of 2**-53 (depth × fan-in), amplified at most ~100 times by batch norms and
+# cancellations, so 1e6·eps64 ≈ 2e-10 bounds it, and a wrong group, layout or statistic moves
+# outputs by more than 1e-3.
+NETWORK64_TOL = 1e6 * torch.finfo(torch.float64).eps
+
+
+def dot_error(dim: int, norms: float = 1.0) -> float:
+    """Bound on the absolute error of a float32 dot product in dimension ``dim`` of vectors
+    whose norms multiply to at most ``norms`` (Higham's γ_dim: ``dim`` roundings of
+    Σ|a_i b_i| ≤ ‖a‖‖b‖, whatever the order of the sum)."""
+    return dim * EPS32 * norms
+
+
+def score_error(dim: int, temperature: float, norms: float = 1.0) -> float:
+    """Bound on the absolute error of a float32 logit ``⟨a, b⟩/τ`` (``a``, ``b`` as in
+    ``dot_error``): the dot product's error and the division's rounding, over ``τ``."""
+    return (dot_error(dim, norms) + EPS32 * norms) / temperature
+
+
+def exp_score_rtol(dim: int, temperature: float, norms: float = 1.0) -> float:
+    """Bound on the relative error of float32 ``exp(⟨a, b⟩/τ)``: the logit's absolute error
+    (``score_error``) becomes the exponential's relative error; then exp's own rounding."""
+    return score_error(dim, temperature, norms) + TRANSCENDENTAL
+
+
+def softmax_rtol(logit_error: float, max_abs_logit: float, num_classes: int) -> float:
+    """Bound on the relative error of float32 ``softmax`` over ``num_classes`` logits of size at
+    most ``max_abs_logit`` that err by at most ``logit_error``: the shift by the largest logit
+    (a rounding of up to 2·max|z|), the entry's and the sum's share of the logits' error
+    (twice), the exps, their sum and the division."""
+    shifted = logit_error + EPS32 * max_abs_logit
+    return 2 * shifted + TRANSCENDENTAL + (num_classes + 1) * EPS32
+
+
+def log_softmax_error(logit_error: float, max_abs_logit: float, num_classes: int) -> float:
+    """Bound on the absolute error of float32 ``log_softmax`` (logits as in ``softmax_rtol``):
+    the shifted logits' errors (twice, as there), the sum of exps and its log, and the final
+    subtraction, of values up to ``|log p| ≤ 2·max|z| + log C``."""
+    shifted = logit_error + EPS32 * max_abs_logit
+    log_sum_exp = (num_classes + 1) * EPS32 + TRANSCENDENTAL * (1 + math.log(num_classes))
+    return 2 * shifted + log_sum_exp + EPS32 * (2 * max_abs_logit + math.log(num_classes))
+
+
+def normalize_error(dim: int) -> float:
+    """Bound on the absolute error of the entries (at most 1) of a float32 L2-normalised vector
+    in dimension ``dim``: its norm (``dim`` squares summed, a sqrt) and the division."""
+    return (dim + 2) * EPS32 + TRANSCENDENTAL
+
+
+def assert_within(actual: torch.Tensor, expected: torch.Tensor, error, name: str = "") -> None:
+    """Asserts ``|actual − expected| ≤ error`` entry by entry (``error`` a bound per entry or
+    one for all), naming the worst entry and its share of the bound."""
+    difference = (actual.detach().double() - expected.detach().double()).abs()
+    bound = torch.as_tensor(error, dtype=torch.float64).expand_as(difference)
+    share = difference / bound
+    worst = int(share.flatten().argmax())
+    assert (difference <= bound).all(), (
+        f"{name} entry {worst}: |{actual.flatten()[worst].item()!r} − "
+        f"{expected.flatten()[worst].item()!r}| = {difference.flatten()[worst].item():.3g} "
+        f"exceeds its bound {bound.flatten()[worst].item():.3g} "
+        f"({share.flatten()[worst].item():.3g} times)"
+    )
+
+
+def ema_error(momentum: float, average: torch.Tensor, online: torch.Tensor) -> torch.Tensor:
+    """Bound per entry on the error of float32 ``m·average + (1 − m)·online`` (fused or not):
+    ``m`` and ``1 − m`` rounded to float32, two products and a sum, of values up to
+    ``m|average| + (1 − m)|online|``."""
+    average, online = average.detach().double(), online.detach().double()
+    return 2 * EPS32 * (momentum * average.abs() + (1 - momentum) * online.abs())
+
+
+def pixel_normalisation_error(mean, std) -> float:
+    """Bound on the error of a float32 normalised pixel ``(x − m)/s`` for ``x = p/255`` in
+    [0, 1]: three roundings (the scaling, the subtraction, the division) of values up to
+    ``(1 + m)/s``, in the normalised units."""
+    return 3 * EPS32 * (1 + max(mean)) / min(std)
+
+
+HUE_LIPSCHITZ = 4.0  # a hue rotation moves its output by ≤ 4 times its input's change (∞-norm)
+
+
+def photometric_batch_error(size: int, jitter: float = 0.4) -> float:
+    """Bound on how far one ``size``² image's float32 colour jitter and blur, in [0, 1], can
+    move when computed in another batch, where reductions and products may round otherwise:
+    the contrast's mean of size² lumas (weighed |1 − f| ≤ ``jitter``, then scaled by the later
+    ops' Lipschitz constants: brightness 1 + j, saturation 1 + 2j, the hue), and the blur's
+    two products of up to 2·size terms. Twice that: each run is within it of the exact value."""
+    contrast = jitter * size**2 * EPS32 * (1 + jitter) * (1 + 2 * jitter) * HUE_LIPSCHITZ
+    return 2 * (contrast + 2 * 2 * size * EPS32)

@@ -3,6 +3,8 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from tests_support import EPS32, TRANSCENDENTAL, dot_error, normalize_error
 
 from distill.eval.knn import KNNEval, knn_class_scores
 
@@ -20,22 +22,47 @@ def reference_scores(bank, bank_labels, queries, num_classes, k, temperature):
     return out
 
 
+def score_rtol(dim, k, temperature):
+    """Bound on the relative error of float32 class scores against ``reference_scores``: a
+    cosine similarity (two normalisations and a dot product) over τ in exp, then a sum of up
+    to k votes; valid when float32 picks the same neighbours (``assert_neighbours_decided``)."""
+    return (similarity_error(dim) + EPS32) / temperature + TRANSCENDENTAL + k * EPS32
+
+
+def similarity_error(dim):
+    return dot_error(dim) + 2 * normalize_error(dim)
+
+
+def assert_neighbours_decided(bank, queries, k):
+    """Float32 finds the float64 k nearest: the k-th and (k + 1)-th similarities of every
+    query lie more than two float32 similarity errors apart."""
+    bank, queries = (F.normalize(x.double(), dim=1) for x in (bank, queries))
+    ranked = (queries @ bank.T).sort(dim=1, descending=True).values
+    assert (ranked[:, k - 1] - ranked[:, k] > 2 * similarity_error(bank.shape[1])).all()
+
+
+@pytest.mark.numerics
 def test_scores_match_direct_formula_for_each_k():
     torch.manual_seed(0)
     bank, labels = torch.randn(50, 8), torch.randint(0, 4, (50,))
     queries = torch.randn(13, 8)
     scores = knn_class_scores(bank, labels, queries, 4, ks=(3, 10), temperature=0.5, chunk_size=4)
     for k in (3, 10):
+        assert_neighbours_decided(bank, queries, k)
         expected = reference_scores(bank, labels, queries, 4, k, 0.5)
-        torch.testing.assert_close(scores[k].double(), expected, rtol=1e-5, atol=1e-5)
+        rtol = score_rtol(8, k, 0.5)
+        torch.testing.assert_close(scores[k].double(), expected, rtol=rtol, atol=0)
 
 
+@pytest.mark.numerics
 def test_unlabelled_bank_rows_are_ignored_and_k_is_capped():
     bank = torch.eye(3)
     labels = torch.tensor([0, -1, 1])
     scores = knn_class_scores(bank, labels, torch.eye(3), 2, ks=(200,), temperature=1.0)[200]
     expected = reference_scores(bank[[0, 2]], labels[[0, 2]], torch.eye(3), 2, 2, 1.0)
-    torch.testing.assert_close(scores.double(), expected, rtol=1e-6, atol=1e-6)
+    # Similarities of one-hot rows are exactly 0 or 1: one exp and a sum of two votes round.
+    rtol = TRANSCENDENTAL + 2 * EPS32
+    torch.testing.assert_close(scores.double(), expected, rtol=rtol, atol=0)
 
 
 def clusters(num_classes=5, per_class=40, dim=16, seed=0):
@@ -82,6 +109,7 @@ def test_callback_logs_one_on_separable_images_and_chance_on_shuffled(tmp_path):
     assert np.isfinite(shuffled["val/knn_top5"])
 
 
+@pytest.mark.numerics
 def test_accuracies_are_direct_counts_of_the_scores_for_each_k():
     from distill.eval.knn import knn_accuracies
 
@@ -89,9 +117,16 @@ def test_accuracies_are_direct_counts_of_the_scores_for_each_k():
     bank, labels = torch.randn(60, 8, generator=generator), torch.arange(60) % 6
     queries, query_labels = torch.randn(25, 8, generator=generator), torch.arange(25) % 6
     accuracies = knn_accuracies(bank, labels, queries, query_labels, 6, ks=(30, 60))
+    assert_neighbours_decided(bank, queries, 30)  # k = 60 takes the whole bank
     for k in (30, 60):
         expected = reference_scores(bank, labels, queries, 6, k, 0.07)
         assert (expected > 0).all()  # every class voted: no ties in the top 5
+        # Float32 ranks the classes as float64 does: the 1st and 2nd, and the 5th and 6th,
+        # scores of every query differ by more than twice their float32 error.
+        ranked = expected.sort(dim=1, descending=True).values
+        rtol = score_rtol(8, k, 0.07)
+        assert (ranked[:, 0] - ranked[:, 1] > 2 * rtol * ranked[:, 0]).all()
+        assert (ranked[:, 4] - ranked[:, 5] > 2 * rtol * ranked[:, 4]).all()
         top1 = (expected.argmax(1) == query_labels).double().mean()
         top5 = (expected.topk(5, dim=1).indices == query_labels[:, None]).any(1).double().mean()
         assert accuracies[k] == pytest.approx({"top1": float(top1), "top5": float(top5)})

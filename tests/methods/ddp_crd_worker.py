@@ -4,8 +4,9 @@ Usage: python ddp_crd_worker.py OUT_DIR TEACHER_CKPT GLOBAL_BATCH SAMPLER. Train
 digits in dataset order, so the DDP ranks together see the same global batch as a single
 process, and saves the banks, the normalisers Z and the bank rows this rank sampled to
 rank{r}_of{world}.pt. The backbones are small ViTs: with no batch norm, a sample's
-embedding does not depend on how the batch is split. DDP's buffer broadcast is off, so
-equal state on the ranks can only come from CRD itself.
+embedding does not depend on how the batch is split, up to rounding, which 64-true precision
+keeps at float64's level. DDP's buffer broadcast is off, so equal state on the ranks can only
+come from CRD itself.
 """
 
 import os
@@ -63,7 +64,7 @@ def main(out_dir: str, teacher: str, global_batch: str, sampler: str) -> None:
         optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
     )  # fmt: skip
     trainer = L.Trainer(
-        accelerator="cpu", devices=world,
+        accelerator="cpu", devices=world, precision="64-true",
         strategy=DDPStrategy(broadcast_buffers=False) if world > 1 else "auto",
         max_steps=1, limit_val_batches=0, logger=False, use_distributed_sampler=False,
         callbacks=[sampled := SampledRows()],

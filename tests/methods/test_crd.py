@@ -2,7 +2,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from tests_support import ColourDataModule, quiet_trainer, resumable_fit
+from tests_support import ColourDataModule, normalize_error, quiet_trainer, resumable_fit
 
 from distill.data import DigitsDataModule
 from distill.errors import ConfigError
@@ -37,6 +37,7 @@ class BankWatcher(L.Callback):
         self.snapshots.append((pl_module.crd.student_memory.rows.clone(), z_s.clone(), idx.clone()))
 
 
+@pytest.mark.numerics
 def test_banks_move_by_the_momentum_formula_and_teacher_stays(teacher_checkpoint, tmp_path):
     torch.manual_seed(0)
     model = make(teacher_checkpoint, kd_weight=1.0)
@@ -50,11 +51,12 @@ def test_banks_move_by_the_momentum_formula_and_teacher_stays(teacher_checkpoint
     rows_before, z_s, idx = watcher.snapshots[-1]
     rows_after = model.crd.student_memory.rows
     expected = F.normalize(0.5 * rows_before[idx] + 0.5 * z_s, dim=1)
-    torch.testing.assert_close(rows_after[idx], expected)
+    torch.testing.assert_close(rows_after[idx], expected)  # the same float32 operations
     others = torch.ones(len(rows_after), dtype=torch.bool)
     others[idx] = False
     assert torch.equal(rows_after[others], rows_before[others])
-    assert torch.allclose(rows_after[idx].norm(dim=1), torch.ones(len(idx)))
+    norms = rows_after[idx].norm(dim=1)  # normalised, then measured
+    torch.testing.assert_close(norms, torch.ones(len(idx)), rtol=0, atol=2 * normalize_error(16))
     for name, value in model.teacher.state_dict().items():
         assert torch.equal(value, teacher_before[name]), name
     assert torch.isfinite(model.crd.normalizers).all()

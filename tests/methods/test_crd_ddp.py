@@ -1,18 +1,24 @@
 """CRD under 2-process CPU DDP (buffer broadcast off): banks and Z identical on both ranks and
-equal to one process; each rank samples its own negatives, those one process would draw."""
+equal to one process; each rank samples its own negatives, those one process would draw.
+In float64 (the worker's 64-true precision): the runs split the batch differently, and only
+float64 makes their agreement a matter of rounding that needs no per-network analysis."""
 
 from pathlib import Path
 
 import pytest
 import torch
-from tests_support import launch_ddp
+from tests_support import NETWORK64_TOL, launch_ddp
 
 from distill.methods import Supervised
 
 WORKER = Path(__file__).with_name("ddp_crd_worker.py")
 
 
-@pytest.mark.parametrize("sampler", ["uniform", "other_class"])
+# The samplers differ in the rows they draw, not in the arithmetic compared: one of them
+# is enough for the numerical tests' repeats under other CPU kernels.
+@pytest.mark.parametrize(
+    "sampler", [pytest.param("uniform", marks=pytest.mark.numerics), "other_class"]
+)
 def test_state_agrees_across_ranks_and_with_one_process(tmp_path, sampler):
     torch.manual_seed(4)
     teacher = tmp_path / "teacher.ckpt"
@@ -26,11 +32,14 @@ def test_state_agrees_across_ranks_and_with_one_process(tmp_path, sampler):
     for bank in ("student", "teacher"):
         assert torch.equal(rank0[bank], rank1[bank]), bank  # every rank holds the same bank
         # Rows 0-15 of the global batch moved alike in one process and in two (gathered).
-        torch.testing.assert_close(rank0[bank], single[bank], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            rank0[bank], single[bank], rtol=NETWORK64_TOL, atol=NETWORK64_TOL
+        )
         assert rank0[bank].shape[0] == 1437
     # Z from the whole first global batch, the same on both ranks (all-reduced, not broadcast).
     assert torch.equal(rank0["normalizers"], rank1["normalizers"])
-    torch.testing.assert_close(rank0["normalizers"], single["normalizers"], rtol=1e-4, atol=0)
+    z_single = single["normalizers"]
+    torch.testing.assert_close(rank0["normalizers"], z_single, rtol=NETWORK64_TOL, atol=0)
     # Each rank's anchors got the rows one process draws for them: different negatives.
     assert torch.equal(torch.cat([rank0["rows"], rank1["rows"]]), single["rows"])
     assert not torch.equal(rank0["rows"][:, 1:], rank1["rows"][:, 1:])

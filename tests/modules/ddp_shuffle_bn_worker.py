@@ -2,7 +2,8 @@
 
 Usage: python ddp_shuffle_bn_worker.py OUT_DIR. Each of the two ranks holds half of the same
 12 images; the key encoder's batch is shuffled across the ranks with rank 0's permutation
-(torch seeded with 7 there) and the keys of this rank's images are saved to rank{r}.pt.
+(torch seeded with 7 there) and the keys of this rank's images are saved to rank{r}.pt. In
+float64, as the test's one-process encoder, since the two split the batch differently.
 """
 
 import os
@@ -23,8 +24,9 @@ def main(out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = MomentumEncoder(create_backbone("resnet8"), proj_hidden_dim=32, proj_dim=16,
-                            queue_size=8)  # fmt: skip
-    images = torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+                            queue_size=8).double()  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(12, 3, 32, 32, generator=generator, dtype=torch.float64)
     mine = images.tensor_split(world)[rank]
     torch.manual_seed(7 if rank == 0 else 100 + rank)  # only rank 0's draw may matter
     keys = model.keys(mine)

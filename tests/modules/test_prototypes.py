@@ -1,9 +1,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from tests_support import EPS32, TRANSCENDENTAL, assert_within, dot_error, normalize_error
 
 from distill.errors import ConfigError
 from distill.modules import PrototypeBank
+
+pytestmark = pytest.mark.numerics
+NORM_ERROR = 2 * normalize_error(16)  # normalising a 16-d vector, then measuring its norm
 
 
 def clusters(num=4, per=25, dim=16, noise=0.05, seed=0):
@@ -24,7 +28,7 @@ def test_spherical_kmeans_recovers_separated_clusters(restarts):
     bank.init_from(points)
     assert torch.equal(torch.get_rng_state(), global_state)  # its own generator
     assert bank.is_initialized and bool(bank.initialized)
-    torch.testing.assert_close(bank.prototypes.norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(bank.prototypes.norm(dim=1), torch.ones(4), rtol=0, atol=NORM_ERROR)
     # Each true centre has one prototype at cosine > 0.99: a one-to-one match.
     match = (centres @ bank.prototypes.T).argmax(dim=1)
     assert sorted(match.tolist()) == [0, 1, 2, 3]
@@ -85,6 +89,24 @@ def reference_update(prototypes, anchors, threshold, momentum):
     return result
 
 
+def update_error(anchors, prototypes, threshold, momentum):
+    """Bound on the absolute error of float32 prototypes after ``update`` against
+    ``reference_update``, with ``n`` the most anchors any prototype takes (in float64).
+
+    An anchor's weight (1 − m)·s errs by (1 − m) times its similarity's error (a dot product
+    of re-normalised anchors); a weight moves the mix ``m_k·p + (1 − m_k)·c`` by at most twice
+    the largest distance of unit vectors (2); ``m_k``'s log1p and exp round once per anchor.
+    The mix has a norm ≥ ``m_k ≥ mⁿ`` (similarities ≥ 0 keep ``c`` on ``p``'s side), and
+    normalising it doubles its relative error.
+    """
+    similarity, nearest = (F.normalize(anchors.double()) @ prototypes.double().T).max(dim=1)
+    n = int(torch.bincount(nearest[similarity >= threshold]).max())
+    dim = anchors.shape[1]
+    weights = 4 * (1 - momentum) * n * (dot_error(dim) + normalize_error(dim))
+    mix = weights + n * TRANSCENDENTAL + 4 * EPS32
+    return 2 * mix / momentum**n + normalize_error(dim)
+
+
 def test_update_follows_its_formula_and_keeps_unit_norm():
     torch.manual_seed(0)
     bank = PrototypeBank(5, 8, threshold=0.3, momentum=0.9)
@@ -95,8 +117,12 @@ def test_update_follows_its_formula_and_keeps_unit_norm():
     assigned = set(bank.assign(anchors).tolist()) - {-1}
     bank.update(anchors)
     expected = reference_update(before, anchors, 0.3, 0.9)
-    torch.testing.assert_close(bank.prototypes.double(), expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(bank.prototypes.norm(dim=1), torch.ones(5))
+    error = update_error(anchors, before, 0.3, 0.9)
+    torch.testing.assert_close(bank.prototypes.double(), expected, rtol=0, atol=error)
+    unit = torch.ones(5)
+    torch.testing.assert_close(
+        bank.prototypes.norm(dim=1), unit, rtol=0, atol=2 * normalize_error(8)
+    )
     assert {0, 1, 3} <= assigned and len(assigned) < 5
     for k in range(5):  # moved iff some anchor was assigned to it
         assert torch.equal(bank.prototypes[k], before[k]) == (k not in assigned)
@@ -109,8 +135,12 @@ def test_one_anchor_is_the_papers_momentum_step():
     bank.update(z)
     s = float(z[0, 0])  # similarity to p_0
     m_z = 1 - 0.2 * s
-    expected = F.normalize(m_z * torch.tensor([1.0, 0.0]) + (1 - m_z) * z[0], dim=0)
-    torch.testing.assert_close(bank.prototypes[0], expected)
+    z64 = z[0].double()
+    expected = F.normalize(
+        m_z * torch.tensor([1.0, 0.0], dtype=torch.float64) + (1 - m_z) * z64, dim=0
+    )
+    error = update_error(z, torch.eye(2), 0.0, 0.8)
+    torch.testing.assert_close(bank.prototypes[0].double(), expected, rtol=0, atol=error)
     assert torch.equal(bank.prototypes[1], torch.tensor([0.0, 1.0]))
 
 
@@ -122,7 +152,12 @@ def test_update_is_independent_of_anchor_order():
     other.load_state_dict(bank.state_dict())
     bank.update(points[15:])
     other.update(points[15:].flip(0))
-    torch.testing.assert_close(bank.prototypes, other.prototypes)
+    # Only the three sums over the n = 15 anchors change order (n roundings each, of weights
+    # summing to at most n·(1 − m)); the rest is the same elementwise float32 arithmetic.
+    # Updating anchor by anchor instead would move the prototypes by 5e-5 when reversed.
+    n, momentum = 15, 0.99
+    error = 2 * 4 * n * EPS32 * (1 - momentum) * n / momentum**n
+    torch.testing.assert_close(bank.prototypes, other.prototypes, rtol=0, atol=error)
     assert not torch.equal(bank.prototypes, PrototypeBank(3, 16).prototypes)
 
 
@@ -173,7 +208,9 @@ def test_kmeans_with_duplicate_points_still_gives_k_unit_prototypes():
     points = torch.tensor([[1.0, 0.0]] * 5 + [[0.0, 1.0]] * 5)
     bank = PrototypeBank(3, 2)
     bank.init_from(points)
-    torch.testing.assert_close(bank.prototypes.norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(
+        bank.prototypes.norm(dim=1), torch.ones(3), rtol=0, atol=2 * normalize_error(2)
+    )
     assignment = bank.assign(points)
     assert len(set(assignment[:5].tolist())) == 1 and len(set(assignment[5:].tolist())) == 1
     assert assignment[0] != assignment[5]
@@ -196,20 +233,27 @@ def test_assignment_and_update_are_float32_exact_under_bf16_autocast():
     bank = PrototypeBank(8, 32, threshold=0.3, momentum=0.9)
     bank.set_prototypes(F.normalize(torch.randn(8, 32, generator=torch.Generator().manual_seed(0))))
     embeddings = near_ties(bank.prototypes, seed=1)
-    similarity64, assignment64 = (embeddings.double() @ bank.prototypes.double().T).max(dim=1)
+    similarities64 = embeddings.double() @ bank.prototypes.double().T
+    similarity64, assignment64 = similarities64.max(dim=1)
+    # The ties are near, but float32 still decides them: every two best similarities (and
+    # the threshold) lie more than two float32 errors apart.
+    best_two = similarities64.topk(2, dim=1).values
+    assert (best_two[:, 0] - best_two[:, 1] > 2 * dot_error(32)).all()
+    assert ((similarity64 - 0.3).abs() > 2 * dot_error(32)).all()
     before = bank.prototypes.clone()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         similarity, assignment = bank.similarities(embeddings)
         assigned = bank.assign(embeddings)
     # bf16 similarities are ~2e-3 off and tie or swap the two best prototypes.
-    torch.testing.assert_close(similarity.double(), similarity64, rtol=0, atol=1e-6)
+    torch.testing.assert_close(similarity.double(), similarity64, rtol=0, atol=dot_error(32))
     assert torch.equal(assignment, assignment64)
     assert torch.equal(assigned, torch.where(similarity64 >= 0.3, assignment64, -1))
     assert similarity.dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bank.update(embeddings)
     expected = reference_update(before, embeddings, 0.3, 0.9)
-    torch.testing.assert_close(bank.prototypes.double(), expected, rtol=1e-5, atol=1e-6)
+    error = update_error(embeddings, before, 0.3, 0.9)
+    torch.testing.assert_close(bank.prototypes.double(), expected, rtol=0, atol=error)
 
 
 def test_kmeans_under_bf16_autocast_is_a_float64_lloyd_fixed_point():
@@ -217,13 +261,24 @@ def test_kmeans_under_bf16_autocast_is_a_float64_lloyd_fixed_point():
     bank = PrototypeBank(6, 8, kmeans_iterations=100, kmeans_restarts=1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bank.init_from(points)
+    # The ~20 points within bf16's resolution of a tie, assigned by a bf16 matmul, would
+    # move the prototypes by ~1e-3; float32 k-means gives what it gives outside autocast.
+    plain = PrototypeBank(6, 8, kmeans_iterations=100, kmeans_restarts=1)
+    plain.init_from(points)
+    assert torch.equal(bank.prototypes, plain.prototypes)
     # Converged: each prototype is the normalised mean of the points nearest to it in
-    # float64. The ~20 points within bf16's resolution of a tie, assigned by a bf16
-    # matmul, move the prototypes by ~1e-3.
+    # float64, where no point is within two float32 errors of a tie.
     points64, prototypes64 = points.double(), bank.prototypes.double()
-    nearest = (points64 @ prototypes64.T).argmax(dim=1)
+    similarities = points64 @ prototypes64.T
+    best_two = similarities.topk(2, dim=1).values
+    assert (best_two[:, 0] - best_two[:, 1] > 2 * dot_error(8)).all()
+    nearest = similarities.argmax(dim=1)
     sums = torch.zeros_like(prototypes64).index_add_(0, nearest, points64)
-    torch.testing.assert_close(prototypes64, F.normalize(sums, dim=1), rtol=0, atol=1e-5)
+    # A sum of n unit vectors errs by n roundings of Σ‖x‖₁ ≤ n·√8 (whatever the order),
+    # which normalising turns into twice that over the sum's norm.
+    n, norms = torch.bincount(nearest)[:, None], sums.norm(dim=1, keepdim=True)
+    error = n * EPS32 * n * 8**0.5 / norms + normalize_error(8)
+    assert_within(prototypes64, F.normalize(sums, dim=1), error)
 
 
 def test_greedy_kmeans_plus_plus_recovers_six_separated_clusters_for_every_seed():

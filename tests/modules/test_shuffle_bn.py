@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests_support import launch_ddp
+from tests_support import EPS32, NETWORK64_TOL, assert_within, launch_ddp
 from torch import nn
 
 from distill.backbones import create_backbone
@@ -21,12 +21,20 @@ from distill.modules.shuffle_bn import (
 )
 
 WORKER = Path(__file__).with_name("ddp_shuffle_bn_worker.py")
+pytestmark = pytest.mark.numerics
 
 
 def encoder(**kwargs) -> MomentumEncoder:
+    """A float64 encoder: its keys and queries are compared with other batch splits and
+    statistics, which float64 makes a matter of NETWORK64_TOL (see tests_support)."""
     torch.manual_seed(0)
     backbone = create_backbone("resnet8")
-    return MomentumEncoder(backbone, proj_hidden_dim=32, proj_dim=16, queue_size=8, **kwargs)
+    encoder = MomentumEncoder(backbone, proj_hidden_dim=32, proj_dim=16, queue_size=8, **kwargs)
+    return encoder.double()
+
+
+def images64(*shape, generator=None):
+    return torch.randn(*shape, generator=generator, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("groups, batch", [(4, 16), (3, 10)])
@@ -45,24 +53,40 @@ def test_split_batch_norm_matches_per_group_formula_and_running_average(groups, 
     assert layer.groups == 1  # restored after the block
     x64 = x.double()
     chunks = x64.tensor_split(groups)
-    expected, means, variances = [], [], []
+    weight, bias = layer.weight.double().view(1, 3, 1, 1), layer.bias.double().view(1, 3, 1, 1)
+    expected, errors, means, variances, stat_errors = [], [], [], [], []
     for chunk in chunks:
         mean = chunk.mean(dim=(0, 2, 3), keepdim=True)
         var = ((chunk - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
         normed = (chunk - mean) / torch.sqrt(var + layer.eps)
-        expected.append(
-            normed * layer.weight.double().view(1, 3, 1, 1) + layer.bias.double().view(1, 3, 1, 1)
-        )
+        expected.append(normed * weight + bias)
         count = chunk.numel() / 3
         means.append(mean.flatten())
         variances.append(var.flatten() * count / (count - 1))  # running stats: unbiased
-    torch.testing.assert_close(out.double(), torch.cat(expected), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(
-        layer.running_mean.double(), 0.7 * running_mean + 0.3 * torch.stack(means).mean(0)
-    )
-    torch.testing.assert_close(
-        layer.running_var.double(), 0.7 * running_var + 0.3 * torch.stack(variances).mean(0)
-    )
+        # Float32: the mean sums `count` values (count roundings of max|x|) and divides; the
+        # variance sums `count` squares around it (the mean's error enters squared) and
+        # divides; 1/sqrt(var + eps) halves that and rounds twice. The output x·α + β, with
+        # α = w/σ and β = b − μ·α, rounds values up to (|x| + |μ|)·|α| + |b|.
+        mean_error = (count + 1) * EPS32 * chunk.abs().amax(dim=(0, 2, 3), keepdim=True)
+        var_rtol = (count + 3) * EPS32 + (mean_error**2 / var)
+        scale = weight.abs() / torch.sqrt(var + layer.eps)
+        errors.append(
+            scale * mean_error
+            + (normed * weight).abs() * (var_rtol / 2 + 3 * EPS32)
+            + 3 * EPS32 * ((chunk.abs() + mean.abs()) * scale + bias.abs())
+        )
+        stat_errors.append((mean_error.flatten(), (var_rtol.flatten() + 2 * EPS32) * variances[-1]))
+    assert_within(out, torch.cat(expected), torch.cat(errors), "output")
+    # The running statistics: each group's update (1 − m)·r + m·s, then their mean over the
+    # groups: the statistics' errors times m, plus 3 + groups roundings of the values.
+    for name, running, stats, index in (
+        ("running_mean", running_mean, means, 0),
+        ("running_var", running_var, variances, 1),
+    ):
+        expected = 0.7 * running + 0.3 * torch.stack(stats).mean(0)
+        largest = torch.maximum(running.abs(), torch.stack(stats).abs().amax(0))
+        error = 0.3 * torch.stack([e[index] for e in stat_errors]).amax(0)
+        assert_within(getattr(layer, name), expected, error + (3 + groups) * EPS32 * largest, name)
     assert int(layer.num_batches_tracked) == 1
 
 
@@ -123,7 +147,7 @@ def group_statistics_forward(network: nn.Module, group: torch.Tensor) -> torch.T
 
 def test_keys_come_back_in_their_rows_normalised_with_their_shuffled_group():
     model = encoder(bn_groups=4)
-    images = torch.randn(16, 3, 32, 32)
+    images = images64(16, 3, 32, 32)
     key_network = nn.Sequential(model.key_backbone, model.key_head)
     generator = torch.Generator().manual_seed(3)
     keys = shuffled_forward(key_network, images, "split", 4, generator)
@@ -131,23 +155,22 @@ def test_keys_come_back_in_their_rows_normalised_with_their_shuffled_group():
     expected = torch.empty(16, 16, dtype=torch.float64)
     for rows in permutation.tensor_split(4):
         expected[rows] = group_statistics_forward(key_network, images[rows])
-    torch.testing.assert_close(keys.double(), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(keys, expected, rtol=NETWORK64_TOL, atol=NETWORK64_TOL)
     # Plain batch norm over the whole batch gives other keys: the groups matter.
     assert not torch.allclose(keys, key_network(images), atol=1e-3)
 
 
 def test_queries_are_normalised_in_batch_order_groups_and_keys_in_other_groups():
     model = encoder(bn_groups=4)
-    views = [torch.randn(16, 3, 32, 32), torch.randn(16, 3, 32, 32)]
+    views = [images64(16, 3, 32, 32), images64(16, 3, 32, 32)]
     torch.manual_seed(5)
     queries, keys = model.queries_and_keys(views, symmetric=False)
     query_network = nn.Sequential(model.backbone, model.head)
     expected = torch.cat(
         [group_statistics_forward(query_network, rows) for rows in views[0].tensor_split(4)]
     )
-    torch.testing.assert_close(
-        queries.double(), nn.functional.normalize(expected), atol=1e-4, rtol=1e-4
-    )
+    expected = nn.functional.normalize(expected)
+    torch.testing.assert_close(queries, expected, rtol=NETWORK64_TOL, atol=NETWORK64_TOL)
     torch.manual_seed(5)
     permutation = balanced_shuffle(16, 4)
     key_network = nn.Sequential(model.key_backbone, model.key_head)
@@ -156,20 +179,21 @@ def test_queries_are_normalised_in_batch_order_groups_and_keys_in_other_groups()
         expected[rows] = group_statistics_forward(key_network, views[1][rows])
         # No key group is a query group: each holds one image of every query group.
         assert sorted((rows // 4).tolist()) == [0, 1, 2, 3]
-    torch.testing.assert_close(
-        keys.double(), nn.functional.normalize(expected), atol=1e-4, rtol=1e-4
-    )
+    expected = nn.functional.normalize(expected)
+    torch.testing.assert_close(keys, expected, rtol=NETWORK64_TOL, atol=NETWORK64_TOL)
 
 
 def test_off_is_plain_batch_norm_and_eval_mode_skips_the_shuffle():
     model = encoder(shuffle_bn="off")
-    images = torch.randn(8, 3, 32, 32)
+    images = images64(8, 3, 32, 32)
     expected = nn.functional.normalize(model.key_head(model.key_backbone(images)))
-    torch.testing.assert_close(model.keys(images), expected)
+    torch.testing.assert_close(model.keys(images), expected)  # the same computation
     split = encoder()
     split.eval()
     per_image = torch.cat([split.keys(image.unsqueeze(0)) for image in images])
-    torch.testing.assert_close(split.keys(images), per_image, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        split.keys(images), per_image, rtol=NETWORK64_TOL, atol=NETWORK64_TOL
+    )
 
 
 def test_modes_are_checked_by_name():
@@ -187,10 +211,12 @@ def test_two_ranks_give_the_keys_of_one_process_with_two_groups(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert [r["mode"] for r in ranks] == ["ranks", "ranks"]
     model = encoder()
-    images = torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    images = images64(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(7)
     key_network = nn.Sequential(model.key_backbone, model.key_head)
     keys = nn.functional.normalize(shuffled_forward(key_network, images, "split", 2))
-    torch.testing.assert_close(torch.cat([r["keys"] for r in ranks]), keys, rtol=1e-5, atol=1e-5)
+    ranks_keys = torch.cat([r["keys"] for r in ranks])
+    torch.testing.assert_close(ranks_keys, keys, rtol=NETWORK64_TOL, atol=NETWORK64_TOL)
     queries = torch.cat([model(rows) for rows in images.tensor_split(2)])  # per-rank BN
-    torch.testing.assert_close(torch.cat([r["queries"] for r in ranks]), queries)
+    ranks_queries = torch.cat([r["queries"] for r in ranks])
+    torch.testing.assert_close(ranks_queries, queries, rtol=NETWORK64_TOL, atol=NETWORK64_TOL)
