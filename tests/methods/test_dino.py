@@ -412,7 +412,8 @@ def test_per_parameter_clipping_unscales_a_fused_optimizers_gradients_first(tmp_
     reference = first_moments_after_one_clipped_step(tmp_path, fused=False)
     assert fused.keys() == reference.keys() and len(fused) > 10
     for name, moment in reference.items():
-        # The same gradients: the moments differ at most by the two kernels' float32 rounding.
-        torch.testing.assert_close(fused[name], moment, rtol=1e-6, atol=1e-12, msg=name)
+        # The same clipped gradients; exp_avg = (1 − β1)·g by the fused kernel (a lerp from 0:
+        # two roundings) and by the foreach one (two roundings): 4 roundings apart at most.
+        torch.testing.assert_close(fused[name], moment, rtol=4 * EPS32, atol=0, msg=name)
     clipped = [name for name, moment in reference.items() if moment.norm() > 0.1 * 1e-3 * 0.999]
     assert len(clipped) > 10  # most tensors were clipped to 1e-3 (exp_avg = 0.1 × gradient)
