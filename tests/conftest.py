@@ -12,6 +12,26 @@ from PIL import Image
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
 
+def pytest_report_header(config) -> str:
+    """The CPU kernels the numerics ran on (``ATEN_CPU_CAPABILITY`` forces others), for reports."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as file:
+            cpu = next(line.split(":", 1)[1].strip() for line in file if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    forced = os.environ.get("ATEN_CPU_CAPABILITY")
+    return (
+        f"torch {torch.__version__}, CPU kernels: {torch.backends.cpu.get_cpu_capability()}"
+        + (f" (ATEN_CPU_CAPABILITY={forced})" if forced else "")
+        + f", {cpu}"
+    )
+
+
 def write_png_folder(root, classes=("cat", "dog", "frog"), per_class=6, size=40, seed=0):
     """An ImageFolder tree of random PNGs; each class has its own mean colour."""
     rng = np.random.default_rng(seed)
