@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.arguments import callback_key, require_ints, require_positive, require_positive_int
 from distill.eval.features import extract_features, resolve_submodule
 from distill.eval.metrics import top_k_accuracies
 
@@ -109,10 +110,13 @@ class KNNEval(L.Callback):
         chunk_size: int = 256,
         log_prefix: str = "val/knn",
     ) -> None:
+        if k is not None:
+            require_ints(callback_key(self, "k"), k, 1)
+        require_positive(callback_key(self, "temperature"), temperature)
+        require_positive_int(callback_key(self, "every_n_epochs"), every_n_epochs)
+        require_positive_int(callback_key(self, "chunk_size"), chunk_size)
         self.submodule = submodule
         self.ks = [200, 20] if k is None else list(k)
-        if not self.ks or min(self.ks) < 1:
-            raise ValueError(f"KNNEval k must be a non-empty list of positive ints, got {k}")
         self.temperature = temperature
         self.every_n_epochs = every_n_epochs
         self.chunk_size = chunk_size

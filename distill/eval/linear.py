@@ -12,6 +12,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from distill.arguments import (
+    callback_key,
+    require_int,
+    require_non_negative,
+    require_positive,
+)
 from distill.errors import ConfigError
 from distill.eval.features import eval_mode, extract_features, resolve_submodule
 from distill.modules.distributed import gather_rows
@@ -134,6 +140,13 @@ class LinearProbe(L.Callback):
     features and labels are all-gathered and every rank takes the same step, so the probes
     stay identical. The probe's weights and optimiser are saved in the checkpoint.
 
+    A batch the module skipped takes no probe step either: the probe asks
+    ``pl_module.batch_skipped()`` when the module has that method (distill's methods do:
+    true when ``nonfinite_loss: skip`` skipped the batch, whose features may be NaN), so a
+    NaN batch leaves the classifier, its batch norm and its optimiser as they were. Any
+    LightningModule can join this protocol by defining a ``batch_skipped() -> bool`` that
+    answers for the current batch in ``on_train_batch_end``.
+
     Outside fit (``distill validate``) the probe is the one in the checkpoint (Lightning
     restores callback states). A probe with nothing trained, neither in this process nor
     in a checkpoint (validate without ``--ckpt_path``, or a probe the run did not have), is
@@ -165,6 +178,10 @@ class LinearProbe(L.Callback):
         offline_lr: float = 0.05,
         log_prefix: str = "val/linear",
     ) -> None:
+        require_positive(callback_key(self, "lr"), lr)
+        require_non_negative(callback_key(self, "weight_decay"), weight_decay)
+        require_int(callback_key(self, "offline_epochs"), offline_epochs, 0)
+        require_positive(callback_key(self, "offline_lr"), offline_lr)
         self.submodule = submodule
         self.lr = lr
         self.weight_decay = weight_decay
@@ -230,7 +247,7 @@ class LinearProbe(L.Callback):
             handed.pop(self.submodule, None)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if not self.online:
+        if not self.online or self._skipped(pl_module):
             return
         views, targets, _ = batch
         images = views[0] if isinstance(views, list | tuple) else views
@@ -250,6 +267,12 @@ class LinearProbe(L.Callback):
             self.optimizer.step()
         self._trained = True
         pl_module.log("train/linear_loss", loss.detach())
+
+    @staticmethod
+    def _skipped(pl_module: L.LightningModule) -> bool:
+        """Whether the module skipped this batch (see the class docstring's protocol)."""
+        batch_skipped = getattr(pl_module, "batch_skipped", None)
+        return callable(batch_skipped) and bool(batch_skipped())
 
     def _fits_at_validation(self, trainer: L.Trainer) -> bool:
         """Outside fit, with nothing trained or restored: fit a probe before reporting."""

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from tests_support import EPS32, TRANSCENDENTAL, dot_error, normalize_error
 
+from distill.errors import ConfigError
 from distill.eval.knn import KNNEval, knn_class_scores
 
 
@@ -92,9 +93,22 @@ def test_random_labels_give_chance_accuracy():
     assert abs(accuracy.float().mean().item() - 0.1) < 0.03
 
 
-def test_callback_rejects_empty_k():
-    with pytest.raises(ValueError, match="k must"):
-        KNNEval(k=[])
+@pytest.mark.parametrize(
+    ("argument", "value", "valid"),
+    [
+        ("k", [], "one or more integers >= 1"),
+        ("k", [20, 0], "one or more integers >= 1"),
+        ("temperature", 0.0, "a number > 0"),  # exp(sim / 0): every vote infinite
+        ("temperature", -0.07, "a number > 0"),  # the least similar neighbours would win
+        ("every_n_epochs", 0, "an integer >= 1"),
+        ("chunk_size", 0, "an integer >= 1"),
+    ],
+)
+def test_bad_arguments_are_one_message_naming_the_key(argument, value, valid):
+    with pytest.raises(ConfigError) as error:
+        KNNEval(**{argument: value})
+    key = f"trainer.callbacks.KNNEval.init_args.{argument}"
+    assert str(error.value) == f"{key}={value!r}; valid: {valid}"
 
 
 def test_callback_logs_one_on_separable_images_and_chance_on_shuffled(tmp_path):

@@ -271,3 +271,76 @@ def test_probe_embeds_the_view_itself_when_the_module_hands_nothing_over(tmp_pat
     )  # FrozenModel takes no optimiser step: max_steps would never be reached
     trainer.fit(FrozenModel(), datamodule=ColourDataModule())
     assert spy.forwards == 3 and len(spy.pairs) == 3  # the probe's own eval-mode forwards
+
+
+class ProbeAround(L.Callback):
+    """The probe's whole state (classifier, batch norm, optimiser) before global step ``step``
+    and before the step after it, i.e. after that batch's ``on_train_batch_end``."""
+
+    def __init__(self, probe: LinearProbe, step: int) -> None:
+        self.probe, self.step = probe, step
+        self.before = self.after = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            self.before = copy.deepcopy(self.probe.state_dict())
+        elif trainer.global_step == self.step + 1:
+            self.after = copy.deepcopy(self.probe.state_dict())
+
+
+def tensors(state) -> dict[str, torch.Tensor]:
+    """Every tensor of a nested state dict, by its path."""
+    if isinstance(state, torch.Tensor):
+        return {"": state}
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, list | tuple):
+        items = enumerate(state)
+    else:
+        return {}
+    return {
+        f"{key}.{path}".rstrip("."): t for key, value in items for path, t in tensors(value).items()
+    }
+
+
+def test_probe_takes_no_step_on_a_batch_the_method_skipped(tmp_path):
+    # nonfinite_loss: skip drops a NaN batch from the method; the probe, which would learn from
+    # that batch's NaN features, must drop it too (Method.batch_skipped, by duck typing).
+    from tests_support import PoisonBatch
+
+    from distill.methods import Supervised
+
+    torch.manual_seed(0)
+    model = Supervised(backbone="resnet8", num_classes=5, nonfinite_loss="skip")
+    probe = LinearProbe(lr=0.05)
+    around = ProbeAround(probe, step=1)
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=2, num_sanity_val_steps=0, callbacks=[probe, PoisonBatch(1), around]
+    )
+    with pytest.warns(UserWarning, match="skipped global step 1"):
+        trainer.fit(model, datamodule=ColourDataModule())
+    before, after = tensors(around.before), tensors(around.after)
+    assert before.keys() == after.keys() and len(before) > 5  # weights, BN buffers, Adam state
+    assert [key for key in before if not torch.equal(before[key], after[key])] == []
+    final = tensors(probe.state_dict())
+    assert all(t.isfinite().all() for t in final.values() if t.is_floating_point())
+    assert int(final["classifier.0.num_batches_tracked"]) == 12 - 1  # every batch but one
+    # A NaN classifier says class 0 for every image: 6 of the 30 val images (0.2).
+    assert float(trainer.callback_metrics["val/linear_top1"]) > 0.5
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "valid"),
+    [
+        ("lr", -1.0, "a number > 0"),
+        ("lr", 0.0, "a number > 0"),
+        ("weight_decay", -0.1, "a number >= 0"),
+        ("offline_epochs", -1, "an integer >= 0"),
+        ("offline_lr", float("nan"), "a number > 0"),
+    ],
+)
+def test_bad_arguments_are_one_message_naming_the_key(argument, value, valid):
+    with pytest.raises(ConfigError) as error:
+        LinearProbe(**{argument: value})
+    key = f"trainer.callbacks.LinearProbe.init_args.{argument}"
+    assert str(error.value) == f"{key}={value!r}; valid: {valid}"
