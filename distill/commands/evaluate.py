@@ -16,6 +16,14 @@ import lightning as L
 import torch
 from torch import nn
 
+from distill.arguments import (
+    require_choice,
+    require_int,
+    require_ints,
+    require_non_negative,
+    require_positive,
+    require_positive_int,
+)
 from distill.backbones import to_channels_last
 from distill.checkpoint_io import write_atomically
 from distill.commands.checkpoint import (
@@ -25,7 +33,7 @@ from distill.commands.checkpoint import (
     submodule_backbone,
 )
 from distill.data.base import ViewDataModule
-from distill.errors import ConfigError, OutputError
+from distill.errors import OutputError
 from distill.eval.features import FeatureCache, resolve_submodule
 from distill.eval.knn import knn_accuracies
 from distill.eval.linear import fit_linear_classifier
@@ -102,11 +110,13 @@ def evaluate(
     Returns:
         The results.
     """
+    check_options(
+        knn_k, knn_temperature, linear_optimizer, linear_epochs, linear_lr,
+        linear_weight_decay, linear_batch_size,
+    )  # fmt: skip
     path = checkpoint_file(ckpt_path)
     resolve_submodule(model, submodule)
     backbone = submodule_backbone(model, submodule)
-    if not knn_k or min(knn_k) < 1:
-        raise ConfigError(f"--knn_k {list(knn_k)}: give one or more positive integers")
     results_path = Path(output or f"{ckpt_path}.{submodule}.eval.json")
     check_outputs([results_path], str(path), overwrite)  # before minutes of work, not after
     state = backbone_state(ckpt_path, submodule)
@@ -150,6 +160,27 @@ def evaluate(
     if trainer.is_global_zero:
         write_results(results, results_path)
     return results
+
+
+def check_options(
+    knn_k: Sequence[int],
+    knn_temperature: float,
+    linear_optimizer: str,
+    linear_epochs: int,
+    linear_lr: float | None,
+    linear_weight_decay: float,
+    linear_batch_size: int,
+) -> None:
+    """Refuses a bad ``distill eval`` option before any feature is extracted, so a mistake
+    costs no minutes of work and loses no result computed before it."""
+    require_ints("--knn_k", list(knn_k) if isinstance(knn_k, Sequence) else knn_k, 1)
+    require_positive("--knn_temperature", knn_temperature)
+    require_choice("--linear_optimizer", linear_optimizer, tuple(DEFAULT_LINEAR_LR))
+    require_positive_int("--linear_epochs", linear_epochs)  # 0 would score an untrained probe
+    if linear_lr is not None:
+        require_positive("--linear_lr", linear_lr)
+    require_non_negative("--linear_weight_decay", linear_weight_decay)
+    require_int("--linear_batch_size", linear_batch_size, 1)
 
 
 def write_results(results: dict[str, Any], path: Path) -> None:

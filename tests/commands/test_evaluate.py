@@ -1,5 +1,6 @@
 """``distill eval``: the numbers KNNEval logs, a linear probe counted directly, clear refusals."""
 
+import importlib
 import json
 from pathlib import Path
 
@@ -128,7 +129,7 @@ def test_kd_teacher_is_evaluated_from_the_students_checkpoint_after_its_run_is_g
     [
         (["--ckpt_path", "missing.ckpt"], "missing.ckpt: no such checkpoint file"),
         (["--submodule", "teacher"], "has no submodule 'teacher'; available: student"),
-        (["--knn_k", "0"], "--knn_k [0]: give one or more positive integers"),
+        (["--knn_k", "0"], "--knn_k=[0]; valid: one or more integers >= 1"),
         (
             ["--model.init_args.backbone", "resnet14"],
             "(student.backbone.*) do not fit the CifarResNet",
@@ -143,6 +144,37 @@ def test_mistakes_end_in_one_message_and_write_nothing(
     args = ["eval", "--config", QUICKSTART, "--ckpt_path", supervised_ckpt, "--output", output]
     code, _, err = cli(args + extra)
     assert code == 2 and message in err and "Traceback" not in err
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "valid"),
+    [
+        ("--linear_lr", "-1", "-1.0; valid: a number > 0"),
+        ("--linear_weight_decay", "-1", "-1.0; valid: a number >= 0"),
+        ("--linear_batch_size", "0", "0; valid: an integer >= 1"),  # a ZeroDivisionError once
+        ("--linear_epochs", "0", "0; valid: an integer >= 1"),  # an untrained probe's score
+        ("--linear_epochs", "-3", "-3; valid: an integer >= 1"),
+        ("--knn_temperature", "0", "0.0; valid: a number > 0"),
+        ("--knn_temperature", "-0.07", "-0.07; valid: a number > 0"),  # scored silently once
+        ("--knn_k", "20 -1", "[20, -1]; valid: one or more integers >= 1"),
+    ],
+)
+def test_bad_numbers_are_refused_before_any_feature_is_extracted(
+    supervised_ckpt, tmp_path, cli, monkeypatch, option, value, valid
+):
+    def no_features(*args, **kwargs):
+        raise AssertionError("features extracted before the options were checked")
+
+    # The module, not the function distill.commands re-exports under the same name.
+    monkeypatch.setattr(
+        importlib.import_module("distill.commands.evaluate"), "FeatureCache", no_features
+    )
+    output = tmp_path / "never.json"
+    args = ["eval", "--config", QUICKSTART, "--ckpt_path", supervised_ckpt, "--output", output]
+    code, out, err = cli([*args, option, *value.split()])
+    assert code == 2 and out == ""
+    assert err.strip().splitlines()[-1] == f"distill: error: {option}={valid}"
     assert not output.exists()
 
 
