@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -30,6 +31,15 @@ def pytest_report_header(config) -> str:
         + (f" (ATEN_CPU_CAPABILITY={forced})" if forced else "")
         + f", {cpu}"
     )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_pytest_arguments_in_argv():
+    """The tests hand the CLI its arguments (``main(args)``); pytest's own command line in
+    ``sys.argv`` would make LightningCLI warn that both were given."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    yield
+    sys.argv = argv
 
 
 def write_png_folder(root, classes=("cat", "dog", "frog"), per_class=6, size=40, seed=0):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -106,7 +107,7 @@ class FrozenModel(L.LightningModule):
         return None
 
     def configure_optimizers(self):
-        return None
+        return []  # no optimiser, said explicitly (None makes Lightning warn that it has none)
 
 
 def quiet_trainer(root, **kwargs) -> L.Trainer:
@@ -120,6 +121,25 @@ def quiet_trainer(root, **kwargs) -> L.Trainer:
         default_root_dir=str(root),
     )
     return L.Trainer(**{**defaults, **kwargs})
+
+
+#: For a test that calls a method's ``training_step`` directly, outside a Trainer: its
+#: ``self.log`` calls have nowhere to go, which Lightning says in a warning per call.
+OUTSIDE_TRAINER = pytest.mark.filterwarnings(
+    r"ignore:You are trying to `self.log\(\)` but the `self.trainer` reference is not "
+    r"registered:UserWarning:lightning.pytorch.core.module"
+)
+
+
+def refused(build, **arguments) -> str:
+    """The message of the ``ConfigError`` that ``build(**arguments)`` raises (it must raise)."""
+    from distill.errors import ConfigError
+
+    try:
+        build(**arguments)
+    except ConfigError as error:
+        return str(error)
+    raise AssertionError(f"{build.__name__}(**{arguments}) was accepted")
 
 
 def run_validate(model, datamodule, callback, root) -> dict[str, float]:

@@ -118,7 +118,8 @@ def test_sixteen_bit_png_is_scaled_not_clipped(png_folder, tmp_path):
     values[0, :3] = (257, 65535, 300)
     path = png_folder / "train" / "cat" / "deep.png"
     Image.fromarray(values).save(path)
-    assert Image.open(path).mode.startswith("I")  # really 16-bit on disk
+    with Image.open(path) as on_disk:
+        assert on_disk.mode.startswith("I")  # really 16-bit on disk
     dm = make(png_folder, tmp_path)
     dm.setup("fit")
     train = dm.train_set.dataset

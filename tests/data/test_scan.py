@@ -2,6 +2,7 @@
 
 import logging
 import os
+from pathlib import Path
 
 from PIL import Image
 
@@ -38,7 +39,7 @@ def test_second_scan_opens_no_file_and_changed_file_is_checked_again(
     assert opened == []
     # Same size, new content and mtime: only the cache's (size, mtime) key can notice.
     changed = paths[3]
-    data = bytearray(open(changed, "rb").read())
+    data = bytearray(Path(changed).read_bytes())
     data[len(data) // 2] ^= 0xFF
     mtime = os.stat(changed).st_mtime_ns
     with open(changed, "wb") as file:
@@ -57,7 +58,7 @@ def test_file_replaced_with_the_same_size_and_mtime_is_checked_again(
     # As `cp -p`, `rsync -t` or `touch -r` leave it: other bytes, same size, same mtime.
     replaced = paths[2]
     before = os.stat(replaced)
-    data = bytearray(open(replaced, "rb").read())
+    data = bytearray(Path(replaced).read_bytes())
     start = data.index(b"IDAT") + 8  # image data, a few hundred bytes into the file
     data[start : start + 16] = bytes(16)
     with open(replaced, "wb") as file:
@@ -102,7 +103,7 @@ def test_unwritable_cache_is_skipped_with_a_debug_message(png_folder, tmp_path, 
     root, paths = split_files(png_folder)
     (tmp_path / "a_file").write_text("")
     broken = paths[0]
-    open(broken, "wb").write(b"not an image")
+    Path(broken).write_bytes(b"not an image")
     with caplog.at_level(logging.DEBUG, logger="distill.data.scan"):
         bad = find_bad_images(root, paths, "header", str(tmp_path / "a_file" / "cache"))
     assert list(bad) == [broken]
