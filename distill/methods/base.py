@@ -288,14 +288,18 @@ class Method(L.LightningModule):
         self.log(f"{stage}/top5", self.val_top5)
 
     def check_num_classes(self, num_classes: int) -> None:
-        """Fails early when the model's ``num_classes`` differs from the DataModule's."""
+        """Fails early when the model's ``num_classes`` differs from the DataModule's.
+
+        The message claims nothing about a checkpoint: the configured ``num_classes`` may
+        differ from the one a resumed or validated checkpoint was trained with.
+        """
         datamodule = getattr(self.trainer, "datamodule", None)
         expected = getattr(datamodule, "num_classes", None)
         if expected is not None and expected != num_classes:
             raise ConfigError(
                 f"model.init_args.num_classes={num_classes} but the data "
-                f"({type(datamodule).__name__}) has {expected} classes: to train on it, set "
-                f"model.init_args.num_classes={expected}; a checkpoint trained with "
-                f"{num_classes} classes cannot be validated on it, but `distill eval` probes "
-                "its backbone on data with any number of classes."
+                f"({type(datamodule).__name__}) has {expected} classes. To train a model on "
+                f"this data, set model.init_args.num_classes={expected}; a checkpoint's "
+                "classification head fits only data with the classes it was trained on, while "
+                "`distill eval` probes a checkpoint's backbone on data with any number of classes."
             )

@@ -8,6 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill.arguments import (
+    MODEL,
+    require_choice,
+    require_each,
+    require_non_negative,
+    require_positive,
+    require_positive_int,
+    require_probability,
+)
 from distill.errors import ConfigError
 from distill.losses import CRDLoss, kd_loss
 from distill.methods.distillation import TeacherStudent
@@ -55,6 +64,13 @@ class CRD(TeacherStudent):
         ce_weight: float = 1.0,
         **kwargs,
     ) -> None:
+        require_each(require_non_negative, MODEL, crd_weight=crd_weight, kd_weight=kd_weight)
+        require_each(
+            require_positive, MODEL, temperature=temperature, nce_temperature=nce_temperature
+        )
+        require_each(require_positive_int, MODEL, embed_dim=embed_dim, num_negatives=num_negatives)
+        require_probability(f"{MODEL}.memory_momentum", memory_momentum)
+        require_choice(f"{MODEL}.sampler", sampler, ("uniform", "other_class"))
         super().__init__(ce_weight=ce_weight, **kwargs)
         self.save_hyperparameters(ignore=["optimizer"])
         self.crd_weight = crd_weight

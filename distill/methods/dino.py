@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
@@ -11,6 +9,15 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from distill.arguments import (
+    MODEL,
+    require_each,
+    require_int,
+    require_non_negative,
+    require_positive,
+    require_positive_int,
+    require_probability,
+)
 from distill.backbones import create_backbone
 from distill.errors import ConfigError
 from distill.losses.dino import DINOLoss, collapse_monitors, teacher_probabilities
@@ -102,31 +109,44 @@ class DINO(Method):
         exclude_norm_bias_from_wd: bool = True,
         **kwargs,
     ) -> None:
-        super().__init__(
-            optimizer=optimizer, exclude_norm_bias_from_wd=exclude_norm_bias_from_wd, **kwargs
-        )
-        self.save_hyperparameters(ignore=["optimizer"])
-        if num_global_views < 1:
-            raise ConfigError(f"model.init_args.num_global_views={num_global_views}; valid: >= 1")
+        require_each(
+            require_positive_int, MODEL, output_dim=output_dim, hidden_dim=hidden_dim,
+            bottleneck_dim=bottleneck_dim, num_global_views=num_global_views,
+            collapse_patience=collapse_patience, collapse_check_interval=collapse_check_interval,
+        )  # fmt: skip
+        require_int(f"{MODEL}.freeze_last_layer", freeze_last_layer, 0)
+        require_each(
+            require_positive, MODEL, student_temp=student_temp, teacher_temp=teacher_temp,
+            warmup_teacher_temp=warmup_teacher_temp,
+        )  # fmt: skip
+        # The weight decays are set every step: no optimiser checks them.
+        require_each(
+            require_non_negative, MODEL, warmup_teacher_temp_epochs=warmup_teacher_temp_epochs,
+            weight_decay_start=weight_decay_start, weight_decay_end=weight_decay_end,
+        )  # fmt: skip
+        require_each(
+            require_probability, MODEL, center_momentum=center_momentum,
+            collapse_tolerance=collapse_tolerance,
+        )  # fmt: skip
         if not 0.0 <= momentum_start <= momentum_end <= 1.0:
             raise ConfigError(
                 f"model.init_args.momentum_start={momentum_start}, momentum_end={momentum_end}; "
                 "valid: 0 <= momentum_start <= momentum_end <= 1"
             )
-        for key, value in (("weight_decay_start", weight_decay_start),
-                           ("weight_decay_end", weight_decay_end)):  # fmt: skip
-            if not 0.0 <= value < math.inf:  # set every step: no optimiser checks it
-                raise ConfigError(f"model.init_args.{key}={value}; valid: a finite number >= 0")
         if lr_reference_batch is not None and lr_reference_batch < 1:
             raise ConfigError(
                 f"model.init_args.lr_reference_batch={lr_reference_batch}; valid: a number of "
                 "images >= 1, or null (the lr as given)"
             )
+        super().__init__(
+            optimizer=optimizer, exclude_norm_bias_from_wd=exclude_norm_bias_from_wd, **kwargs
+        )
+        self.save_hyperparameters(ignore=["optimizer"])
         self.num_global_views = num_global_views
         self.momentum_start, self.momentum_end = momentum_start, momentum_end
         self.weight_decay_start, self.weight_decay_end = weight_decay_start, weight_decay_end
         self.lr_reference_batch = lr_reference_batch
-        self.collapse_check_interval = max(1, collapse_check_interval)
+        self.collapse_check_interval = collapse_check_interval
 
         def network() -> MultiCropWrapper:
             net = create_backbone(backbone, **(backbone_kwargs or {}))

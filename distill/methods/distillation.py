@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from distill.arguments import MODEL, require_int, require_non_negative
 from distill.backbones import create_backbone
 from distill.errors import ConfigError
 from distill.methods.base import Method
@@ -48,6 +49,8 @@ class TeacherStudent(Method):
         teacher_backbone_kwargs: dict | None = None,
         **kwargs,
     ) -> None:
+        require_int(f"{MODEL}.num_classes", num_classes, 2)
+        require_non_negative(f"{MODEL}.ce_weight", ce_weight)
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.ce_weight = ce_weight

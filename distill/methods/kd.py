@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.arguments import MODEL, require_non_negative, require_positive
 from distill.losses import kd_loss
 from distill.methods.distillation import TeacherStudent
 
@@ -27,6 +28,8 @@ class KD(TeacherStudent):
     def __init__(
         self, temperature: float = 4.0, kd_weight: float = 0.9, ce_weight: float = 0.1, **kwargs
     ) -> None:
+        require_positive(f"{MODEL}.temperature", temperature)
+        require_non_negative(f"{MODEL}.kd_weight", kd_weight)
         super().__init__(ce_weight=ce_weight, **kwargs)
         self.save_hyperparameters(ignore=["optimizer"])
         self.temperature = temperature

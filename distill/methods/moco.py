@@ -6,8 +6,14 @@ from typing import Literal
 
 from torch import Tensor
 
+from distill.arguments import (
+    MODEL,
+    require_each,
+    require_positive,
+    require_positive_int,
+    require_probability,
+)
 from distill.backbones import create_backbone
-from distill.errors import ConfigError
 from distill.losses.contrastive import info_nce
 from distill.methods.base import Method
 from distill.modules.distributed import gather_rows
@@ -64,10 +70,13 @@ class MoCo(Method):
         bn_groups: int = 8,
         **kwargs,
     ) -> None:
+        require_each(require_positive_int, MODEL, proj_dim=proj_dim, queue_size=queue_size)
+        if proj_hidden_dim is not None:
+            require_positive_int(f"{MODEL}.proj_hidden_dim", proj_hidden_dim)
+        require_positive(f"{MODEL}.temperature", temperature)
+        require_probability(f"{MODEL}.key_momentum", key_momentum)
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["optimizer"])
-        if not 0.0 <= key_momentum <= 1.0:
-            raise ConfigError(f"model.init_args.key_momentum={key_momentum}; valid: [0, 1]")
         self.temperature = temperature
         self.key_momentum = key_momentum
         self.symmetric = symmetric

@@ -9,6 +9,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from distill.arguments import (
+    MODEL,
+    require_choice,
+    require_each,
+    require_int,
+    require_number,
+    require_positive,
+    require_positive_int,
+)
 from distill.backbones import create_backbone
 from distill.errors import ConfigError
 from distill.losses.contrastive import info_nce, relation_contrastive_loss
@@ -127,14 +136,18 @@ class ReKD(Method):
         teacher_embedding: Literal["head", "backbone"] = "head",
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=["optimizer"])
         check_arguments(
-            num_prototypes=num_prototypes, queue_size=queue_size, key_momentum=key_momentum,
-            relation_weight=relation_weight, relation=relation, anchor_embedding=anchor_embedding,
+            num_prototypes=num_prototypes, queue_size=queue_size, proj_dim=proj_dim,
+            proj_hidden_dim=proj_hidden_dim, temperature=temperature, key_momentum=key_momentum,
+            relation_weight=relation_weight, threshold=threshold,
+            prototype_momentum=prototype_momentum, prototype_init_step=prototype_init_step,
+            kmeans_iterations=kmeans_iterations, kmeans_restarts=kmeans_restarts,
+            relation=relation, anchor_embedding=anchor_embedding,
             teacher_checkpoint=teacher_checkpoint, teacher_frozen=teacher_frozen,
             teacher_embedding=teacher_embedding,
         )  # fmt: skip
+        super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=["optimizer"])
         self.anchor_embedding = anchor_embedding
         self.temperature = temperature
         self.key_momentum = key_momentum
@@ -297,6 +310,18 @@ class ReKD(Method):
 
 def check_arguments(**args) -> None:
     """Raises ``ConfigError`` for ReKD arguments outside their valid ranges or combinations."""
+    sizes = ("num_prototypes", "queue_size", "proj_dim", "kmeans_restarts")
+    require_each(require_positive_int, MODEL, **{name: args[name] for name in sizes})
+    if args["proj_hidden_dim"] is not None:
+        require_positive_int(f"{MODEL}.proj_hidden_dim", args["proj_hidden_dim"])
+    require_int(f"{MODEL}.prototype_init_step", args["prototype_init_step"], 0)
+    require_int(f"{MODEL}.kmeans_iterations", args["kmeans_iterations"], 0)
+    require_positive(f"{MODEL}.temperature", args["temperature"])
+    require_number(f"{MODEL}.threshold", args["threshold"], -1.0, 1.0)  # a cosine similarity
+    # 1 would freeze the prototypes at their k-means initialisation.
+    require_number(
+        f"{MODEL}.prototype_momentum", args["prototype_momentum"], 0.0, 1.0, high_open=True
+    )
     if args["num_prototypes"] > args["queue_size"]:
         raise ConfigError(
             f"model.init_args.num_prototypes={args['num_prototypes']} exceeds queue_size="
@@ -304,18 +329,17 @@ def check_arguments(**args) -> None:
             "clusters the teacher's queue)"
         )
     for name, valid in (
-        ("key_momentum", "[0, 1]"),
-        ("relation_weight", "[0, 1] (the mix (1 - λ)·InfoNCE + λ·relation loss)"),
+        ("key_momentum", "a number in [0, 1]"),
+        ("relation_weight", "a number in [0, 1] (the mix (1 - λ)·InfoNCE + λ·relation loss)"),
     ):
         if not 0.0 <= args[name] <= 1.0:
-            raise ConfigError(f"model.init_args.{name}={args[name]}; valid: {valid}")
+            raise ConfigError(f"{MODEL}.{name}={args[name]!r}; valid: {valid}")
     for name, choices in (
         ("anchor_embedding", ("key", "query")),
         ("relation", ("teacher", "labels")),
         ("teacher_embedding", ("head", "backbone")),
     ):
-        if args[name] not in choices:
-            raise ConfigError(f"model.init_args.{name}={args[name]!r}; valid: {', '.join(choices)}")
+        require_choice(f"{MODEL}.{name}", args[name], choices)
     if args["teacher_frozen"] and not args["teacher_checkpoint"]:
         raise ConfigError(
             "model.init_args.teacher_frozen=true needs model.init_args.teacher_checkpoint "

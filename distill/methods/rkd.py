@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from distill.errors import ConfigError
+from distill.arguments import MODEL, require_choice, require_each, require_non_negative
 from distill.losses import rkd_angle_loss, rkd_distance_loss
 from distill.methods.distillation import TeacherStudent
 
@@ -48,8 +48,11 @@ class RKD(TeacherStudent):
         ce_weight: float = 1.0,
         **kwargs,
     ) -> None:
-        if mode not in ("D", "A", "DA"):
-            raise ConfigError(f"model.init_args.mode={mode!r}; valid: D, A, DA")
+        require_choice(f"{MODEL}.mode", mode, ("D", "A", "DA"))
+        require_each(
+            require_non_negative, MODEL, distance_weight=distance_weight,
+            angle_weight=angle_weight, rkd_weight=rkd_weight,
+        )  # fmt: skip
         super().__init__(ce_weight=ce_weight, **kwargs)
         self.save_hyperparameters(ignore=["optimizer"])
         self.mode = mode

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.arguments import MODEL, require_int, require_number
 from distill.backbones import create_backbone
 from distill.methods.base import Method
 from distill.modules.heads import Classifier
@@ -22,7 +23,7 @@ class Supervised(Method):
         backbone: Backbone name (see ``distill.backbones.available_backbones()``).
         num_classes: Number of classes; must match the DataModule.
         backbone_kwargs: Extra backbone arguments, e.g. ``{cifar_stem: true}``.
-        label_smoothing: Cross-entropy label smoothing.
+        label_smoothing: Cross-entropy label smoothing, in [0, 1).
         **kwargs: Optimisation arguments of ``Method`` (optimizer, lr_schedule, ...).
     """
 
@@ -36,6 +37,9 @@ class Supervised(Method):
         label_smoothing: float = 0.0,
         **kwargs,
     ) -> None:
+        require_int(f"{MODEL}.num_classes", num_classes, 2)
+        # 1 would make every target the uniform distribution: nothing left to learn.
+        require_number(f"{MODEL}.label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["optimizer"])
         self.num_classes = num_classes

@@ -151,6 +151,8 @@ def test_unknown_backbone_lists_choices(tmp_path, capsys):
         ("optimizer.init_args.lr", "-1", "optimizer.init_args.lr: Invalid learning rate: -1.0; "
          "valid: a finite number >= 0"),
         ("warmup_epochs", "-1", "warmup_epochs=-1.0; valid: a finite number >= 0 (epochs)"),
+        # A RuntimeError from cross_entropy at the first step, once.
+        ("label_smoothing", "1.5", "label_smoothing=1.5; valid: a number in [0, 1)"),
     ],
 )  # fmt: skip
 def test_invalid_numbers_are_one_message_naming_the_key(tmp_path, capsys, option, value, message):
@@ -159,6 +161,21 @@ def test_invalid_numbers_are_one_message_naming_the_key(tmp_path, capsys, option
     assert code == 2 and f"distill: error: model.init_args.{message}" in err
     assert "Traceback" not in err
     assert not (tmp_path / "lightning_logs").exists()  # refused before anything is written
+
+
+def test_invalid_callback_number_is_one_message_naming_the_key(tmp_path, capsys):
+    probe = tmp_path / "probe.yaml"  # the quickstart's callbacks, with a negative probe lr
+    probe.write_text(
+        "trainer:\n  callbacks:\n    - class_path: distill.eval.LinearProbe\n"
+        "      init_args: {lr: -1}\n"
+    )
+    args = ["fit", "--config", QUICKSTART, "--config", str(probe)]
+    code, _, err = run_cli([*args, "--trainer.default_root_dir", str(tmp_path / "run")], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "distill: error: trainer.callbacks.LinearProbe.init_args.lr=-1.0; valid: a number > 0"
+    )
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_dataset_folder_is_named(tmp_path, capsys):

@@ -2,7 +2,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from tests_support import ColourDataModule, normalize_error, quiet_trainer, resumable_fit
+from tests_support import ColourDataModule, normalize_error, quiet_trainer, refused, resumable_fit
 
 from distill.data import DigitsDataModule
 from distill.errors import ConfigError
@@ -123,3 +123,21 @@ def test_a_last_batch_of_one_trains_and_moves_its_bank_row(tmp_path):
     assert not torch.equal(after[index], before[index])
     others = torch.arange(len(after)) != index
     assert torch.equal(after[others], before[others])
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "valid"),
+    [
+        ("crd_weight", -0.8, "a number >= 0"),
+        ("kd_weight", -1.0, "a number >= 0"),
+        ("temperature", 0.0, "a number > 0"),
+        ("nce_temperature", -0.07, "a number > 0"),
+        ("memory_momentum", 1.5, "a number in [0, 1]"),
+        ("num_negatives", 0, "an integer >= 1"),
+        ("embed_dim", 0, "an integer >= 1"),
+        ("sampler", "other", "uniform, other_class"),
+    ],
+)
+def test_bad_numbers_are_one_message_naming_the_key(argument, value, valid):
+    message = refused(CRD, teacher_checkpoint="teacher.ckpt", **{argument: value})
+    assert message == f"model.init_args.{argument}={value!r}; valid: {valid}"

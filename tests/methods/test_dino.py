@@ -14,6 +14,7 @@ from tests_support import (
     assert_within,
     ema_error,
     quiet_trainer,
+    refused,
     resumable_fit,
 )
 
@@ -262,7 +263,7 @@ def test_bad_batches_and_settings_raise_config_errors(tmp_path):
         make(teacher_temp=0.0, warmup_teacher_temp=0.0)
     with pytest.raises(ConfigError, match="momentum_start=1.1"):
         make(momentum_start=1.1)
-    with pytest.raises(ConfigError, match="weight_decay_end=-0.4; valid: a finite number >= 0"):
+    with pytest.raises(ConfigError, match="weight_decay_end=-0.4; valid: a number >= 0"):
         make(weight_decay_end=-0.4)
     with pytest.raises(ConfigError, match="lr_reference_batch=-256; valid: a number of images"):
         make(lr_reference_batch=-256)
@@ -417,3 +418,23 @@ def test_per_parameter_clipping_unscales_a_fused_optimizers_gradients_first(tmp_
         torch.testing.assert_close(fused[name], moment, rtol=4 * EPS32, atol=0, msg=name)
     clipped = [name for name, moment in reference.items() if moment.norm() > 0.1 * 1e-3 * 0.999]
     assert len(clipped) > 10  # most tensors were clipped to 1e-3 (exp_avg = 0.1 × gradient)
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "valid"),
+    [
+        ("student_temp", 0.0, "a number > 0"),
+        ("teacher_temp", -0.04, "a number > 0"),
+        ("warmup_teacher_temp", 0.0, "a number > 0"),
+        ("warmup_teacher_temp_epochs", -1.0, "a number >= 0"),
+        ("center_momentum", 1.5, "a number in [0, 1]"),
+        ("output_dim", 0, "an integer >= 1"),
+        ("freeze_last_layer", -1, "an integer >= 0"),
+        ("collapse_tolerance", 2.0, "a number in [0, 1]"),
+        ("collapse_check_interval", 0, "an integer >= 1"),
+        ("weight_decay_end", float("inf"), "a number >= 0"),
+    ],
+)
+def test_bad_numbers_are_one_message_naming_the_key(argument, value, valid):
+    message = refused(DINO, backbone="resnet8", **{argument: value})
+    assert message == f"model.init_args.{argument}={value!r}; valid: {valid}"

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from tests_support import quiet_trainer
+from tests_support import OUTSIDE_TRAINER, quiet_trainer, refused
 
 from distill.cli import main
 from distill.data import DigitsDataModule
@@ -39,6 +39,7 @@ def make(checkpoint, **kwargs):
     return KD(**{**defaults, **kwargs})
 
 
+@OUTSIDE_TRAINER
 def test_loss_is_weighted_ce_plus_kd(teacher_checkpoint):
     model = make(teacher_checkpoint, temperature=3.0, kd_weight=0.7, ce_weight=0.2)
     model.teacher_weights.load()
@@ -70,6 +71,7 @@ def test_fit_loads_the_teacher_and_trains_only_the_student(teacher_checkpoint, t
     assert optimised == {id(p) for p in model.student.parameters()}
 
 
+@OUTSIDE_TRAINER
 def test_backward_sends_no_gradient_to_the_teacher(teacher_checkpoint):
     model = make(teacher_checkpoint)
     batch = (torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), torch.arange(4))
@@ -147,6 +149,7 @@ def test_command_line_resume_needs_no_teacher_file(teacher_checkpoint, tmp_path)
     config.write_text(
         yaml.safe_dump(
             {
+                "seed_everything": 0,  # without it Lightning warns that it chose 0
                 "model": {
                     "class_path": "distill.methods.KD",
                     "init_args": {**model, "teacher_checkpoint": teacher_checkpoint},
@@ -175,6 +178,7 @@ def kd_config(tmp_path, teacher) -> Path:
     config.write_text(
         yaml.safe_dump(
             {
+                "seed_everything": 0,
                 "model": {"class_path": "distill.methods.KD",
                           "init_args": {**model, "teacher_checkpoint": str(teacher)}},
                 "data": {"class_path": "distill.data.DigitsDataModule"},
@@ -209,3 +213,18 @@ def test_resume_says_a_changed_teacher_checkpoint_is_not_read(teacher_checkpoint
               "--model.init_args.teacher_checkpoint", str(tmp_path / "elsewhere")])  # fmt: skip
     (message,) = [str(w.message) for w in caught if "model arguments differ" in str(w.message)]
     assert "(not read: the teacher is the one in the checkpoint)" in message
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "valid"),
+    [
+        ("temperature", 0.0, "a number > 0"),
+        ("temperature", -4.0, "a number > 0"),
+        ("kd_weight", -0.9, "a number >= 0"),
+        ("ce_weight", -0.1, "a number >= 0"),
+        ("num_classes", 1, "an integer >= 2"),
+    ],
+)
+def test_bad_numbers_are_one_message_naming_the_key(argument, value, valid):
+    message = refused(KD, teacher_checkpoint="teacher.ckpt", **{argument: value})
+    assert message == f"model.init_args.{argument}={value!r}; valid: {valid}"

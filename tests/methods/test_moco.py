@@ -1,7 +1,14 @@
 import lightning as L
 import pytest
 import torch
-from tests_support import ColourDataModule, assert_within, ema_error, quiet_trainer, resumable_fit
+from tests_support import (
+    ColourDataModule,
+    assert_within,
+    ema_error,
+    quiet_trainer,
+    refused,
+    resumable_fit,
+)
 
 from distill.data import SupervisedViews, TwoViews
 from distill.errors import ConfigError
@@ -122,3 +129,19 @@ def test_a_last_batch_of_one_trains_and_is_queued(tmp_path):
     assert trainer.global_step == 2 and int(model.student.queue.pointer) == 60
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "valid"),
+    [
+        ("temperature", 0.0, "a number > 0"),
+        ("temperature", -0.2, "a number > 0"),
+        ("queue_size", 0, "an integer >= 1"),
+        ("proj_dim", 0, "an integer >= 1"),
+        ("proj_hidden_dim", 0, "an integer >= 1"),
+        ("key_momentum", 1.5, "a number in [0, 1]"),
+    ],
+)
+def test_bad_numbers_are_one_message_naming_the_key(argument, value, valid):
+    message = refused(MoCo, backbone="resnet8", **{argument: value})
+    assert message == f"model.init_args.{argument}={value!r}; valid: {valid}"

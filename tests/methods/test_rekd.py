@@ -4,7 +4,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from tests_support import ColourDataModule, quiet_trainer, resumable_fit
+from tests_support import ColourDataModule, quiet_trainer, refused, resumable_fit
 
 from distill.data import TwoViews
 from distill.errors import ConfigError
@@ -210,7 +210,7 @@ def test_resume_from_checkpoint_equals_uninterrupted_fit(tmp_path):
 def test_bad_arguments_are_refused():
     with pytest.raises(ConfigError, match="num_prototypes=30 exceeds queue_size=20"):
         make(num_prototypes=30)
-    with pytest.raises(ConfigError, match=r"threshold=2.0; valid: a cosine similarity in \[-1, 1"):
+    with pytest.raises(ConfigError, match=r"threshold=2.0; valid: a number in \[-1, 1\]"):
         make(threshold=2.0)
     with pytest.raises(ConfigError, match="num_prototypes=0; valid"):
         make(num_prototypes=0)
@@ -365,7 +365,7 @@ def test_teacher_options_that_cannot_work_are_refused(tmp_path):
         make(teacher_frozen=True)
     with pytest.raises(ConfigError, match="teacher_embedding=backbone needs teacher_frozen=true"):
         make(teacher_embedding="backbone")
-    with pytest.raises(ConfigError, match=r"relation_weight=1.5; valid: \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"relation_weight=1.5; valid: a number in \[0, 1\]"):
         make(relation_weight=1.5)
     with pytest.raises(ConfigError, match="relation='classes'; valid: teacher, labels"):
         make(relation="classes")
@@ -397,3 +397,22 @@ def test_resume_takes_the_teacher_from_the_checkpoint_without_reading_its_file(t
     assert trainer.global_step == 3
     for name, value in trained.items():
         assert torch.equal(start.state[name], value), name
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "valid"),
+    [
+        ("temperature", 0.0, "a number > 0"),
+        ("threshold", 1.5, "a number in [-1, 1]"),
+        ("prototype_momentum", 1.0, "a number in [0, 1)"),
+        ("prototype_init_step", -1, "an integer >= 0"),
+        ("kmeans_restarts", 0, "an integer >= 1"),
+        ("num_prototypes", 0, "an integer >= 1"),
+        ("queue_size", 0, "an integer >= 1"),
+    ],
+)
+def test_bad_numbers_are_one_message_naming_the_key(argument, value, valid):
+    message = refused(
+        ReKD, student_backbone="resnet8", teacher_backbone="resnet8", **{argument: value}
+    )
+    assert message == f"model.init_args.{argument}={value!r}; valid: {valid}"

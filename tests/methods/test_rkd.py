@@ -3,6 +3,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from tests_support import OUTSIDE_TRAINER, refused
 
 from distill.errors import ConfigError
 from distill.losses import rkd_angle_loss, rkd_distance_loss
@@ -26,6 +27,7 @@ def make(checkpoint, **kwargs):
 
 @pytest.mark.parametrize("mode", ["D", "A", "DA"])
 @pytest.mark.parametrize("normalize", [False, True])
+@OUTSIDE_TRAINER
 def test_loss_is_ce_plus_weighted_relations(teacher_checkpoint, mode, normalize):
     model = make(teacher_checkpoint, mode=mode, normalize=normalize, rkd_weight=0.5).eval()
     images, targets = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
@@ -47,6 +49,7 @@ def test_unknown_mode_is_named():
         RKD(mode="AD")
 
 
+@OUTSIDE_TRAINER
 def test_no_gradient_reaches_the_teacher(teacher_checkpoint):
     model = make(teacher_checkpoint)
     batch = (torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,)), torch.arange(6))
@@ -89,3 +92,16 @@ def test_batches_below_three_skip_both_relations_and_warn_once_per_term(
     relational = 25 * third["train/rkd_distance"] + 50 * third["train/rkd_angle"]
     torch.testing.assert_close(loss, ce + relational)
     assert messages == [] and third["train/rkd_angle"] > 0
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "valid"),
+    [
+        ("distance_weight", -25.0, "a number >= 0"),
+        ("angle_weight", float("nan"), "a number >= 0"),
+        ("rkd_weight", -1.0, "a number >= 0"),
+    ],
+)
+def test_bad_numbers_are_one_message_naming_the_key(argument, value, valid):
+    message = refused(RKD, teacher_checkpoint="teacher.ckpt", **{argument: value})
+    assert message == f"model.init_args.{argument}={value!r}; valid: {valid}"

@@ -1,6 +1,7 @@
 import pytest
 import torch
 from tests_support import quiet_trainer as trainer
+from tests_support import refused
 
 from distill.data import DigitsDataModule
 from distill.errors import ConfigError
@@ -43,10 +44,46 @@ def test_validation_accuracy_matches_direct_count(tmp_path):
     assert metrics["val/top1"] == pytest.approx(correct / total)
 
 
+def num_classes_message(configured: int, data: int) -> str:
+    return (
+        f"model.init_args.num_classes={configured} but the data (DigitsDataModule) has {data} "
+        f"classes. To train a model on this data, set model.init_args.num_classes={data}; a "
+        "checkpoint's classification head fits only data with the classes it was trained on, "
+        "while `distill eval` probes a checkpoint's backbone on data with any number of classes."
+    )
+
+
 def test_num_classes_mismatch_names_key_and_value(tmp_path):
     model = Supervised(backbone="resnet8", num_classes=100)
-    with pytest.raises(ConfigError, match="num_classes=100.*10 classes") as error:
+    with pytest.raises(ConfigError) as error:
         trainer(tmp_path, max_steps=1).fit(model, datamodule=DigitsDataModule())
     # Setting the data's count is the fix for a fresh fit, not for another checkpoint's head.
-    assert "set model.init_args.num_classes=10" in str(error.value)
-    assert "`distill eval` probes its backbone" in str(error.value)
+    assert str(error.value) == num_classes_message(100, 10)
+
+
+def test_num_classes_message_claims_nothing_false_about_a_checkpoint(tmp_path):
+    # A 10-class checkpoint resumed with num_classes 12 on the 10-class data: nothing was
+    # trained with 12 classes, and setting 10 (the checkpoint's count) is the fix.
+    first = trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    first.fit(Supervised(backbone="resnet8", num_classes=10), datamodule=DigitsDataModule())
+    first.save_checkpoint(tmp_path / "ten.ckpt")
+    resumed = Supervised(backbone="resnet8", num_classes=12)
+    with pytest.raises(ConfigError) as error:
+        trainer(tmp_path, max_steps=2).fit(
+            resumed, datamodule=DigitsDataModule(), ckpt_path=tmp_path / "ten.ckpt"
+        )
+    assert str(error.value) == num_classes_message(12, 10)
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "valid"),
+    [
+        ("label_smoothing", 1.5, "a number in [0, 1)"),
+        ("label_smoothing", 1.0, "a number in [0, 1)"),
+        ("label_smoothing", -0.1, "a number in [0, 1)"),
+        ("num_classes", 1, "an integer >= 2"),
+    ],
+)
+def test_bad_numbers_are_one_message_naming_the_key(argument, value, valid):
+    message = refused(Supervised, backbone="resnet8", **{argument: value})
+    assert message == f"model.init_args.{argument}={value!r}; valid: {valid}"
