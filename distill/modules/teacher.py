@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -54,12 +55,29 @@ class FrozenTeacher(Classifier):
         classifier's own state dict, strictly; returns what was loaded, for the log.
 
         Raises:
-            ConfigError: Keys or shapes that do not fit (``source`` names the file).
+            ConfigError: Keys or shapes that do not fit (``source`` names the file), or a
+                backbone's state dict alone (``distill export``'s), which has no head.
         """
         if any(key.startswith("student.") for key in state):
             state = sub_state_dict(state, "student.")
+        if self._is_backbone_only(state, source):
+            raise ConfigError(
+                f"{source!r} holds a backbone alone, without a classification head (as "
+                "`distill export` writes it), but the teacher of KD, RKD and CRD is the whole "
+                "classifier, backbone and head (KD matches its logits). Give the teacher's run "
+                "directory (its trainer.default_root_dir) or one of its checkpoints (e.g. "
+                "lightning_logs/version_N/checkpoints/last.ckpt)."
+            )
         load_state_strict(self, state, repr(source))
         return f"classifier from {source!r}"
+
+    def _is_backbone_only(self, state: dict[str, torch.Tensor], source: str) -> bool:
+        """Whether ``state`` is a backbone's own state dict: no ``backbone.``/``head.`` keys,
+        and its keys are this teacher's backbone's or an export's JSON sidecar lies beside it."""
+        if not state or any(key.startswith(("backbone.", "head.")) for key in state):
+            return False
+        own = self.backbone.state_dict()
+        return set(state) <= set(own) or Path(source).with_suffix(".json").is_file()
 
 
 class TeacherWeights:

@@ -105,3 +105,35 @@ def test_a_state_dict_that_fills_the_teacher_is_kept_and_the_file_never_read(
     )
     for name, value in trained.teacher.state_dict().items():
         assert torch.equal(model.teacher.state_dict()[name], value), name
+
+
+BACKBONE_ONLY = (
+    " holds a backbone alone, without a classification head (as `distill export` writes it), "
+    "but the teacher of KD, RKD and CRD is the whole classifier, backbone and head (KD matches "
+    "its logits). Give the teacher's run directory (its trainer.default_root_dir) or one of its "
+    "checkpoints (e.g. lightning_logs/version_N/checkpoints/last.ckpt)."
+)
+
+
+def test_a_backbone_export_as_teacher_is_named_as_such(tmp_path):
+    # What distill export writes: the backbone's own keys (no backbone./head.), a sidecar.
+    torch.manual_seed(0)
+    exported = str(tmp_path / "last.student-backbone.pt")
+    torch.save(FrozenTeacher("resnet8", 10).backbone.state_dict(), exported)
+    with pytest.raises(ConfigError) as error:
+        TeacherWeights(FrozenTeacher("resnet8", 10), exported).load()
+    assert str(error.value) == f"model.init_args.teacher_checkpoint: {exported!r}{BACKBONE_ONLY}"
+    # Another architecture's export is recognised by its sidecar.
+    (tmp_path / "last.student-backbone.json").write_text('{"backbone": "resnet8", "kwargs": {}}')
+    with pytest.raises(ConfigError) as error:
+        TeacherWeights(FrozenTeacher("resnet14", 10), exported).load()
+    assert str(error.value).endswith(BACKBONE_ONLY)
+
+
+def test_a_classifier_state_dict_with_a_missing_head_keeps_the_key_list(tmp_path):
+    # backbone.* keys without head.*: a classifier's state dict that lost keys, not an export.
+    state = FrozenTeacher("resnet8", 10).state_dict()
+    path = str(tmp_path / "partial.pt")
+    torch.save({k: v for k, v in state.items() if not k.startswith("head.")}, path)
+    with pytest.raises(ConfigError, match=r"missing keys \[head.bias, head.weight\]"):
+        TeacherWeights(FrozenTeacher("resnet8", 10), path).load()
