@@ -116,18 +116,12 @@ def load_pretrained(path: str) -> nn.Module:
     for file in (Path(path), sidecar):
         if not file.is_file():
             kind = "is a folder, not a file" if file.is_dir() else "does not exist"
+            if file == sidecar:
+                _read_export_weights(path)  # the likelier mistake, named as such
             raise ConfigError(f"{file} {kind} (distill export writes both files)")
     info = _read_sidecar(sidecar)
     backbone = create_backbone(info["backbone"], **info["kwargs"])
-    try:
-        state = load_torch_file(path)
-    except ConfigError as error:
-        raise ConfigError(f"cannot read weights: {error}") from error
-    if not isinstance(state, dict) or "state_dict" in state:
-        what = "a Lightning checkpoint" if isinstance(state, dict) else f"a {type(state).__name__}"
-        raise ConfigError(
-            f"{path} holds {what}, not a backbone's state dict; write one with distill export"
-        )
+    state = _read_export_weights(path)
     try:
         backbone.load_state_dict(state)
     except RuntimeError as error:
@@ -136,6 +130,31 @@ def load_pretrained(path: str) -> nn.Module:
             f"{info['kwargs']}: {error}"
         ) from error
     return backbone.eval()
+
+
+def _read_export_weights(path: str) -> object:
+    """The state dict in ``path``, which must be an export's, not a training checkpoint's.
+
+    Raises:
+        ConfigError: Unreadable, or a training checkpoint (``last.ckpt``) rather than an
+            export: the message says how to write one.
+    """
+    try:
+        state = load_torch_file(path)
+    except ConfigError as error:
+        raise ConfigError(f"cannot read weights: {error}") from error
+    if isinstance(state, dict) and "state_dict" in state:
+        raise ConfigError(
+            f"{path} is a Lightning training checkpoint, not a backbone export: write the "
+            "backbone and its sidecar first with `distill export --config <the run's config> "
+            f"--ckpt_path {path}`, then load_pretrained the .pt file it writes"
+        )
+    if not isinstance(state, dict):
+        raise ConfigError(
+            f"{path} holds a {type(state).__name__}, not a backbone's state dict; write one "
+            "with distill export"
+        )
+    return state
 
 
 def _read_sidecar(sidecar: Path) -> dict:

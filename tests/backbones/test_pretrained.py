@@ -81,5 +81,21 @@ def test_a_checkpoint_instead_of_an_export_is_named(tmp_path):
     _, path = write_export(tmp_path, "resnet8", {})
     state = torch.load(path, weights_only=True)
     torch.save({"state_dict": state, "epoch": 0, "pytorch-lightning_version": "2.6.0"}, path)
-    with pytest.raises(ConfigError, match="holds a Lightning checkpoint, not a backbone's state"):
+    with pytest.raises(
+        ConfigError, match="is a Lightning training checkpoint, not a backbone export"
+    ):
         load_pretrained(path)
+
+
+def test_a_training_checkpoint_is_named_with_how_to_export_it(tmp_path):
+    # last.ckpt has no sidecar: the message is about the file given, not about last.json.
+    path = tmp_path / "last.ckpt"
+    state = {f"student.backbone.{k}": v for k, v in create_backbone("resnet8").state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 0, "pytorch-lightning_version": "2.6.0"}, path)
+    with pytest.raises(ConfigError) as error:
+        load_pretrained(str(path))
+    assert str(error.value) == (
+        f"{path} is a Lightning training checkpoint, not a backbone export: write the backbone "
+        "and its sidecar first with `distill export --config <the run's config> --ckpt_path "
+        f"{path}`, then load_pretrained the .pt file it writes"
+    )
