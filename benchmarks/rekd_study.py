@@ -66,6 +66,7 @@ class Row:
     stage: int = 2
     relation: str = ""  # "online", "offline", "oracle" or "" (no relation: a baseline)
     variant: str = ""  # names the logs of a config run with other arguments
+    labels: bool = False  # the row used labels: a teacher trained on them, or the oracle
 
     def runs(self, runs_root: Path = RUNS, seeds: Sequence[int] | None = None) -> list[Run]:
         """The row's runs, one per seed (of ``seeds`` only, when given)."""
@@ -90,11 +91,17 @@ ROWS = [
     Row("moco_no_shuffle_bn", "MoCo-v2 resnet8, shuffle-BN off",
         "configs/moco/cifar10-5k_resnet8.yaml", stage=1,
         args=("--model.init_args.shuffle_bn", "off"), variant="no_shuffle_bn"),
+    # The control of the shuffle-BN ablation: split's 8 groups, keys not shuffled (each key
+    # normalised with its own query's group): the leak alone, at split's group size.
+    Row("moco_split_unshuffled", "MoCo-v2 resnet8, 8 BN groups, keys not shuffled",
+        "configs/moco/cifar10-5k_resnet8.yaml", stage=1,
+        args=("--model.init_args.shuffle_bn", "split_unshuffled"), variant="split_unshuffled"),
     Row("teacher_supervised", "teacher: supervised resnet20, 40 epochs",
-        "configs/supervised/cifar10-5k_resnet20.yaml", seeds=(0,), stage=1, args=LAST_EPOCH),
+        "configs/supervised/cifar10-5k_resnet20.yaml", seeds=(0,), stage=1, args=LAST_EPOCH,
+        labels=True),
     Row("teacher_supervised_4ep", "teacher: supervised resnet20, 4 epochs",
         "configs/supervised/cifar10-5k_resnet20.yaml", seeds=(0,), stage=1,
-        args=(*LAST_EPOCH, "--trainer.max_epochs", "4"), variant="4ep"),
+        args=(*LAST_EPOCH, "--trainer.max_epochs", "4"), variant="4ep", labels=True),
     Row("teacher_moco", "teacher: MoCo-v2 vgg8, 60 epochs",
         "configs/moco/cifar10-5k_vgg8.yaml", seeds=(0,), stage=1, args=LAST_EPOCH),
     # Stage 2: the same resnet8 student with relations from teachers of rising strength.
@@ -112,11 +119,13 @@ ROWS = [
         "configs/rekd/cifar10-5k_moco-vgg8_resnet8.yaml", relation="offline"),
     Row("rekd_offline_supervised_4ep", "ReKD, offline supervised resnet20 teacher, 4 epochs",
         "configs/rekd/cifar10-5k_supervised-resnet20_resnet8.yaml", relation="offline",
-        args=("--model.init_args.teacher_checkpoint", SUPERVISED_4EP), variant="4ep"),
+        args=("--model.init_args.teacher_checkpoint", SUPERVISED_4EP), variant="4ep",
+        labels=True),
     Row("rekd_offline_supervised", "ReKD, offline supervised resnet20 teacher, 40 epochs",
-        "configs/rekd/cifar10-5k_supervised-resnet20_resnet8.yaml", relation="offline"),
+        "configs/rekd/cifar10-5k_supervised-resnet20_resnet8.yaml", relation="offline",
+        labels=True),
     Row("rekd_oracle", "ReKD, oracle relation (true labels; diagnostic)",
-        "configs/rekd/cifar10-5k_oracle_resnet8.yaml", relation="oracle"),
+        "configs/rekd/cifar10-5k_oracle_resnet8.yaml", relation="oracle", labels=True),
 ]  # fmt: skip
 
 
@@ -148,9 +157,18 @@ def finals(runs: list[Run], tag: str, last_epochs: int = 0) -> list[float]:
     return [v for run in runs if (v := final_values(run, tag, last_epochs)) is not None]
 
 
+#: Marks a row that used labels, in the table and the figures' legends.
+LABELS_MARK = " (labels)"
+LABELS_NOTE = (
+    "(labels): the row used labels (its teacher was trained on them, or the oracle takes "
+    "the true classes): not a self-supervised result"
+)
+
+
 def name(entry: dict) -> str:
-    """A table entry's row label, with its note in brackets if any."""
-    return f"{entry['row'].label} [{entry['note']}]" if entry["note"] else entry["row"].label
+    """A table entry's row label, marked if it used labels, with its note in brackets if any."""
+    label = entry["row"].label + (LABELS_MARK if entry["row"].labels else "")
+    return f"{label} [{entry['note']}]" if entry["note"] else label
 
 
 def fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
@@ -195,6 +213,8 @@ def print_table(table: list[dict]) -> None:
             fmt(t["precision"], 1.0, 3), fmt(t["top1"]),
         ])  # fmt: skip
     print_markdown(header, lines)
+    if any(t["row"].labels and t["runs"] for t in table):
+        print(f"\n{LABELS_NOTE}")
     if missing:
         print(f"\nnot run yet (no logs): {', '.join(missing)}")
 

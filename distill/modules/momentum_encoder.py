@@ -82,7 +82,7 @@ class MomentumEncoder(nn.Module):
             features (for a frozen teacher whose checkpoint has no trained head).
         queue_size: Number of keys in the queue.
         track_labels: Keep labels next to the queued keys (diagnostics only).
-        shuffle_bn: ``auto``, ``split``, ``ranks`` or ``off``.
+        shuffle_bn: ``auto``, ``split``, ``ranks``, ``off`` or ``split_unshuffled`` (a control).
         bn_groups: Batch-norm groups of ``split`` (lightly's CIFAR-10 benchmark: 8).
     """
 

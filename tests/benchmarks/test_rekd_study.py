@@ -148,3 +148,26 @@ def test_documented_command_lines_parse_and_reports_run(
         ("configs/moco/cifar10-5k_resnet8.yaml", "0"),
         ("configs/rekd/cifar10-5k_vgg8_resnet8.yaml", "0"),
     ]
+
+
+def test_rows_that_used_labels_are_marked_in_the_table_and_the_legend(
+    rekd_study, write_run, drawn, tmp_path, capsys
+):
+    runs = tmp_path / "runs"
+    offline = "cifar10-5k/rekd_supervised-resnet20_resnet8_seed{}"
+    for seed in (0, 1):
+        write_run(runs / MOCO.format(seed), epochs=30, max_epochs=30,
+                  final={"val/knn_top1": 0.38}, seed=seed)  # fmt: skip
+        write_run(runs / REKD.format(seed), epochs=30, max_epochs=30, final=rekd(0.4), seed=seed)
+        write_run(runs / offline.format(seed), epochs=30, max_epochs=30, final=rekd(0.42),
+                  seed=seed)  # fmt: skip
+    rekd_study.main(["--report", "--runs-root", str(runs), "--figures-dir", str(tmp_path / "f")])
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    marked = "ReKD, offline supervised resnet20 teacher, 40 epochs (labels)"
+    assert marked in rows and "ReKD, online resnet20 teacher" in rows
+    assert not [row for row in rows if "online" in row and "(labels)" in row]
+    assert rekd_study.LABELS_NOTE in out
+    legend = drawn["rekd_gain.png"]["legend"]
+    assert "offline supervised resnet20 teacher, 40 epochs (labels)" in legend
+    assert "online resnet20 teacher" in legend
