@@ -7,6 +7,7 @@ from distill.methods.kd import KD
 from distill.methods.moco import MoCo
 from distill.methods.rekd import ReKD
 from distill.methods.rkd import RKD
+from distill.methods.seed import SEED
 from distill.methods.supervised import Supervised
 
-__all__ = ["CRD", "DINO", "KD", "RKD", "Method", "MoCo", "ReKD", "Supervised"]
+__all__ = ["CRD", "DINO", "KD", "RKD", "SEED", "Method", "MoCo", "ReKD", "Supervised"]
