@@ -42,8 +42,8 @@ class SEED(FrozenTeacherMethod):
     jacobswan1/SEED): MoCo-v2 ResNet-50 teacher (its 128-d head output), students ResNet-18,
     EfficientNet-B0, MobileNet-V3; ``τ_s = 0.2``, ``τ_t = 0.01`` (the paper's; the code's
     default ``--distill-t`` is 1e-4), queue 65536, student head hidden = its backbone width,
-    SGD lr 0.03 × batch/256 (batch 256), momentum 0.9, weight decay 1e-4 (the code's
-    default), 5 warm-up epochs then cosine, 200 epochs.
+    SGD lr 0.03 at batch 256, momentum 0.9, weight decay 1e-4 (the code's default), cosine,
+    200 epochs.
 
     Args:
         student_backbone: Backbone name of the student.
