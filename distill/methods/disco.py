@@ -58,8 +58,13 @@ class DisCo(FrozenTeacherMethod):
         shuffle_bn: ``auto`` (``ranks`` under DDP, else ``split``), ``split``, ``ranks``, ``off``.
         bn_groups: Batch-norm groups of ``split``.
         consistency_weight: ``w``; 0 is MoCo-v2.
-        **kwargs: The teacher's arguments (``teacher_backbone``, ``teacher_checkpoint``, ...,
-            see ``FrozenTeacherMethod``) and the optimisation arguments of ``Method``.
+        teacher_backbone: Backbone name of the teacher.
+        teacher_checkpoint: The teacher's weights (required; see ``FrozenTeacherMethod``).
+        teacher_embedding: The teacher space taught: its MoCo ``head`` output or its
+            ``backbone`` features (see ``FrozenTeacherMethod``).
+        **kwargs: The teacher's other arguments (``teacher_backbone_kwargs``,
+            ``teacher_proj_hidden_dim``, ``teacher_proj_dim``; see ``FrozenTeacherMethod``) and
+            the optimisation arguments of ``Method``.
     """
 
     def __init__(

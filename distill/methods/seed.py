@@ -52,8 +52,13 @@ class SEED(FrozenTeacherMethod):
         queue_size: ``Q``, queued teacher embeddings.
         student_temperature: ``τ_s``.
         teacher_temperature: ``τ_t``.
-        **kwargs: The teacher's arguments (``teacher_backbone``, ``teacher_checkpoint``, ...,
-            see ``FrozenTeacherMethod``) and the optimisation arguments of ``Method``.
+        teacher_backbone: Backbone name of the teacher.
+        teacher_checkpoint: The teacher's weights (required; see ``FrozenTeacherMethod``).
+        teacher_embedding: The teacher space taught: its MoCo ``head`` output or its
+            ``backbone`` features (see ``FrozenTeacherMethod``).
+        **kwargs: The teacher's other arguments (``teacher_backbone_kwargs``,
+            ``teacher_proj_hidden_dim``, ``teacher_proj_dim``; see ``FrozenTeacherMethod``) and
+            the optimisation arguments of ``Method``.
     """
 
     def __init__(
