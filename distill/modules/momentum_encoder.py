@@ -37,7 +37,7 @@ def two_views(batch) -> tuple[list[Tensor], Tensor]:
     if not isinstance(views, list | tuple) or len(views) != 2:
         got = f"{len(views)} views" if isinstance(views, list | tuple) else "a single tensor"
         raise ConfigError(
-            f"MoCo and ReKD need two views per image, got {got}; set "
+            f"MoCo, ReKD and DisCo need two views per image, got {got}; set "
             "data.init_args.views.class_path: distill.data.TwoViews"
         )
     return list(views), targets

@@ -42,7 +42,7 @@ import torchvision
 from tests_support import ColourDataModule, quiet_trainer
 
 from distill.data import MultiCropViews, TwoViews
-from distill.methods import CRD, DINO, KD, RKD, MoCo, ReKD, Supervised
+from distill.methods import CRD, DINO, KD, RKD, SEED, DisCo, MoCo, ReKD, Supervised
 
 DISTILL = str(Path(__file__).resolve().parents[2] / "distill") + os.sep
 LIBRARIES = tuple(
@@ -182,10 +182,21 @@ def method_and_data(name: str, teacher_checkpoint: str):
         return MoCo(backbone="resnet8", symmetric=True, **encoders), two_views
     if name == "rekd":
         return ReKD(symmetric=True, **rekd), two_views
+    frozen = dict(
+        student_backbone="resnet8", teacher_backbone="resnet14", queue_size=20,
+        teacher_checkpoint=teacher_checkpoint, teacher_embedding="backbone", **common,
+    )  # fmt: skip
+    if name == "seed":
+        return SEED(proj_hidden_dim=16, **frozen), two_views
+    if name == "disco":
+        return DisCo(proj_hidden_dim=16, **frozen), two_views
     return ReKD(prototype_init_step=NEVER, **rekd), two_views  # the bank never initialised
 
 
-METHODS = ["supervised", "kd", "rkd", "crd", "dino", "moco", "rekd", "rekd-before-bank-init"]
+METHODS = [
+    "supervised", "kd", "rkd", "crd", "dino", "moco", "rekd", "rekd-before-bank-init", "seed",
+    "disco",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", METHODS)
