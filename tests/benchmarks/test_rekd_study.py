@@ -171,3 +171,29 @@ def test_rows_that_used_labels_are_marked_in_the_table_and_the_legend(
     legend = drawn["rekd_gain.png"]["legend"]
     assert "offline supervised resnet20 teacher, 40 epochs (labels)" in legend
     assert "online resnet20 teacher" in legend
+
+
+def test_distillation_rows_are_drawn_by_teacher_with_their_gains(
+    rekd_study, write_run, drawn, tmp_path, capsys
+):
+    runs = tmp_path / "runs"
+    seed_moco = "cifar10-5k/seed_moco-vgg8_resnet8_seed{}"
+    disco_supervised = "cifar10-5k/disco_supervised-resnet20_resnet8_seed{}"
+    for seed in (0, 1):
+        write_run(runs / MOCO.format(seed), epochs=30, max_epochs=30,
+                  final={"val/knn_top1": 0.38 + 0.02 * seed}, seed=seed)  # fmt: skip
+        write_run(runs / seed_moco.format(seed), epochs=30, max_epochs=30,
+                  final={"val/knn_top1": 0.45}, seed=seed)  # fmt: skip
+        write_run(runs / disco_supervised.format(seed), epochs=30, max_epochs=30,
+                  final={"val/knn_top1": 0.41}, seed=seed)  # fmt: skip
+    figures = tmp_path / "figures"
+    rekd_study.main(["--report", "--runs-root", str(runs), "--figures-dir", str(figures)])
+    rows = table_rows(capsys.readouterr().out)
+    assert rows["SEED, MoCo-v2 vgg8 teacher (frozen)"][2] == "+6.0 ± 1.0"  # vs 39.0 ± 1.4
+    assert "DisCo, supervised resnet20 teacher, 40 epochs (labels)" in rows
+    assert (figures / "distillation_gain.png").is_file()
+    shown = drawn["distillation_gain.png"]
+    assert shown["legend"] == ["SEED", "DisCo"]
+    assert shown["xticks"] == [
+        "MoCo-v2 vgg8, 60 epochs", "supervised resnet20, 40 epochs (labels)"
+    ]
