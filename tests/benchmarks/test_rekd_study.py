@@ -194,6 +194,4 @@ def test_distillation_rows_are_drawn_by_teacher_with_their_gains(
     assert (figures / "distillation_gain.png").is_file()
     shown = drawn["distillation_gain.png"]
     assert shown["legend"] == ["SEED", "DisCo"]
-    assert shown["xticks"] == [
-        "MoCo-v2 vgg8, 60 epochs", "supervised resnet20, 40 epochs (labels)"
-    ]
+    assert shown["xticks"] == ["MoCo-v2 vgg8, 60 epochs", "supervised resnet20, 40 epochs (labels)"]
