@@ -32,6 +32,8 @@ def run_settings(trainer: L.Trainer) -> dict[str, object]:
     settings: dict[str, object] = {
         "trainer.max_epochs": trainer.max_epochs,
         "trainer.max_steps": trainer.max_steps,
+        "trainer.limit_train_batches": trainer.limit_train_batches,
+        "trainer.limit_val_batches": trainer.limit_val_batches,
         WORLD_SIZE: trainer.world_size,
         "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches,
     }
@@ -45,11 +47,12 @@ def run_settings(trainer: L.Trainer) -> dict[str, object]:
 def changed_settings(saved: dict[str, object], current: dict[str, object]) -> list[str]:
     """``"key: old -> new"`` for every key both have with another value, in ``current``'s
     order (a key only one side has, e.g. an argument of another view recipe, is skipped:
-    the recipe's class is reported)."""
+    the recipe's class is reported). Another type is another value: ``limit_val_batches``
+    1.0 is every batch, 1 is one batch."""
     return [
         f"{key}: {saved[key]!r} -> {value!r}"
         for key, value in current.items()
-        if key in saved and saved[key] != value
+        if key in saved and (saved[key] != value or type(saved[key]) is not type(value))
     ]
 
 

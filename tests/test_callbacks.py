@@ -253,3 +253,20 @@ def test_resume_with_the_same_settings_reports_nothing(tmp_path):
                     ckpt_path=str(tmp_path / "first" / "last.ckpt"))  # fmt: skip
     assert trainer.current_epoch == 2  # the second epoch was trained
     assert not [w for w in caught if "differ from its run's" in str(w.message)]
+
+
+def test_resume_with_other_batch_limits_names_them(tmp_path):
+    checkpoint = MethodCheckpoint(dirpath=str(tmp_path / "first"), monitor=None)
+    fit(tmp_path, [checkpoint, StopAfter(1)], max_epochs=2)  # 2 train batches, all val ones
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = MethodCheckpoint(dirpath=str(tmp_path / "second"), monitor=None)
+        trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=3,
+                                limit_val_batches=1, enable_checkpointing=True,
+                                callbacks=[resumed])  # fmt: skip
+        trainer.fit(FrozenModel(), datamodule=ColourDataModule(),
+                    ckpt_path=str(tmp_path / "first" / "last.ckpt"))  # fmt: skip
+    reports = [str(w.message) for w in caught if "differ from its run's" in str(w.message)]
+    assert len(reports) == 1, reports
+    changes = "trainer.limit_train_batches: 2 -> 3; trainer.limit_val_batches: 1.0 -> 1"
+    assert changes in reports[0]
