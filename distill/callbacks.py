@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import difflib
 import functools
 import signal
 import threading
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -45,6 +47,11 @@ class MethodCheckpoint(ModelCheckpoint):
     Ctrl-C stops at once, without a checkpoint. Every checkpoint holds the run's trainer and
     data settings (``distill.resume``): a fit resumed with other ones warns once, naming each
     and what it does to the lr.
+
+    A resumed fit writes into a new version folder and continues the best-checkpoint
+    bookkeeping of the run it resumes (Lightning's own starts it afresh there): the best so
+    far may stay a file of the earlier folder, which is never removed or overwritten. With
+    another monitor, mode or saving interval the bookkeeping starts afresh, and says so.
     """
 
     def __init__(
@@ -125,6 +132,34 @@ class MethodCheckpoint(ModelCheckpoint):
         ):
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continues the bookkeeping of the resumed run, whose folder is another.
+
+        Lightning keeps only ``best_model_path`` when the folder changed, so the first epoch
+        validated after a resume became the best whatever its score. Here the scores of the
+        resumed run's best checkpoints that are still local files are kept (the best
+        ``save_top_k``). The files stay where they are: Lightning removes a displaced top-k
+        file only from this fit's own folder. (Lightning calls this only with the state of a
+        callback of the same monitor, mode and saving interval: ``on_load_checkpoint``.)
+        """
+        if state_dict.get("dirpath", self.dirpath) == self.dirpath:
+            super().load_state_dict(state_dict)
+            return
+        scores = {
+            path: score
+            for path, score in (state_dict.get("best_k_models") or {}).items()
+            if Path(path).is_file()
+        }
+        best_first = sorted(
+            scores, key=lambda path: float(scores[path]), reverse=self.mode == "max"
+        )
+        if self.save_top_k >= 0:
+            best_first = best_first[: self.save_top_k]
+        self.best_k_models = {path: scores[path] for path in best_first}
+        if best_first:
+            self.best_model_path, self.best_model_score = best_first[0], scores[best_first[0]]
+            self.kth_best_model_path, self.kth_value = best_first[-1], scores[best_first[-1]]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -212,9 +247,33 @@ class MethodCheckpoint(ModelCheckpoint):
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint):
         self._resumed_run_settings = checkpoint.get("run_settings")
+        # Lightning restores a callback's state only under its own key, which holds the
+        # monitor, mode and saving interval: with any of them changed, nothing is carried over.
+        name = type(self).__name__
+        saved = [key for key in checkpoint.get("callbacks") or {} if key.startswith(f"{name}{{")]
+        if saved and self.state_key not in saved:
+            changes = settings_changes(saved[0][len(name) :], self.state_key[len(name) :])
+            rank_zero_info(
+                f"checkpoint settings differ from those of the run resumed ({changes}): its best "
+                f"checkpoints are not carried over; this fit's start afresh in {self.dirpath}"
+            )
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "interrupted": getattr(self, "interrupted", None)}
+
+
+def settings_changes(saved: str, current: str) -> str:
+    """``"mode: 'max' -> 'min'"`` from two callback state keys' settings (``{'monitor': ...}``,
+    as Lightning writes them with ``repr``)."""
+    try:
+        before, after = ast.literal_eval(saved), ast.literal_eval(current)
+    except (ValueError, SyntaxError):  # not a dict's repr: the keys themselves
+        return f"{saved} -> {current}"
+    return "; ".join(
+        f"{key}: {before.get(key)!r} -> {value!r}"
+        for key, value in after.items()
+        if before.get(key) != value
+    )
 
 
 def restart_validation(checkpoint: dict) -> None:
