@@ -44,6 +44,7 @@ from distill.commands.checkpoint import (
 from distill.data.base import ViewDataModule
 from distill.errors import ConfigError, NonFiniteLossError, OutputError
 from distill.methods.base import Method
+from distill.runs import TrainingStarted, removed_unless_started
 
 
 class DistillArgumentParser(LightningArgumentParser):
@@ -152,7 +153,9 @@ class DistillCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         command = COMMANDS.get(subcommand)
         if command is None:
-            with weights_must_fit(self.trainer, self.model):  # one message, not torch's keys
+            # One message for weights that do not fit, not torch's list of keys; and nothing
+            # left of a run that failed before it trained.
+            with removed_unless_started(self.trainer), weights_must_fit(self.trainer, self.model):
                 return super()._run_subcommand(subcommand)
         options = self._prepare_subcommand_kwargs(subcommand)  # with model and datamodule
         config = self.config[subcommand].clone().as_dict()
@@ -234,6 +237,8 @@ class DistillCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if config.get("logger") is not False and self.subcommand == "fit":
             callbacks = [*callbacks, RunHParams(self.config[self.subcommand].clone().as_dict())]
+        if self.subcommand == "fit":
+            callbacks = [*callbacks, TrainingStarted()]
         trainer = super()._instantiate_trainer(config, callbacks)
         for index, callback in enumerate(trainer.callbacks):
             if type(callback) is ModelSummary:  # Lightning's default one, not a user's own

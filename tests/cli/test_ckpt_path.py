@@ -148,6 +148,7 @@ def test_resume_with_another_backbone_lists_the_keys_that_do_not_fit(trained, tm
         "[student.backbone.layer1.1.conv1.weight, student.backbone.layer1.1.bn1.weight, "
     )
     assert error_line(err).endswith(", ... (+26)]")  # resnet14's extra block in each stage: 36
+    assert list(tmp_path.iterdir()) == []  # the new version folder, made before the restore
 
 
 def test_lightnings_own_ckpt_path_values_still_reach_lightning(tmp_path, capsys):

@@ -294,3 +294,30 @@ def test_a_run_prints_no_advertisement_and_no_empty_flops_column(tmp_path):
     assert result.returncode == 0, output[-3000:]
     assert "Trainable params" in output  # the summary is still there
     assert "litlogger" not in output and "FLOPs" not in output and "Total Flops" not in output
+
+
+def short_fit(root, *extra) -> list[str]:
+    return [
+        "fit", "--config", QUICKSTART, "--trainer.default_root_dir", str(root),
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", *extra,
+    ]  # fmt: skip
+
+
+def test_a_fit_that_fails_before_training_leaves_no_folder_it_made(png_folder, tmp_path, capsys):
+    (png_folder / "train" / "cat" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    data = [
+        "--data", "distill.data.ImageFolderDataModule",
+        "--data.init_args.data_dir", str(png_folder), "--model.init_args.num_classes", "3",
+    ]  # fmt: skip
+    fresh = tmp_path / "runs" / "fresh"
+    code, _, err = run_cli([*short_fit(fresh), *data], capsys)
+    assert code == 2 and "cannot be followed" in err  # refused in the DataModule's setup
+    assert not (tmp_path / "runs").exists()  # nor the version folder nor the folders above it
+    earlier = tmp_path / "earlier" / "lightning_logs" / "version_0"
+    earlier.mkdir(parents=True)
+    (earlier / "notes.txt").write_text("an earlier run")
+    code, _, err = run_cli([*short_fit(earlier.parents[1]), *data], capsys)
+    assert code == 2 and "cannot be followed" in err
+    assert [p.name for p in earlier.parent.iterdir()] == ["version_0"]  # version_1 is gone
+    assert (earlier / "notes.txt").read_text() == "an earlier run"
