@@ -334,6 +334,8 @@ def main(args: list[str] | None = None) -> None:
     try:
         build_cli(args)
     except SIGTERMException as stop:  # also a first Ctrl-C (see MethodCheckpoint)
+        if getattr(stop, "run_finished", False):  # after the last epoch: nothing left to do
+            raise SystemExit(0) from None
         signal_name = getattr(stop, "signal_name", "SIGTERM")
         raise SystemExit(EXIT_SIGINT if signal_name == "SIGINT" else EXIT_SIGTERM) from None
     except SystemExit as exit_:

@@ -323,6 +323,34 @@ def test_a_resumed_fit_with_another_mode_starts_its_best_afresh_and_says_so(
     assert resumed.best_model_path == str(tmp_path / "version_1" / "epoch=2-step=6.ckpt")
 
 
+def checkpoint_state(saved: dict) -> dict:
+    (key,) = [key for key in saved["callbacks"] if key.startswith("MethodCheckpoint")]
+    return saved["callbacks"][key]
+
+
+def test_resuming_a_finished_run_marked_interrupted_writes_its_final_state(tmp_path, lightning_log):
+    # distill once marked a checkpoint interrupted when the signal came after the last epoch:
+    # resuming it trains nothing, and the new folder gets the final state, unmarked.
+    fit_scored(tmp_path, "version_0", max_epochs=2)
+    saved = torch.load(tmp_path / "version_0" / "last.ckpt", weights_only=True)
+    checkpoint_state(saved)["interrupted"] = {
+        "signal": "SIGTERM", "epoch": 1, "batch": 2, "global_step": 4,
+    }  # fmt: skip
+    marked = tmp_path / "marked.ckpt"
+    torch.save(saved, marked)
+    fit_scored(tmp_path, "version_1", max_epochs=2, ckpt_path=marked)
+    final = torch.load(tmp_path / "version_1" / "last.ckpt", weights_only=True)
+    assert checkpoint_state(final)["interrupted"] is None
+    checkpoint_state(final)["interrupted"] = checkpoint_state(saved)["interrupted"]
+    assert final.keys() == saved.keys()
+    for key in saved:  # the run's own final last.ckpt otherwise: nothing was trained
+        assert str(final[key]) == str(saved[key]), key
+    assert (
+        f"{marked} is of a run that had finished (epoch 1, global step 4) when SIGTERM arrived: "
+        f"wrote it as {tmp_path / 'version_1' / 'last.ckpt'}, not marked interrupted"
+    ) in lightning_log.messages
+
+
 def test_resume_with_other_batch_limits_names_them(tmp_path):
     checkpoint = MethodCheckpoint(dirpath=str(tmp_path / "first"), monitor=None)
     fit(tmp_path, [checkpoint, StopAfter(1)], max_epochs=2)  # 2 train batches, all val ones
