@@ -44,6 +44,7 @@ from distill.commands.checkpoint import (
 from distill.data.base import ViewDataModule
 from distill.errors import ConfigError, NonFiniteLossError, OutputError
 from distill.methods.base import Method
+from distill.resume import check_resumed_optimizer
 from distill.runs import TrainingStarted, removed_unless_started
 
 
@@ -179,7 +180,8 @@ class DistillCLI(LightningCLI):
         checkpoint's, so a Supervised config resumed from a KD checkpoint silently trains KD
         and command-line model arguments are silently dropped. Here the configuration
         applies: a checkpoint of another class is refused, and arguments that differ from
-        the checkpoint's are listed in a warning.
+        the checkpoint's are listed in a warning. A fit's optimiser is compared too: another
+        class is refused, other arguments are named (``distill.resume.check_resumed_optimizer``).
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -200,6 +202,8 @@ class DistillCLI(LightningCLI):
         if model is None:
             return super()._parse_ckpt_path()
         configured = (model.get("init_args") or Namespace()).clone().as_dict()
+        if subcommand == "fit":
+            check_resumed_optimizer(saved, configured.get("optimizer"), ckpt_path)
         changed = [
             f"{key}: {hparams[key]!r} -> {configured[key]!r}"
             + (TEACHER_NOT_READ if key == "teacher_checkpoint" else "")

@@ -159,3 +159,60 @@ def test_lightnings_own_ckpt_path_values_still_reach_lightning(tmp_path, capsys)
     assert code == 0, err
     assert any("there is no last checkpoint available" in str(w.message) for w in caught)
     assert last_checkpoint(tmp_path).is_file()
+
+
+def test_checkpoint_records_its_optimiser(trained):
+    saved = torch.load(last_checkpoint(trained), weights_only=True)
+    record = saved["optimizer_settings"]
+    assert record["class_path"] == "torch.optim.SGD"  # the quickstart's, by its public path
+    assert {key: record["defaults"][key] for key in ("lr", "momentum", "weight_decay")} == {
+        "lr": 0.1, "momentum": 0.9, "weight_decay": 5.0e-4,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "before-records"])
+def test_resume_with_another_optimiser_class_is_one_message_naming_both(
+    trained, tmp_path, capsys, recorded
+):
+    last = last_checkpoint(trained)
+    if not recorded:  # a checkpoint of an earlier distill: the class told by its param group
+        saved = torch.load(last, weights_only=True)
+        saved.pop("optimizer_settings", None)
+        last = tmp_path / "earlier.ckpt"
+        torch.save(saved, last)
+    run = tmp_path / "run"
+    adam = ["--model.init_args.optimizer", "torch.optim.Adam"]
+    code, err = run_cli(command("fit", run, "--ckpt_path", last, *adam), capsys)
+    assert code == 2
+    saved_class = (
+        "torch.optim.SGD"
+        if recorded
+        else "another optimiser (its arguments include dampening, momentum, nesterov)"
+    )
+    assert error_line(err).startswith(
+        f"distill: error: --ckpt_path {last} holds the state of {saved_class}, but the "
+        "configured optimiser is torch.optim.Adam (model.init_args.optimizer): a resumed fit "
+        "restores the checkpoint's optimiser state, which another optimiser cannot take."
+    )
+    assert not run.exists()  # refused before anything was built
+
+
+def test_changed_optimiser_argument_warns_that_the_checkpoints_value_applies(
+    trained, tmp_path, capsys
+):
+    last = last_checkpoint(trained)
+    args = command("fit", tmp_path, "--ckpt_path", last, "--trainer.max_epochs", 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, err = run_cli([*args, "--model.init_args.optimizer.init_args.lr", 0.5], capsys)
+    assert code == 0, err
+    said = [str(w.message) for w in caught if "optimiser arguments differ" in str(w.message)]
+    assert said == [
+        f"optimiser arguments differ from the checkpoint's ({last}): lr: 0.1 -> 0.5. The "
+        "checkpoint's values apply: a resumed fit restores its optimiser state (arguments, "
+        "buffers and the lr schedule's base lr)"
+    ]
+    final = torch.load(last_checkpoint(tmp_path), weights_only=True)
+    assert final["global_step"] == 4
+    assert final["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 0.1
+    assert final["optimizer_settings"]["defaults"]["lr"] == 0.1  # what applied, for the next
