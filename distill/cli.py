@@ -27,7 +27,7 @@ import docstring_parser
 from jsonargparse import ArgumentParser, Namespace, class_from_function
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import distill.data  # noqa: F401  (registers the DataModules for short class names)
@@ -45,7 +45,12 @@ from distill.data.base import ViewDataModule
 from distill.errors import ConfigError, NonFiniteLossError, OutputError
 from distill.methods.base import Method
 from distill.resume import check_resumed_optimizer
-from distill.runs import TrainingStarted, removed_unless_started
+from distill.runs import (
+    TrainingStarted,
+    logs_folder,
+    newest_last_checkpoint,
+    removed_unless_started,
+)
 
 
 class DistillArgumentParser(LightningArgumentParser):
@@ -173,8 +178,9 @@ class DistillCLI(LightningCLI):
         subcommand can use: present, a file (a folder gets the ``last.ckpt`` inside
         suggested), readable to the end, and for fit, validate and test a Lightning
         checkpoint (``read_checkpoint`` and ``check_restorable`` of
-        ``distill.commands.checkpoint``). Lightning's own values (``last``, ``best``, ``hpc``,
-        ``registry``, URLs) are left to Lightning.
+        ``distill.commands.checkpoint``). ``last`` is the newest version's ``last.ckpt``
+        (``_resolve_last``); Lightning's other values (``best``, ``hpc``, ``registry``, URLs)
+        are left to Lightning.
 
         LightningCLI replaces the configured model (class and arguments) with the
         checkpoint's, so a Supervised config resumed from a KD checkpoint silently trains KD
@@ -185,6 +191,8 @@ class DistillCLI(LightningCLI):
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path == "last" and subcommand in ("fit", "validate", "test"):
+            ckpt_path = self.config[subcommand].ckpt_path = self._resolve_last(subcommand)
         if not ckpt_path or lightning_resolves(ckpt_path):
             return super()._parse_ckpt_path()
         saved = read_checkpoint(ckpt_path)
@@ -215,6 +223,31 @@ class DistillCLI(LightningCLI):
                 f"model arguments differ from the checkpoint's ({ckpt_path}); the configured "
                 f"values apply: {'; '.join(changed)}"
             )
+
+    def _resolve_last(self, subcommand: str) -> str | None:
+        """``--ckpt_path last``: the newest version's ``last.ckpt`` under the run's root.
+
+        Lightning looks for it in this run's own new version folder, which is empty, and fits
+        from scratch with a warning. Where runs share one checkpoint folder Lightning finds
+        it, and ``last`` is left to it; so it is for validate and test without a checkpoint.
+        A fit without one starts fresh, as Lightning's would, and says so.
+        """
+        config = self.config[subcommand]
+        dirpath = (config.get("checkpoint") or Namespace()).get("dirpath")
+        logs = logs_folder(config.trainer.clone().as_dict(), dirpath)
+        if logs is None:
+            return "last"
+        found = newest_last_checkpoint(logs)
+        if found is not None:
+            rank_zero_info(f"--ckpt_path last: {found} (the newest version's under {logs})")
+            return str(found)
+        if subcommand != "fit":
+            return "last"
+        rank_zero_info(
+            f"--ckpt_path last: no {logs / 'version_*' / 'checkpoints' / 'last.ckpt'} yet; "
+            "starting a fresh fit"
+        )
+        return None
 
     def before_instantiate_classes(self) -> None:
         """A fresh fit reads ``model.init_args.teacher_checkpoint`` when it starts (a resumed

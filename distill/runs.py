@@ -1,5 +1,5 @@
-"""A run's folders as the CLI sees them: what a run that failed before it trained leaves
-behind (nothing).
+"""A run's folders as the CLI sees them: the newest ``last.ckpt`` under a run's root, and
+what a run that failed before it trained leaves behind (nothing).
 
 Lightning gives every fit, validate and test (and every resume) a new
 ``<default_root_dir>/lightning_logs/version_N`` folder.
@@ -71,3 +71,37 @@ def _remove_new_log_folder(
             folder.rmdir()  # only an empty one
         except OSError:
             return
+
+
+def newest_last_checkpoint(logs: Path) -> Path | None:
+    """The ``last.ckpt`` of the highest ``version_N`` under ``logs`` that has one (each run and
+    resume starts a new version, so it is the latest state), or ``None``."""
+    found = {
+        int(folder.name.removeprefix("version_")): folder / "checkpoints" / "last.ckpt"
+        for folder in logs.glob("version_*")
+        if folder.name.removeprefix("version_").isdigit()
+    }
+    found = {number: path for number, path in found.items() if path.is_file()}
+    return found[max(found)] if found else None
+
+
+def logs_folder(trainer_config: dict, checkpoint_dirpath: str | None) -> Path | None:
+    """Where a run configured so keeps its ``version_N`` folders: ``<default_root_dir>/
+    lightning_logs``, or a ``TensorBoardLogger``'s or ``CSVLogger``'s ``save_dir/name``.
+
+    ``None`` where every run writes its checkpoints to one folder (``checkpoint.dirpath``, or
+    no logger: ``<default_root_dir>/checkpoints``), in which Lightning finds ``last`` itself,
+    and for other loggers.
+    """
+    logger = trainer_config.get("logger")
+    if checkpoint_dirpath or logger is False:
+        return None
+    root = trainer_config.get("default_root_dir") or os.getcwd()
+    if logger is None or logger is True:
+        return Path(root, "lightning_logs")
+    if isinstance(logger, dict) and str(logger.get("class_path", "")).endswith(
+        ("TensorBoardLogger", "CSVLogger")
+    ):
+        arguments = logger.get("init_args") or {}
+        return Path(arguments.get("save_dir") or root, arguments.get("name") or "lightning_logs")
+    return None
