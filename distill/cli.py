@@ -14,13 +14,16 @@ with a JSON sidecar); see ``distill.commands``.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import logging
 import os
 import re
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 from typing import NoReturn
 
 import docstring_parser
@@ -34,6 +37,7 @@ import distill.data  # noqa: F401  (registers the DataModules for short class na
 import distill.eval  # noqa: F401  (registers the callbacks for short class names)
 import distill.methods  # noqa: F401  (registers the methods for short class names)
 from distill.callbacks import CountedModelSummary, MethodCheckpoint, RunHParams, ViewGrid
+from distill.checkpoint_io import output_error
 from distill.commands import COMMANDS, add_command_arguments, provided_arguments
 from distill.commands.checkpoint import (
     check_restorable,
@@ -296,11 +300,17 @@ COMMAND_TRAINER = {
 
 
 def _find_user_error(error: BaseException | None) -> Exception | None:
-    """The ConfigError, NonFiniteLossError or OutputError behind ``error``, which may be wrapped."""
+    """The ConfigError, NonFiniteLossError or OutputError behind ``error``, which may be wrapped.
+
+    An ``OSError`` of a write (disk full, read-only) is an ``OutputError``.
+    """
     seen = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, ConfigError | NonFiniteLossError | OutputError):
             return error
+        written = output_error(error)
+        if written is not None:
+            return written
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
@@ -366,10 +376,30 @@ EXIT_CONFIG, EXIT_NONFINITE, EXIT_WRITE, EXIT_SIGTERM, EXIT_SIGINT = 2, 1, 74, 1
 EXIT_CODES = {ConfigError: EXIT_CONFIG, NonFiniteLossError: EXIT_NONFINITE, OutputError: EXIT_WRITE}
 
 
+@contextlib.contextmanager
+def _thread_write_errors_left_to_the_caller() -> Iterator[None]:
+    """Within the block, a thread that hands its failed write to the thread it serves (keeps
+    it as ``thread.exception``, as TensorBoard's event writer does) prints no traceback:
+    ``main`` reports it once, when that thread raises it."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        handed_over = getattr(args.thread, "exception", None) is args.exc_value
+        if not (handed_over and output_error(args.exc_value) is not None):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
 def main(args: list[str] | None = None) -> None:
     """Runs the CLI on ``args`` (default: ``sys.argv[1:]``); see the ``EXIT_*`` codes."""
     try:
-        build_cli(args)
+        with _thread_write_errors_left_to_the_caller():
+            build_cli(args)
     except SIGTERMException as stop:  # also a first Ctrl-C (see MethodCheckpoint)
         if getattr(stop, "run_finished", False):  # after the last epoch: nothing left to do
             raise SystemExit(0) from None

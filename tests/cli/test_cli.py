@@ -1,6 +1,9 @@
 """The CLI as a user drives it: config files, overrides, print_config, errors."""
 
+import errno
+import io
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -9,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.compat.tensorflow_stub.io import gfile
 
 from distill.cli import main
 
@@ -321,3 +325,51 @@ def test_a_fit_that_fails_before_training_leaves_no_folder_it_made(png_folder, t
     assert code == 2 and "cannot be followed" in err
     assert [p.name for p in earlier.parent.iterdir()] == ["version_0"]  # version_1 is gone
     assert (earlier / "notes.txt").read_text() == "an earlier run"
+
+
+@pytest.fixture
+def read_only_mount(tmp_path, monkeypatch):
+    """A folder on which every folder creation fails with EROFS, as on a read-only mount
+    (chmod would not stop root)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if Path(path).resolve().is_relative_to(folder):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    return folder
+
+
+def test_a_run_on_a_read_only_folder_is_one_message(read_only_mount, capsys):
+    run = read_only_mount / "run"
+    code, _, err = run_cli(short_fit(run), capsys)
+    assert code == 74 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"distill: error: cannot write {run}: read-only file system (Read-only file system)"
+    )
+
+
+def test_a_full_disk_under_tensorboards_writer_thread_is_one_message(tmp_path, capsys, monkeypatch):
+    # TensorBoard writes its event file in a thread of its own, which dies with the error (a
+    # thread traceback) and hands it to the training thread's next write.
+    class FullDisk(io.FileIO):
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write_to_a_full_disk(self, filename, file_content, mode):  # TensorBoard's, on a full disk
+        with FullDisk(filename, mode) as file:
+            file.write(file_content)
+
+    monkeypatch.setattr(gfile.LocalFileSystem, "_write", write_to_a_full_disk)
+    code, _, err = run_cli(short_fit(tmp_path), capsys)
+    assert code == 74
+    assert "Traceback" not in err and "Exception in thread" not in err
+    events = re.escape(str(tmp_path / "lightning_logs" / "version_0" / "events.out.tfevents."))
+    assert re.fullmatch(
+        f"distill: error: cannot write {events}[^/ ]+: disk full \\(No space left on device\\)",
+        err.strip().splitlines()[-1],
+    ), err
