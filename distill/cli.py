@@ -31,7 +31,7 @@ from jsonargparse import ArgumentParser, Namespace, class_from_function
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 import distill.data  # noqa: F401  (registers the DataModules for short class names)
 import distill.eval  # noqa: F401  (registers the callbacks for short class names)
@@ -302,12 +302,15 @@ COMMAND_TRAINER = {
 def _find_user_error(error: BaseException | None) -> Exception | None:
     """The ConfigError, NonFiniteLossError or OutputError behind ``error``, which may be wrapped.
 
-    An ``OSError`` of a write (disk full, read-only) is an ``OutputError``.
+    Lightning's ``MisconfigurationException`` (``--trainer.max_epochs -5``) is a
+    ``ConfigError``, and an ``OSError`` of a write (disk full, read-only) an ``OutputError``.
     """
     seen = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, ConfigError | NonFiniteLossError | OutputError):
             return error
+        if isinstance(error, MisconfigurationException):
+            return ConfigError(str(error))
         written = output_error(error)
         if written is not None:
             return written

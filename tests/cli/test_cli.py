@@ -308,6 +308,15 @@ def short_fit(root, *extra) -> list[str]:
     ]  # fmt: skip
 
 
+def test_a_value_lightning_refuses_is_one_message(tmp_path, capsys):
+    code, _, err = run_cli([*short_fit(tmp_path / "run"), "--trainer.max_epochs", "-5"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "distill: error: `max_epochs` must be a non-negative integer or -1. You passed in -5."
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_fit_that_fails_before_training_leaves_no_folder_it_made(png_folder, tmp_path, capsys):
     (png_folder / "train" / "cat" / "gone.png").symlink_to(tmp_path / "nowhere.png")
     data = [
