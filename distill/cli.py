@@ -190,8 +190,9 @@ class DistillCLI(LightningCLI):
         checkpoint's, so a Supervised config resumed from a KD checkpoint silently trains KD
         and command-line model arguments are silently dropped. Here the configuration
         applies: a checkpoint of another class is refused, and arguments that differ from
-        the checkpoint's are listed in a warning. A fit's optimiser is compared too: another
-        class is refused, other arguments are named (``distill.resume.check_resumed_optimizer``).
+        the checkpoint's are listed in a warning (not for eval and export, which read the
+        backbone alone). A fit's optimiser is compared too: another class is refused, other
+        arguments are named (``distill.resume.check_resumed_optimizer``).
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -209,8 +210,9 @@ class DistillCLI(LightningCLI):
                 f"model is {model.class_path}; resume it with that method's config"
             )
         check_restorable(saved, ckpt_path, subcommand)
-        if not isinstance(saved, dict):
-            return  # eval and export say what the file holds instead
+        if not isinstance(saved, dict) or subcommand in COMMANDS:
+            # eval and export read the backbone alone, strictly, and say what does not fit.
+            return
         if model is None:
             return super()._parse_ckpt_path()
         configured = (model.get("init_args") or Namespace()).clone().as_dict()
