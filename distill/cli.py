@@ -71,8 +71,11 @@ class DistillArgumentParser(LightningArgumentParser):
         if not self.exit_on_error:  # a parser used internally: the caller handles it
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
+        unknown_class = unknown_class_summary(message)
         summary = unknown_key_summary(message, parser)
-        if summary is None:
+        if unknown_class is not None:  # the rest of jsonargparse's account adds nothing to it
+            print(f"distill: error: {unknown_class}", file=sys.stderr)
+        elif summary is None:
             print(f"distill: error: {message}", file=sys.stderr)
         else:
             print(f"distill: error: {summary}", file=sys.stderr)
@@ -106,6 +109,36 @@ def unknown_key_summary(message: str, parser: LightningArgumentParser) -> str | 
     where = ".init_args.".join(re.findall(r'Parser key "([^"]+)"', before))
     where = f"{where}.init_args" if where else "init_args"
     return f"unknown key {key!r} in {where} ({class_path}); {_nearest(key, _arguments(class_path))}"
+
+
+def unknown_class_summary(message: str) -> str | None:
+    """One line for a class path jsonargparse cannot import (``distill.methods.Supervized``,
+    ``torch.optim.SDG``): the key, the class and the nearest name its module has; ``None`` for
+    any other error."""
+    found = re.search(r"module '([^']+)' has no attribute '([^']+)'", message)
+    if not found:
+        return None
+    module_name, missing = found.groups()
+    # The path as given: ``distill.method.Supervised`` has a module missing, not the class.
+    given = re.search(rf"(?<![\w.]){re.escape(module_name)}\.{re.escape(missing)}[\w.]*", message)
+    class_path = given.group(0) if given else f"{module_name}.{missing}"
+    where = ".init_args.".join(re.findall(r'Parser key "([^"]+)"', message[: found.start()]))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception:  # jsonargparse imported it a moment ago; no suggestion rather than a crash
+        return None
+    names = sorted(name for name in dir(module) if not name.startswith("_"))
+    close = difflib.get_close_matches(missing, names, n=1)
+    rest = class_path[len(f"{module_name}.{missing}") :]
+    hint = (
+        f"did you mean {f'{module_name}.{close[0]}{rest}'!r}?"
+        if close
+        else f"{module_name} has: {', '.join(names)}"
+    )
+    return (
+        f"unknown class {class_path!r} in {where or 'the config'}: module {module_name!r} has "
+        f"no {missing!r}; {hint}"
+    )
 
 
 def _arguments(class_path: str) -> set[str]:

@@ -308,6 +308,33 @@ def short_fit(root, *extra) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "value, class_path, suggestion",
+    [
+        ("--model=distill.methods.Supervized", "distill.methods.Supervized",
+         "module 'distill.methods' has no 'Supervized'; did you mean "
+         "'distill.methods.Supervised'?"),
+        ("--model=distill.method.Supervised", "distill.method.Supervised",
+         "module 'distill' has no 'method'; did you mean 'distill.methods.Supervised'?"),
+        ("--model.init_args.optimizer=torch.optim.SDG", "torch.optim.SDG",
+         "module 'torch.optim' has no 'SDG'; did you mean 'torch.optim.SGD'?"),
+    ],
+    ids=["class", "module", "optimizer"],
+)  # fmt: skip
+def test_unknown_class_is_one_line_with_the_nearest_name(
+    tmp_path, capsys, value, class_path, suggestion
+):
+    where = value[2:].split("=")[0]
+    code, _, err = run_cli([*short_fit(tmp_path / "run"), value], capsys)
+    assert code == 2
+    assert err.splitlines()[0] == (
+        f"distill: error: unknown class {class_path!r} in {where}: {suggestion}"
+    )
+    (pointer,) = err.splitlines()[1:]  # and not jsonargparse's account
+    assert pointer.startswith("(every option: ") and pointer.endswith(" fit --help)")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_value_lightning_refuses_is_one_message(tmp_path, capsys):
     code, _, err = run_cli([*short_fit(tmp_path / "run"), "--trainer.max_epochs", "-5"], capsys)
     assert code == 2 and "Traceback" not in err
