@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import sys
@@ -40,6 +41,15 @@ def _no_pytest_arguments_in_argv():
     argv, sys.argv = sys.argv, sys.argv[:1]
     yield
     sys.argv = argv
+
+
+@pytest.fixture
+def lightning_log(caplog, monkeypatch):
+    """Lightning's (and distill's) rank-zero messages in ``caplog``: Lightning's logger does
+    not propagate to the root logger when it has a handler of its own."""
+    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
+    caplog.set_level(logging.INFO)
+    return caplog
 
 
 def write_png_folder(root, classes=("cat", "dog", "frog"), per_class=6, size=40, seed=0):

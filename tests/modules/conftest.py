@@ -1,7 +1,4 @@
-"""Fake training runs (``<run>/lightning_logs/version_N/`` with a tiny ``last.ckpt``), and
-Lightning's log."""
-
-import logging
+"""Fake training runs (``<run>/lightning_logs/version_N/`` with a tiny ``last.ckpt``)."""
 
 import pytest
 import torch
@@ -50,11 +47,3 @@ def write_run(tmp_path):
         return folder / "checkpoints" / "last.ckpt"
 
     return write
-
-
-@pytest.fixture
-def lightning_log(caplog, monkeypatch):
-    """Lightning's rank-zero messages in ``caplog`` (its logger does not propagate)."""
-    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
-    caplog.set_level(logging.INFO)
-    return caplog
