@@ -73,16 +73,29 @@ def _remove_new_log_folder(
             return
 
 
-def newest_last_checkpoint(logs: Path) -> Path | None:
-    """The ``last.ckpt`` of the highest ``version_N`` under ``logs`` that has one (each run and
-    resume starts a new version, so it is the latest state), or ``None``."""
+def version_folders(logs: Path) -> dict[int, Path]:
+    """The ``version_N`` folders under ``logs`` by ``N``, in increasing order (Lightning
+    numbers them in the order runs start, so a higher ``N`` is a newer run)."""
     found = {
-        int(folder.name.removeprefix("version_")): folder / "checkpoints" / "last.ckpt"
+        int(folder.name.removeprefix("version_")): folder
         for folder in logs.glob("version_*")
         if folder.name.removeprefix("version_").isdigit()
     }
-    found = {number: path for number, path in found.items() if path.is_file()}
-    return found[max(found)] if found else None
+    return dict(sorted(found.items()))
+
+
+def last_checkpoints(logs: Path) -> list[Path]:
+    """The ``checkpoints/last.ckpt`` files of the ``version_N`` folders under ``logs``, oldest
+    run first."""
+    files = [folder / "checkpoints" / "last.ckpt" for folder in version_folders(logs).values()]
+    return [file for file in files if file.is_file()]
+
+
+def newest_last_checkpoint(logs: Path) -> Path | None:
+    """The ``last.ckpt`` of the highest ``version_N`` under ``logs`` that has one (each run and
+    resume starts a new version, so it is the latest state), or ``None``."""
+    files = last_checkpoints(logs)
+    return files[-1] if files else None
 
 
 def logs_folder(trainer_config: dict, checkpoint_dirpath: str | None) -> Path | None:
