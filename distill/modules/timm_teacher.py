@@ -71,6 +71,20 @@ class FrozenTimmTeacher(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
+    @property
+    def has_feature_map(self) -> bool:
+        """Whether ``forward_dense`` works: timm gives this model's intermediate features."""
+        return callable(getattr(self.network, "forward_intermediates", None))
+
+    @property
+    def fixed_input_size(self) -> tuple[int, int] | None:
+        """The one image size ``(h, w)`` the model takes (a ViT built without
+        ``dynamic_img_size``); ``None`` when it takes any."""
+        patch_embed = getattr(self.network, "patch_embed", None)
+        if getattr(patch_embed, "strict_img_size", False) and patch_embed.img_size:
+            return tuple(patch_embed.img_size)
+        return None
+
     def train(self, mode: bool = True) -> FrozenTimmTeacher:
         """Always eval mode: its normalisation statistics are part of what it teaches."""
         return super().train(False)

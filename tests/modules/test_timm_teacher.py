@@ -60,6 +60,15 @@ def test_embedding_and_logits_are_timms_pre_logits_and_output():
     assert headless.forward_features(images)[1] is None and headless.num_classes == 0
 
 
+def test_it_says_whether_it_has_a_feature_map_and_which_input_size_it_takes():
+    teacher = vit(img_size=(16, 32))
+    assert teacher.has_feature_map and teacher.fixed_input_size == (16, 32)
+    assert vit(dynamic_img_size=True).fixed_input_size is None
+    older = vit()
+    older.network.forward_intermediates = None  # as a timm model without intermediate features
+    assert not older.has_feature_map
+
+
 def test_it_is_frozen_and_stays_in_eval_mode():
     teacher = vit()
     teacher.train()
