@@ -82,7 +82,8 @@ class FeatureKD(Method):
     student's. KD on logits (``α > 0``) needs the teacher's classifier over the same classes.
 
     Reference settings: FitNets' hint weight ``β = 100`` with MSE (RepDistiller, on CIFAR-100
-    intermediate maps); SimReg distils without labels (``γ = 0``) with its MLP and ``cosine``.
+    intermediate maps); SimReg distils without labels (``γ = 0``), its MLP and ``cosine`` at
+    ``β = 2`` (its ``2 − 2·cos``), ImageNet recipe in configs/feature/imagenet_*.yaml.
 
     Args:
         student_backbone: Backbone name of the student.
