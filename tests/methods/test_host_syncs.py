@@ -42,7 +42,7 @@ import torchvision
 from tests_support import ColourDataModule, quiet_trainer
 
 from distill.data import MultiCropViews, TwoViews
-from distill.methods import CRD, DINO, KD, RKD, SEED, DisCo, MoCo, ReKD, Supervised
+from distill.methods import CRD, DINO, KD, RKD, SEED, DisCo, FeatureKD, MoCo, ReKD, Supervised
 
 DISTILL = str(Path(__file__).resolve().parents[2] / "distill") + os.sep
 LIBRARIES = tuple(
@@ -173,6 +173,10 @@ def method_and_data(name: str, teacher_checkpoint: str):
         return RKD(**teacher), ColourDataModule()
     if name == "crd":
         return CRD(**teacher, num_negatives=16, embed_dim=8, kd_weight=1.0), ColourDataModule()
+    if name == "feature":
+        return FeatureKD(**teacher, projector="mlp", kd_weight=1.0), ColourDataModule()
+    if name == "feature-dense":  # a convolutional teacher's last map, as a ViT's tokens
+        return FeatureKD(**teacher, level="dense", metric="cosine"), ColourDataModule()
     if name == "dino":
         views = MultiCropViews(num_global=2, num_local=2, blur_probs=(0.0, 0.0, 0.0))
         model = DINO(backbone="resnet8", output_dim=32, hidden_dim=16, bottleneck_dim=8,
@@ -195,7 +199,7 @@ def method_and_data(name: str, teacher_checkpoint: str):
 
 METHODS = [
     "supervised", "kd", "rkd", "crd", "dino", "moco", "rekd", "rekd-before-bank-init", "seed",
-    "disco",
+    "disco", "feature", "feature-dense",
 ]  # fmt: skip
 
 
