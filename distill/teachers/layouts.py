@@ -6,19 +6,19 @@ torchvision ResNet's ``conv1.weight``, a timm ViT's ``blocks.0.attn.qkv.weight``
 what it left out. ``LAYOUTS`` tries them in order; the first whose ``detect`` accepts the
 file reads it:
 
-=====================  ============================================  ========================
-layout                 recognised by                                 ``auto`` takes
-=====================  ============================================  ========================
-DINO (official)        top-level ``teacher`` and ``student`` dicts   the teacher (EMA)
-MoCo v1/v2 (official)  ``module.encoder_q.*``, ``module.encoder_k.*``  the query encoder
-MoCo v3 (official)     ``module.base_encoder.*``, ``momentum_encoder``  the query (base) encoder
-distill checkpoint     ``student.backbone.*`` / ``teacher.backbone.*``  DINO, ReKD: the teacher;
-                                                                     others: the student
-lightly / solo-learn   Lightning checkpoint with ``backbone.*``      the online ``backbone``
-                                                                     (lightly DINO: teacher)
-SwAV (official)        ``module.*`` with ``prototypes``              the one network
-state dict             anything else (``module.`` stripped)          the one network
-=====================  ============================================  ========================
+- DINO (official): top-level ``teacher`` and ``student`` dicts; ``auto`` takes the teacher
+  (the EMA network DINO evaluates).
+- MoCo v1/v2 (official): ``module.encoder_q.*`` and ``module.encoder_k.*``; ``auto`` takes
+  the query encoder (what MoCo's ``main_lincls.py`` evaluates).
+- MoCo v3 (official): ``module.base_encoder.*`` and ``module.momentum_encoder.*``; ``auto``
+  takes the base (query) encoder.
+- distill checkpoint: ``student.backbone.*`` or ``teacher.backbone.*``; ``auto`` takes DINO's
+  and ReKD's teacher, the student of every other method.
+- lightly / solo-learn: a Lightning checkpoint with ``backbone.*``; ``auto`` takes the online
+  ``backbone`` (lightly's DINO: its ``teacher_backbone``).
+- SwAV (official): ``module.*`` with ``prototypes``; one network.
+- state dict: anything else (DDP's ``module.`` stripped), ``.safetensors`` files and distill
+  exports included; one network.
 
 Heads are told apart by their keys: a linear classifier (``weight``, ``bias``) can give the
 teacher's logits; a MoCo-v2 projection head (``Linear, ReLU, Linear``: MoCo v2's ``fc.0``,
@@ -242,36 +242,49 @@ def is_moco(saved: dict) -> bool:
     return state is not None and _moco_prefix(state, "encoder_q") is not None
 
 
+def _query_and_key(
+    state: dict[str, Tensor],
+    request: Request,
+    names: tuple[str, str],
+    what: str,
+    encoder: Callable[[str], Network],
+) -> tuple[Network, Network | None, list[LeftOut], list[str], str, list[str]]:
+    """The query or the key encoder of a MoCo checkpoint (under ``names``, e.g. ``encoder_q``
+    and ``encoder_k``), read by ``encoder(prefix)``; the key encoder as its pair when asked
+    for. Returns ``(main, pair, left_out, other keys, network, others)``."""
+    prefixes = {"query": _moco_prefix(state, names[0]), "key": _moco_prefix(state, names[1])}
+    choices = {name: names[i] for i, name in enumerate(prefixes) if prefixes[name]}
+    choice = _choose(request, choices, what, "query")
+    main, pair = encoder(prefixes[choice]), None
+    if request.paired and request.network == "auto" and prefixes["key"]:
+        pair = encoder(prefixes["key"])
+    left_out = [
+        (f"{prefix}*", _count(state, prefix), f"the {name} encoder")
+        for name, prefix in prefixes.items()
+        if prefix and name != choice and pair is None
+    ]
+    rest = sorted(k for k in state if not k.startswith(tuple(p for p in prefixes.values() if p)))
+    network = f"{choice} encoder ({prefixes[choice]}*)" + (" with its key encoder" if pair else "")
+    return main, pair, left_out, rest, network, [name for name in choices if name != choice]
+
+
 def moco(saved: dict, request: Request) -> Found:
     """MoCo v1/v2's ``checkpoint_0199.pth.tar``: ``encoder_q`` (query, the network MoCo's
     ``main_lincls.py`` evaluates) or ``encoder_k`` (key); their ``fc`` is MoCo's projection
     (v2: a MoCo-v2 MLP head; v1: one linear layer, left out); the queue is left out."""
     state = _state(saved)
-    prefixes = {"query": _moco_prefix(state, "encoder_q"), "key": _moco_prefix(state, "encoder_k")}
-    choices = {"query": "encoder_q", "key": "encoder_k"}
-    if prefixes["key"] is None:
-        del choices["key"]
-    choice = _choose(request, choices, "a MoCo checkpoint (a query and a key encoder)", "query")
 
     def encoder(prefix: str) -> Network:
         weights = sub(state, prefix)
         network = Network(_without(weights, "fc."), where=prefix)
         return _v1(network, weights) if _v1_fc(weights) else _head(network, weights, "fc.", prefix)
 
-    main = encoder(prefixes[choice])
-    pair = None
-    if request.paired and request.network == "auto" and prefixes["key"]:
-        pair = encoder(prefixes["key"])
-    left_out = []
-    for name, prefix in prefixes.items():
-        if prefix and name != choice and pair is None:
-            left_out.append((f"{prefix}*", _count(state, prefix), f"the {name} encoder"))
-    rest = [k for k in state if not k.startswith(tuple(p for p in prefixes.values() if p))]
+    names, what = ("encoder_q", "encoder_k"), "a MoCo checkpoint (a query and a key encoder)"
+    main, pair, left_out, rest, network, others = _query_and_key(state, request, names, what,
+                                                                 encoder)  # fmt: skip
     if rest:
-        left_out.append((", ".join(sorted(rest)), len(rest), "the queue"))
-    network = f"{choice} encoder ({prefixes[choice]}*)" + (" with its key encoder" if pair else "")
-    return Found("MoCo v1/v2 (official)", network, main, pair, left_out,
-                 [n for n in choices if n != choice])  # fmt: skip
+        left_out.append((", ".join(rest), len(rest), "the queue"))
+    return Found("MoCo v1/v2 (official)", network, main, pair, left_out, others)
 
 
 def _v1_fc(weights: dict[str, Tensor]) -> bool:
@@ -297,14 +310,6 @@ def moco_v3(saved: dict, request: Request) -> Found:
     """MoCo v3's checkpoints: ``base_encoder`` (query) or ``momentum_encoder`` (key); their
     projectors (a ResNet's ``fc``, a ViT's ``head``) and the ``predictor`` are left out."""
     state = _state(saved)
-    prefixes = {
-        "query": _moco_prefix(state, "base_encoder"),
-        "key": _moco_prefix(state, "momentum_encoder"),
-    }
-    choices = {"query": "base_encoder", "key": "momentum_encoder"}
-    if prefixes["key"] is None:
-        del choices["key"]
-    choice = _choose(request, choices, "a MoCo v3 checkpoint", "query")
 
     def encoder(prefix: str) -> Network:
         weights = sub(state, prefix)
@@ -313,23 +318,15 @@ def moco_v3(saved: dict, request: Request) -> Found:
         network.other_head, network.projection_where = sub(weights, head), f"{prefix}{head}"
         return network
 
-    main = encoder(prefixes[choice])
-    pair = None
-    if request.paired and request.network == "auto" and prefixes["key"]:
-        pair = encoder(prefixes["key"])
-    left_out = []
-    for name, prefix in prefixes.items():
-        if prefix and name != choice and pair is None:
-            left_out.append((f"{prefix}*", _count(state, prefix), f"the {name} encoder"))
-    taken = tuple(p for p in prefixes.values() if p)
-    rest = [k for k in state if not k.startswith(taken)]
+    names = ("base_encoder", "momentum_encoder")
+    main, pair, left_out, rest, network, others = _query_and_key(
+        state, request, names, "a MoCo v3 checkpoint", encoder
+    )
     if rest:
         predictor = _moco_prefix(state, "predictor")
-        pattern = f"{predictor}*" if predictor else ", ".join(sorted(rest))
+        pattern = f"{predictor}*" if predictor else ", ".join(rest)
         left_out.append((pattern, len(rest), "MoCo v3's predictor"))
-    network = f"{choice} encoder ({prefixes[choice]}*)" + (" with its key encoder" if pair else "")
-    return Found("MoCo v3 (official)", network, main, pair, left_out,
-                 [n for n in choices if n != choice])  # fmt: skip
+    return Found("MoCo v3 (official)", network, main, pair, left_out, others)
 
 
 # --- distill's own checkpoints ---------------------------------------------------------------

@@ -112,7 +112,11 @@ class TeacherSpec:
                 ``architecture`` or a value out of range (the key and what is valid named).
         """
         if not isinstance(config, Mapping):
-            raise ConfigError(f"{key}={config!r}; valid: a mapping with an architecture")
+            # A TeacherSpec too: hyper-parameters must stay plain values (weights-only loads).
+            raise ConfigError(
+                f"{key}={config!r}; valid: a mapping with an architecture (in Python: a dict, "
+                "or TeacherSpec(...).to_config())"
+            )
         names = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in _INTERNAL]
         for name in config:
             if name not in names:

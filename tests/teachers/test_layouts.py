@@ -111,6 +111,18 @@ def test_official_moco_gives_the_query_or_the_key_encoder(tmp_path):
     assert report.loaded == {"backbone": BACKBONE_TENSORS, "head": 4}
 
 
+def test_an_imagenet_checkpoint_fed_the_students_statistics_gets_a_note(tmp_path):
+    path = official_moco(tmp_path / "moco.pth.tar", resnet18(0), resnet18(1), moco_v2_head(2))
+    _, report = load(path, architecture="resnet18")  # distill's: the student's statistics
+    assert report.notes == [
+        "MoCo v1/v2 (official) networks were trained on ImageNet-normalised images, but this "
+        "teacher is fed the student's statistics; set teacher.mean, teacher.std (and "
+        "image_size) to the ImageNet ones, or use a torchvision: architecture, which takes them "
+        "from torchvision's metadata"
+    ]
+    assert load(path)[1].notes == []  # torchvision:resnet18 takes ImageNet's from torchvision
+
+
 def test_official_moco_v3_gives_the_base_encoder_and_leaves_out_projector_and_predictor(
     tmp_path,
 ):
