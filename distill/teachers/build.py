@@ -60,6 +60,8 @@ def build_teacher(
     """
     if spec.embedding not in ("logits", "head", "backbone"):
         raise ValueError(f"resolve the teacher's embedding first (spec.resolve_embedding): {spec}")
+    if spec.embedding == "logits" and num_classes is None:
+        raise ValueError("a teacher read by its logits needs num_classes (its classifier's)")
     check_spec(spec, frozen, num_classes)
     backbone = create_backbone(spec.architecture, **spec.kwargs)
     network = TeacherNetwork(backbone, spec.embedding, num_classes, proj_hidden_dim, proj_dim,

@@ -155,7 +155,7 @@ def _through_timm(
         model = timm.create_model(
             name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay, **kwargs
         )
-    except RuntimeError as error:  # timm's strict load: name the keys as distill does
+    except Exception as error:  # timm's strict load, or its filter missing a key: name the keys
         fresh = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
         load_state_strict(fresh, full, f"{where} (timm {name})")
         raise ConfigError(f"timm cannot load {where} into {name}: {error}") from error
@@ -195,7 +195,7 @@ def _missing_part(found: Found, spec: TeacherSpec, part: str) -> ConfigError:
     )
 
 
-def _unused(network: Network, reads: str, pattern_prefix: str = "") -> list[LeftOut]:
+def _unused(network: Network, reads: str) -> list[LeftOut]:
     """The heads of ``network`` a teacher that reads ``reads`` leaves out."""
     left_out = []
     if network.classifier and reads != "logits":

@@ -169,8 +169,7 @@ class TeacherWeights:
 
     def _timm_hub(self, request: Request) -> Found:
         spec, timm = self.spec, import_timm()
-        num_classes = None if self.needs_classifier else 0
-        classes = {} if num_classes is None else {"num_classes": num_classes}
+        classes = {} if self.needs_classifier else {"num_classes": 0}  # timm drops the classifier
         try:
             model = timm.create_model(spec.model_name, pretrained=True, **classes, **spec.kwargs)
         except Exception as error:  # offline without a cached file, a gated repository, ...
