@@ -15,7 +15,7 @@ from torch import nn
 
 from distill.errors import ConfigError
 from distill.methods import DINO
-from distill.teachers import TeacherSpec, build_teacher
+from distill.teachers import TeacherSpec, build_momentum_teacher, build_teacher
 
 RESNET18 = "torchvision:resnet18"
 #: Tensors of a ResNet-18 without its classifier (weights and batch-norm buffers).
@@ -68,13 +68,14 @@ def assert_same(module: nn.Module, expected: dict) -> None:
         assert torch.equal(own[key], value), key
 
 
-def official_moco(path, query: dict, key: dict, head: dict):
-    """facebookresearch/moco's main_moco.py checkpoint (MoCo v2: ``fc`` is an MLP)."""
+def official_moco(path, query: dict, key: dict, head: dict, key_head: dict | None = None):
+    """facebookresearch/moco's main_moco.py checkpoint (MoCo v2: ``fc`` is an MLP, MoCo v1:
+    one linear layer)."""
     state = {
         **under("module.encoder_q.", features(query)),
         **under("module.encoder_q.fc.", head),
         **under("module.encoder_k.", features(key)),
-        **under("module.encoder_k.fc.", head),
+        **under("module.encoder_k.fc.", key_head or head),
         "module.queue": torch.randn(16, 32),
         "module.queue_ptr": torch.zeros(1, dtype=torch.long),
     }
@@ -109,6 +110,36 @@ def test_official_moco_gives_the_query_or_the_key_encoder(tmp_path):
     network, report = load(path, embedding="head")
     assert_same(network.head, {f"layers.{name}": value for name, value in head.items()})
     assert report.loaded == {"backbone": BACKBONE_TENSORS, "head": 4}
+
+
+def test_official_moco_v1_leaves_its_linear_projection_out(tmp_path):
+    query = resnet18(0)
+    projection = {"weight": torch.randn(16, 512), "bias": torch.randn(16)}  # v1's fc: 128-d
+    path = official_moco(
+        tmp_path / "moco_v1_200ep_pretrain.pth.tar", query, resnet18(1), projection
+    )
+    network, report = load(path)
+    assert_same(network.backbone, features(query))
+    why = "a projection head (neither a classifier nor a MoCo-v2 head)"
+    assert ("module.encoder_q.fc.*", 2, why) in report.left_out
+    with pytest.raises(ConfigError, match="its head module.encoder_q.fc.\\* is not one"):
+        load(path, embedding="head")  # nor the teacher's logits: it classifies nothing
+
+
+def test_a_momentum_teacher_takes_moco_s_query_and_key_encoders_with_their_heads(tmp_path):
+    query, key, head, key_head = resnet18(0), resnet18(1), moco_v2_head(2), moco_v2_head(3)
+    path = official_moco(tmp_path / "moco.pth.tar", query, key, head, key_head)
+    config = dict(architecture=RESNET18, weights=str(path), embedding="head")
+    teacher = build_momentum_teacher(TeacherSpec.from_config(config), True, 512, 16, 20)
+    report = teacher.weights.load()
+    encoder = teacher.network
+    assert_same(encoder.backbone, features(query))
+    assert_same(encoder.key_backbone, features(key))
+    assert_same(encoder.head, {f"layers.{k}": v for k, v in head.items()})
+    assert_same(encoder.key_head, {f"layers.{k}": v for k, v in key_head.items()})
+    assert report.network == "query encoder (module.encoder_q.*) with its key encoder"
+    assert report.loaded == {"backbone": BACKBONE_TENSORS, "head": 4, "key encoder": 124}
+    assert report.left_out == [("module.queue, module.queue_ptr", 2, "the queue")]
 
 
 def test_an_imagenet_checkpoint_fed_the_students_statistics_gets_a_note(tmp_path):
