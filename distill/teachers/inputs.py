@@ -118,20 +118,21 @@ class TeacherInputs(nn.Module):
             backbone.register_forward_pre_hook(self._pre_hook)
 
     def describe(self) -> str:
-        """One line for the load report."""
+        """One line for the load report: what the teacher expects, and what is done to the
+        student's batch for it."""
         if self.is_identity:
             return "the student's batch as it is (its statistics and size)"
-        stats = (
-            f"mean {_fmt(self.mean)}, std {_fmt(self.std)}"
-            if self.mean is not None
-            else "the student's statistics"
-        )
+        stats = "the student's statistics"
+        if self.mean is not None:
+            stats = f"mean {_fmt(self.mean)}, std {_fmt(self.std)}"
         size = f"{self.image_size} px" if self.image_size else "the student's size"
-        size += f", {self.interpolation}" if self.image_size else ""
         text = f"{stats}, {size} ({self.origin})"
-        if self.student is not None:
-            text += (
-                f"; the student's batch (mean {_fmt(self.student[0])}, std "
-                f"{_fmt(self.student[1])}) is re-normalised and resized on the device"
-            )
-        return text
+        done = []
+        if self._renormalises:
+            student_mean, student_std = self.student
+            done.append(f"re-normalised from mean {_fmt(student_mean)}, std {_fmt(student_std)}")
+        if self.image_size:
+            done.append(f"resized to {self.image_size} px ({self.interpolation}, antialiased)")
+        return text + (
+            f"; the student's batch is {' and '.join(done)}, on the device" if done else ""
+        )
