@@ -6,13 +6,13 @@ import sys
 import pytest
 import torch
 import torchvision
-from safetensors.torch import save_file
 
 from distill.backbones import create_backbone
 from distill.errors import ConfigError
 from distill.teachers import TeacherSpec, build_momentum_teacher, build_teacher
 
-timm = pytest.importorskip("timm")  # the [timm] extra; CI installs it
+timm = pytest.importorskip("timm")  # the [timm] extra (with safetensors); CI installs it
+save_file = pytest.importorskip("safetensors.torch").save_file
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 VIT = "vit_tiny_patch16_224"
