@@ -22,8 +22,9 @@ run is ``distill fit --config ...`` in a subprocess (see ``cifar10_5k.py``), its
 left out of the table and figures and named below the table; a run that stopped early, or
 of another length than planned, is marked as in ``cifar10_5k.py`` (``unfinished: 3 of 30
 epochs``), its seeds averaged only with runs of that length and compared with a MoCo-v2 run
-of that length. Writes ``rekd_gain.png`` (student gain over MoCo-v2 against mined precision)
-and ``rekd_knn_curves.png`` (each row's first seed) to ``--figures-dir`` (default
+of that length. Writes ``rekd_gain.png`` (student gain over MoCo-v2 against mined precision),
+``distillation_gain.png`` (SEED, DisCo and offline ReKD with each frozen teacher) and
+``rekd_knn_curves.png`` (each row's first seed) to ``--figures-dir`` (default
 ``<runs-root>/cifar10-5k/figures``; README's in ``benchmarks/figures`` are replaced only when
 that folder is named); a figure without data is not written.
 """
@@ -66,6 +67,9 @@ class Row:
     stage: int = 2
     relation: str = ""  # "online", "offline", "oracle" or "" (no relation: a baseline)
     variant: str = ""  # names the logs of a config run with other arguments
+    labels: bool = False  # the row used labels: a teacher trained on them, or the oracle
+    teacher: str = ""  # the frozen teacher a distillation row shares with others (its figure)
+    method: str = ""  # the method of such a row, in that figure
 
     def runs(self, runs_root: Path = RUNS, seeds: Sequence[int] | None = None) -> list[Run]:
         """The row's runs, one per seed (of ``seeds`` only, when given)."""
@@ -84,17 +88,24 @@ class Row:
 
 
 SUPERVISED_4EP = "runs/cifar10-5k/supervised_resnet20_4ep_seed0"  # the run's last.ckpt
+MOCO_VGG8, SUPERVISED_RESNET20 = "MoCo-v2 vgg8, 60 epochs", "supervised resnet20, 40 epochs"
 ROWS = [
     # Stage 1: the MoCo-v2 baseline (with and without shuffle-BN) and the offline teachers.
     Row("moco", "MoCo-v2 resnet8", "configs/moco/cifar10-5k_resnet8.yaml", stage=1),
     Row("moco_no_shuffle_bn", "MoCo-v2 resnet8, shuffle-BN off",
         "configs/moco/cifar10-5k_resnet8.yaml", stage=1,
         args=("--model.init_args.shuffle_bn", "off"), variant="no_shuffle_bn"),
+    # The control of the shuffle-BN ablation: split's 8 groups, keys not shuffled (each key
+    # normalised with its own query's group): the leak alone, at split's group size.
+    Row("moco_split_unshuffled", "MoCo-v2 resnet8, 8 BN groups, keys not shuffled",
+        "configs/moco/cifar10-5k_resnet8.yaml", stage=1,
+        args=("--model.init_args.shuffle_bn", "split_unshuffled"), variant="split_unshuffled"),
     Row("teacher_supervised", "teacher: supervised resnet20, 40 epochs",
-        "configs/supervised/cifar10-5k_resnet20.yaml", seeds=(0,), stage=1, args=LAST_EPOCH),
+        "configs/supervised/cifar10-5k_resnet20.yaml", seeds=(0,), stage=1, args=LAST_EPOCH,
+        labels=True),
     Row("teacher_supervised_4ep", "teacher: supervised resnet20, 4 epochs",
         "configs/supervised/cifar10-5k_resnet20.yaml", seeds=(0,), stage=1,
-        args=(*LAST_EPOCH, "--trainer.max_epochs", "4"), variant="4ep"),
+        args=(*LAST_EPOCH, "--trainer.max_epochs", "4"), variant="4ep", labels=True),
     Row("teacher_moco", "teacher: MoCo-v2 vgg8, 60 epochs",
         "configs/moco/cifar10-5k_vgg8.yaml", seeds=(0,), stage=1, args=LAST_EPOCH),
     # Stage 2: the same resnet8 student with relations from teachers of rising strength.
@@ -109,14 +120,28 @@ ROWS = [
         "configs/rekd/cifar10-5k_vgg8_resnet8.yaml", relation="online",
         args=("--model.init_args.num_prototypes", "400"), variant="k400"),
     Row("rekd_offline_moco", "ReKD, offline MoCo-v2 vgg8 teacher (frozen)",
-        "configs/rekd/cifar10-5k_moco-vgg8_resnet8.yaml", relation="offline"),
+        "configs/rekd/cifar10-5k_moco-vgg8_resnet8.yaml", relation="offline",
+        teacher=MOCO_VGG8, method="ReKD"),
     Row("rekd_offline_supervised_4ep", "ReKD, offline supervised resnet20 teacher, 4 epochs",
         "configs/rekd/cifar10-5k_supervised-resnet20_resnet8.yaml", relation="offline",
-        args=("--model.init_args.teacher_checkpoint", SUPERVISED_4EP), variant="4ep"),
+        args=("--model.init_args.teacher_checkpoint", SUPERVISED_4EP), variant="4ep",
+        labels=True),
     Row("rekd_offline_supervised", "ReKD, offline supervised resnet20 teacher, 40 epochs",
-        "configs/rekd/cifar10-5k_supervised-resnet20_resnet8.yaml", relation="offline"),
+        "configs/rekd/cifar10-5k_supervised-resnet20_resnet8.yaml", relation="offline",
+        labels=True, teacher=SUPERVISED_RESNET20, method="ReKD"),
+    # The self-supervised distillation methods ReKD's paper compares with, same teachers.
+    Row("seed_moco", "SEED, MoCo-v2 vgg8 teacher (frozen)",
+        "configs/seed/cifar10-5k_moco-vgg8_resnet8.yaml", teacher=MOCO_VGG8, method="SEED"),
+    Row("seed_supervised", "SEED, supervised resnet20 teacher, 40 epochs",
+        "configs/seed/cifar10-5k_supervised-resnet20_resnet8.yaml", labels=True,
+        teacher=SUPERVISED_RESNET20, method="SEED"),
+    Row("disco_moco", "DisCo, MoCo-v2 vgg8 teacher (frozen)",
+        "configs/disco/cifar10-5k_moco-vgg8_resnet8.yaml", teacher=MOCO_VGG8, method="DisCo"),
+    Row("disco_supervised", "DisCo, supervised resnet20 teacher, 40 epochs",
+        "configs/disco/cifar10-5k_supervised-resnet20_resnet8.yaml", labels=True,
+        teacher=SUPERVISED_RESNET20, method="DisCo"),
     Row("rekd_oracle", "ReKD, oracle relation (true labels; diagnostic)",
-        "configs/rekd/cifar10-5k_oracle_resnet8.yaml", relation="oracle"),
+        "configs/rekd/cifar10-5k_oracle_resnet8.yaml", relation="oracle", labels=True),
 ]  # fmt: skip
 
 
@@ -148,9 +173,18 @@ def finals(runs: list[Run], tag: str, last_epochs: int = 0) -> list[float]:
     return [v for run in runs if (v := final_values(run, tag, last_epochs)) is not None]
 
 
+#: Marks a row that used labels, in the table and the figures' legends.
+LABELS_MARK = " (labels)"
+LABELS_NOTE = (
+    "(labels): the row used labels (its teacher was trained on them, or the oracle takes "
+    "the true classes): not a self-supervised result"
+)
+
+
 def name(entry: dict) -> str:
-    """A table entry's row label, with its note in brackets if any."""
-    return f"{entry['row'].label} [{entry['note']}]" if entry["note"] else entry["row"].label
+    """A table entry's row label, marked if it used labels, with its note in brackets if any."""
+    label = entry["row"].label + (LABELS_MARK if entry["row"].labels else "")
+    return f"{label} [{entry['note']}]" if entry["note"] else label
 
 
 def fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
@@ -195,6 +229,8 @@ def print_table(table: list[dict]) -> None:
             fmt(t["precision"], 1.0, 3), fmt(t["top1"]),
         ])  # fmt: skip
     print_markdown(header, lines)
+    if any(t["row"].labels and t["runs"] for t in table):
+        print(f"\n{LABELS_NOTE}")
     if missing:
         print(f"\nnot run yet (no logs): {', '.join(missing)}")
 
@@ -234,6 +270,7 @@ def plot(table: list[dict], folder: Path) -> list[Path]:
     else:
         why = "a ReKD row with k-NN and mined precision" if baseline else "a MoCo-v2 k-NN"
         print(f"{shown(path)} not written: no logs of {why} (the gain needs both)")
+    written += plot_by_teacher(table, baseline, folder, plt)
     curves = []  # (label, seed, epochs, k-NN %): the first logged seed of each row drawn
     for t in table:
         if (t["row"].stage == 2 or t["row"].name == "moco") and t["runs"]:
@@ -258,6 +295,44 @@ def plot(table: list[dict], folder: Path) -> list[Path]:
     ax.legend(fontsize=6)
     written.append(save(fig, path))
     return written
+
+
+def plot_by_teacher(table: list[dict], baseline: dict, folder: Path, plt) -> list[Path]:
+    """``distillation_gain.png``: each distillation method's gain over MoCo-v2 (mean ± s.e.)
+    with each frozen teacher, side by side; ``[]`` when no such row has logs."""
+    entries = [
+        t for t in table if t["row"].teacher and t["knn"] and t["note"] in baseline
+    ]  # fmt: skip
+    path = folder / "distillation_gain.png"
+    if not entries:
+        print(f"{shown(path)} not written: no logs of SEED, DisCo or offline ReKD with MoCo-v2's")
+        return []
+    teachers = list(dict.fromkeys(t["row"].teacher for t in entries))
+    methods = list(dict.fromkeys(t["row"].method for t in entries))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+    for m, method in enumerate(methods):
+        xs, gains, errors = [], [], []
+        for x, teacher in enumerate(teachers):
+            for t in entries:
+                if (t["row"].method, t["row"].teacher) == (method, teacher):
+                    gain, error = gain_over(t["knn"], baseline[t["note"]])
+                    xs.append(x + (m - (len(methods) - 1) / 2) * width)
+                    gains.append(gain)
+                    errors.append(error)
+        ax.bar(xs, gains, width, yerr=errors, capsize=3, label=method)
+    labelled = {t["row"].teacher for t in entries if t["row"].labels}
+    ax.set_xticks(
+        range(len(teachers)),
+        [f"{teacher}{LABELS_MARK if teacher in labelled else ''}" for teacher in teachers],
+        fontsize=8,
+    )
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("frozen teacher")
+    ax.set_ylabel("student k-NN gain over MoCo-v2 (points)")
+    ax.set_title("resnet8 students on cifar10-5k, mean ± s.e. over seeds", fontsize=10)
+    ax.legend(fontsize=7)
+    return [save(fig, path)]
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:

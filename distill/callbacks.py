@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import difflib
 import functools
 import signal
 import threading
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -41,10 +43,16 @@ class MethodCheckpoint(ModelCheckpoint):
     SIGTERM (a scheduler's pre-emption) or SIGINT (Ctrl-C) writes the state at the
     interrupted step as ``last.ckpt``, marked ``interrupted`` in the checkpoint's callback
     state with the signal, epoch and batch, so that ``--ckpt_path .../last.ckpt`` resumes
-    from there (an epoch interrupted during its validation is validated again). A second
-    Ctrl-C stops at once, without a checkpoint. Every checkpoint holds the run's trainer and
-    data settings (``distill.resume``): a fit resumed with other ones warns once, naming each
-    and what it does to the lr.
+    from there (an epoch interrupted during its validation is validated again). A signal
+    that arrives once the last epoch is trained and validated marks nothing: the run is
+    complete. A second Ctrl-C stops at once, without a checkpoint. Every checkpoint holds the
+    run's trainer and data settings (``distill.resume``): a fit resumed with other ones warns
+    once, naming each and what it does to the lr.
+
+    A resumed fit writes into a new version folder and continues the best-checkpoint
+    bookkeeping of the run it resumes (Lightning's own starts it afresh there): the best so
+    far may stay a file of the earlier folder, which is never removed or overwritten. With
+    another monitor, mode or saving interval the bookkeeping starts afresh, and says so.
     """
 
     def __init__(
@@ -65,6 +73,8 @@ class MethodCheckpoint(ModelCheckpoint):
         self._unknown_monitor: str | None = None  # reported once last.ckpt is written
         self._run_settings: dict | None = None  # this fit's, saved with every checkpoint
         self._resumed_run_settings: dict | None = None  # the checkpoint's, when resuming
+        self._resumed_interrupted: dict | None = None  # the checkpoint's ``interrupted``
+        self._trained = False  # the training loop of this fit started
 
     def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         if self.monitor is not None and self.monitor not in monitor_candidates:
@@ -114,8 +124,8 @@ class MethodCheckpoint(ModelCheckpoint):
         super()._save_last_checkpoint(trainer, monitor_candidates)
         self._last_written_step = trainer.global_step
 
-    def _write_last(self, trainer: L.Trainer) -> None:
-        """Writes ``last.ckpt`` unless it already holds this step."""
+    def _write_last(self, trainer: L.Trainer) -> bool:
+        """Writes ``last.ckpt`` unless it already holds this step; whether it wrote it."""
         if (
             not self.save_last
             or trainer.fast_dev_run
@@ -123,11 +133,42 @@ class MethodCheckpoint(ModelCheckpoint):
             or trainer.state.fn != TrainerFn.FITTING
             or getattr(self, "_last_written_step", None) == trainer.global_step
         ):
-            return
+            return False
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        return True
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continues the bookkeeping of the resumed run, whose folder is another.
+
+        Lightning keeps only ``best_model_path`` when the folder changed, so the first epoch
+        validated after a resume became the best whatever its score. Here the scores of the
+        resumed run's best checkpoints that are still local files are kept (the best
+        ``save_top_k``). The files stay where they are: Lightning removes a displaced top-k
+        file only from this fit's own folder. (Lightning calls this only with the state of a
+        callback of the same monitor, mode and saving interval: ``on_load_checkpoint``.)
+        """
+        self._resumed_interrupted = state_dict.get("interrupted")
+        if state_dict.get("dirpath", self.dirpath) == self.dirpath:
+            super().load_state_dict(state_dict)
+            return
+        scores = {
+            path: score
+            for path, score in (state_dict.get("best_k_models") or {}).items()
+            if Path(path).is_file()
+        }
+        best_first = sorted(
+            scores, key=lambda path: float(scores[path]), reverse=self.mode == "max"
+        )
+        if self.save_top_k >= 0:
+            best_first = best_first[: self.save_top_k]
+        self.best_k_models = {path: scores[path] for path in best_first}
+        if best_first:
+            self.best_model_path, self.best_model_score = best_first[0], scores[best_first[0]]
+            self.kth_best_model_path, self.kth_value = best_first[-1], scores[best_first[-1]]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        self._trained = True
         self._validated, self._monitor_checked, self._unknown_monitor = False, False, None
         # After the checkpoint's optimiser and schedule were restored: the lr can be compared.
         self._run_settings = run_settings(trainer)
@@ -149,12 +190,36 @@ class MethodCheckpoint(ModelCheckpoint):
         self._write_last(trainer)  # a fit stopped by max_steps mid-epoch
         self._report_unknown_monitor()
 
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Resuming a run that had finished when a signal marked its ``last.ckpt`` interrupted
+        (as distill did before such signals marked nothing) trains nothing: this fit's folder
+        gets that checkpoint unmarked, so the run reads as finished (e.g. as a teacher)."""
+        if (
+            self._resumed_interrupted is None
+            or self._trained
+            or not self.save_last
+            or not fit_finished(trainer)
+        ):
+            return
+        checkpoint = trainer.strategy.load_checkpoint(trainer.ckpt_path)
+        checkpoint["callbacks"][self.state_key]["interrupted"] = None
+        path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
+        trainer.strategy.save_checkpoint(checkpoint, path)
+        self.last_model_path = path
+        rank_zero_info(
+            f"{trainer.ckpt_path} is of a run that had finished (epoch {checkpoint['epoch']}, "
+            f"global step {checkpoint['global_step']}) when "
+            f"{self._resumed_interrupted.get('signal', 'a signal')} arrived: wrote it as {path}, "
+            "not marked interrupted"
+        )
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.monitor == "auto":
             self.monitor = getattr(pl_module, "monitor", None)
         super().setup(trainer, pl_module, stage)
         use_atomic_checkpoint_io(trainer.strategy)  # no truncated checkpoint under a valid name
         self._sigint = None
+        self._trained, self._resumed_interrupted = False, None
         if stage == "fit" and threading.current_thread() is threading.main_thread():
             self._previous_sigint = signal.getsignal(signal.SIGINT)
             signal.signal(signal.SIGINT, functools.partial(self._on_sigint, trainer))
@@ -183,6 +248,23 @@ class MethodCheckpoint(ModelCheckpoint):
             return
         signal_name = self._sigint or "SIGTERM"
         exception.signal_name = signal_name  # read by distill.cli.main for the exit code
+        if trainer.sanity_checking:
+            rerun = f"resume from {trainer.ckpt_path}" if trainer.ckpt_path else "start"
+            rank_zero_info(
+                f"{signal_name} during the sanity check (the validation batches before "
+                f"training): nothing was trained and no checkpoint written; run the same command "
+                f"again to {rerun}"
+            )
+            return
+        in_validation = trainer.validating
+        if not in_validation and fit_finished(trainer):
+            exception.run_finished = True  # main exits with 0: nothing is left to do
+            rank_zero_info(
+                f"{signal_name} after the last epoch was trained and validated: the run is "
+                f"complete, {self.last_model_path or 'no last.ckpt (save_last is off)'} holds "
+                "its final state"
+            )
+            return
         loop = trainer.fit_loop.epoch_loop
         self.interrupted = {
             "signal": signal_name,
@@ -190,19 +272,23 @@ class MethodCheckpoint(ModelCheckpoint):
             "batch": loop.batch_progress.current.completed,
             "global_step": trainer.global_step,
         }
-        in_validation = trainer.validating and not trainer.sanity_checking
         self._last_written_step = None
         self._interrupted_in_validation = in_validation  # read by on_save_checkpoint
         try:
-            self._write_last(trainer)
+            written = self._write_last(trainer)
         finally:
             self._interrupted_in_validation = False
-        during = " during its validation" if in_validation else ""
-        rank_zero_info(
-            f"{signal_name}: wrote {self.last_model_path} at epoch {trainer.current_epoch}, "
-            f"batch {self.interrupted['batch']} (global step {trainer.global_step}){during}; "
-            f"resume with --ckpt_path {self.last_model_path}"
+        where = (
+            f"at epoch {trainer.current_epoch}, batch {self.interrupted['batch']} (global step "
+            f"{trainer.global_step}){' during its validation' if in_validation else ''}"
         )
+        if written:
+            rank_zero_info(
+                f"{signal_name}: wrote {self.last_model_path} {where}; resume with --ckpt_path "
+                f"{self.last_model_path}"
+            )
+        else:
+            rank_zero_info(f"{signal_name}: stopped {where}; no checkpoint written (save_last off)")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint):
         if self._run_settings is not None:
@@ -212,9 +298,43 @@ class MethodCheckpoint(ModelCheckpoint):
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint):
         self._resumed_run_settings = checkpoint.get("run_settings")
+        # Lightning restores a callback's state only under its own key, which holds the
+        # monitor, mode and saving interval: with any of them changed, nothing is carried over.
+        name = type(self).__name__
+        saved = [key for key in checkpoint.get("callbacks") or {} if key.startswith(f"{name}{{")]
+        if saved and self.state_key not in saved:
+            changes = settings_changes(saved[0][len(name) :], self.state_key[len(name) :])
+            rank_zero_info(
+                f"checkpoint settings differ from those of the run resumed ({changes}): its best "
+                f"checkpoints are not carried over; this fit's start afresh in {self.dirpath}"
+            )
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "interrupted": getattr(self, "interrupted", None)}
+
+
+def settings_changes(saved: str, current: str) -> str:
+    """``"mode: 'max' -> 'min'"`` from two callback state keys' settings (``{'monitor': ...}``,
+    as Lightning writes them with ``repr``)."""
+    try:
+        before, after = ast.literal_eval(saved), ast.literal_eval(current)
+    except (ValueError, SyntaxError):  # not a dict's repr: the keys themselves
+        return f"{saved} -> {current}"
+    return "; ".join(
+        f"{key}: {before.get(key)!r} -> {value!r}"
+        for key, value in after.items()
+        if before.get(key) != value
+    )
+
+
+def fit_finished(trainer: L.Trainer) -> bool:
+    """Whether the fit reached its ``max_steps`` or ``max_epochs`` (trained and validated),
+    as Lightning's fit loop decides it stops, without its log line."""
+    loop = trainer.fit_loop
+    max_steps, max_epochs = loop.max_steps, loop.max_epochs
+    if max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps:
+        return True
+    return max_epochs is not None and 0 <= max_epochs <= loop.epoch_progress.current.processed
 
 
 def restart_validation(checkpoint: dict) -> None:

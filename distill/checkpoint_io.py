@@ -11,6 +11,7 @@ cuts short under the target's name.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import pickle
 import secrets
@@ -37,6 +38,9 @@ WRITE_CAUSES = {
     errno.EPERM: "operation not permitted",
 }
 
+#: The errnos of a failed write that ``output_error`` turns into one message.
+OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
+
 #: Prefix of the temporary file a write goes to (hidden; no checkpoint pattern matches it).
 PARTIAL_PREFIX = ".distill-partial-"
 
@@ -46,6 +50,41 @@ def os_error_cause(error: OSError) -> str:
     detail = error.strerror or str(error)
     cause = WRITE_CAUSES.get(error.errno)
     return f"{cause} ({detail})" if cause else detail
+
+
+def output_error(error: BaseException) -> OutputError | None:
+    """``cannot write <file>: <cause>`` for an ``OSError`` of a write anywhere in a run (disk
+    full, quota, file-size limit, read-only file system, no permission); ``None`` for any other
+    error, and for a permission error on a file that exists but cannot be read (an input).
+
+    ``os.makedirs`` and ``open`` name their file; a ``write`` or ``close`` that fails on a full
+    disk does not (TensorBoard's event writer, Lightning's ``hparams.yaml``), so the file is
+    taken from the open file object of the innermost frame that holds one.
+    """
+    if not isinstance(error, OSError) or error.errno not in OUTPUT_ERRNOS:
+        return None
+    path = error.filename or _open_file_in_traceback(error)
+    path = os.fsdecode(path) if path is not None else None
+    unreadable = path is not None and os.path.exists(path) and not os.access(path, os.R_OK)
+    if error.errno == errno.EACCES and unreadable:
+        return None
+    return OutputError(f"cannot write {path or 'a file'}: {os_error_cause(error)}")
+
+
+def _open_file_in_traceback(error: BaseException) -> str | None:
+    """The name of the file object nearest to where ``error`` was raised, if a frame has one."""
+    frames = []
+    trace = error.__traceback__
+    while trace is not None:
+        frames.append(trace.tb_frame)
+        trace = trace.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, io.IOBase):  # a file object; fsspec's local one keeps ``path``
+                name = getattr(value, "name", None) or getattr(value, "path", None)
+                if isinstance(name, str | bytes):  # TensorBoard opens its files by bytes
+                    return os.fsdecode(name)
+    return None
 
 
 def write_atomically(

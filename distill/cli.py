@@ -14,26 +14,30 @@ with a JSON sidecar); see ``distill.commands``.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import logging
 import os
 import re
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 from typing import NoReturn
 
 import docstring_parser
 from jsonargparse import ArgumentParser, Namespace, class_from_function
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 import distill.data  # noqa: F401  (registers the DataModules for short class names)
 import distill.eval  # noqa: F401  (registers the callbacks for short class names)
 import distill.methods  # noqa: F401  (registers the methods for short class names)
 from distill.callbacks import CountedModelSummary, MethodCheckpoint, RunHParams, ViewGrid
+from distill.checkpoint_io import output_error
 from distill.commands import COMMANDS, add_command_arguments, provided_arguments
 from distill.commands.checkpoint import (
     check_restorable,
@@ -44,6 +48,13 @@ from distill.commands.checkpoint import (
 from distill.data.base import ViewDataModule
 from distill.errors import ConfigError, NonFiniteLossError, OutputError
 from distill.methods.base import Method
+from distill.resume import check_resumed_optimizer
+from distill.runs import (
+    TrainingStarted,
+    logs_folder,
+    newest_last_checkpoint,
+    removed_unless_started,
+)
 from distill.teachers import TeacherSpec
 
 
@@ -61,8 +72,11 @@ class DistillArgumentParser(LightningArgumentParser):
         if not self.exit_on_error:  # a parser used internally: the caller handles it
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
+        unknown_class = unknown_class_summary(message)
         summary = unknown_key_summary(message, parser)
-        if summary is None:
+        if unknown_class is not None:  # the rest of jsonargparse's account adds nothing to it
+            print(f"distill: error: {unknown_class}", file=sys.stderr)
+        elif summary is None:
             print(f"distill: error: {message}", file=sys.stderr)
         else:
             print(f"distill: error: {summary}", file=sys.stderr)
@@ -114,6 +128,36 @@ def _typed_dict_summary(key: str, before: str) -> str | None:
     except Exception:  # not a class we can read: no suggestion rather than a crash
         return None
     return f"unknown key {key!r} in {'.init_args.'.join(where)}; {_nearest(key, valid)}"
+
+
+def unknown_class_summary(message: str) -> str | None:
+    """One line for a class path jsonargparse cannot import (``distill.methods.Supervized``,
+    ``torch.optim.SDG``): the key, the class and the nearest name its module has; ``None`` for
+    any other error."""
+    found = re.search(r"module '([^']+)' has no attribute '([^']+)'", message)
+    if not found:
+        return None
+    module_name, missing = found.groups()
+    # The path as given: ``distill.method.Supervised`` has a module missing, not the class.
+    given = re.search(rf"(?<![\w.]){re.escape(module_name)}\.{re.escape(missing)}[\w.]*", message)
+    class_path = given.group(0) if given else f"{module_name}.{missing}"
+    where = ".init_args.".join(re.findall(r'Parser key "([^"]+)"', message[: found.start()]))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception:  # jsonargparse imported it a moment ago; no suggestion rather than a crash
+        return None
+    names = sorted(name for name in dir(module) if not name.startswith("_"))
+    close = difflib.get_close_matches(missing, names, n=1)
+    rest = class_path[len(f"{module_name}.{missing}") :]
+    hint = (
+        f"did you mean {f'{module_name}.{close[0]}{rest}'!r}?"
+        if close
+        else f"{module_name} has: {', '.join(names)}"
+    )
+    return (
+        f"unknown class {class_path!r} in {where or 'the config'}: module {module_name!r} has "
+        f"no {missing!r}; {hint}"
+    )
 
 
 def _arguments(class_path: str) -> set[str]:
@@ -171,7 +215,9 @@ class DistillCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         command = COMMANDS.get(subcommand)
         if command is None:
-            with weights_must_fit(self.trainer, self.model):  # one message, not torch's keys
+            # One message for weights that do not fit, not torch's list of keys; and nothing
+            # left of a run that failed before it trained.
+            with removed_unless_started(self.trainer), weights_must_fit(self.trainer, self.model):
                 return super()._run_subcommand(subcommand)
         options = self._prepare_subcommand_kwargs(subcommand)  # with model and datamodule
         config = self.config[subcommand].clone().as_dict()
@@ -188,17 +234,22 @@ class DistillCLI(LightningCLI):
         subcommand can use: present, a file (a folder gets the ``last.ckpt`` inside
         suggested), readable to the end, and for fit, validate and test a Lightning
         checkpoint (``read_checkpoint`` and ``check_restorable`` of
-        ``distill.commands.checkpoint``). Lightning's own values (``last``, ``best``, ``hpc``,
-        ``registry``, URLs) are left to Lightning.
+        ``distill.commands.checkpoint``). ``last`` is the newest version's ``last.ckpt``
+        (``_resolve_last``); Lightning's other values (``best``, ``hpc``, ``registry``, URLs)
+        are left to Lightning.
 
         LightningCLI replaces the configured model (class and arguments) with the
         checkpoint's, so a Supervised config resumed from a KD checkpoint silently trains KD
         and command-line model arguments are silently dropped. Here the configuration
         applies: a checkpoint of another class is refused, and arguments that differ from
-        the checkpoint's are listed in a warning.
+        the checkpoint's are listed in a warning (not for eval and export, which read the
+        backbone alone). A fit's optimiser is compared too: another class is refused, other
+        arguments are named (``distill.resume.check_resumed_optimizer``).
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path == "last" and subcommand in ("fit", "validate", "test"):
+            ckpt_path = self.config[subcommand].ckpt_path = self._resolve_last(subcommand)
         if not ckpt_path or lightning_resolves(ckpt_path):
             return super()._parse_ckpt_path()
         saved = read_checkpoint(ckpt_path)
@@ -211,11 +262,14 @@ class DistillCLI(LightningCLI):
                 f"model is {model.class_path}; resume it with that method's config"
             )
         check_restorable(saved, ckpt_path, subcommand)
-        if not isinstance(saved, dict):
-            return  # eval and export say what the file holds instead
+        if not isinstance(saved, dict) or subcommand in COMMANDS:
+            # eval and export read the backbone alone, strictly, and say what does not fit.
+            return
         if model is None:
             return super()._parse_ckpt_path()
         configured = (model.get("init_args") or Namespace()).clone().as_dict()
+        if subcommand == "fit":
+            check_resumed_optimizer(saved, configured.get("optimizer"), ckpt_path)
         record = saved.get("teacher") if isinstance(saved.get("teacher"), dict) else {}
         left_out = record.get("in_checkpoint") is False
         teacher_note = TEACHER_RELOADED if left_out else TEACHER_NOT_READ
@@ -230,6 +284,31 @@ class DistillCLI(LightningCLI):
                 f"model arguments differ from the checkpoint's ({ckpt_path}); the configured "
                 f"values apply: {'; '.join(changed)}"
             )
+
+    def _resolve_last(self, subcommand: str) -> str | None:
+        """``--ckpt_path last``: the newest version's ``last.ckpt`` under the run's root.
+
+        Lightning looks for it in this run's own new version folder, which is empty, and fits
+        from scratch with a warning. Where runs share one checkpoint folder Lightning finds
+        it, and ``last`` is left to it; so it is for validate and test without a checkpoint.
+        A fit without one starts fresh, as Lightning's would, and says so.
+        """
+        config = self.config[subcommand]
+        dirpath = (config.get("checkpoint") or Namespace()).get("dirpath")
+        logs = logs_folder(config.trainer.clone().as_dict(), dirpath)
+        if logs is None:
+            return "last"
+        found = newest_last_checkpoint(logs)
+        if found is not None:
+            rank_zero_info(f"--ckpt_path last: {found} (the newest version's under {logs})")
+            return str(found)
+        if subcommand != "fit":
+            return "last"
+        rank_zero_info(
+            f"--ckpt_path last: no {logs / 'version_*' / 'checkpoints' / 'last.ckpt'} yet; "
+            "starting a fresh fit"
+        )
+        return None
 
     def before_instantiate_classes(self) -> None:
         """A fresh fit reads the teacher's weights (``model.init_args.teacher_checkpoint`` or
@@ -263,6 +342,8 @@ class DistillCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if config.get("logger") is not False and self.subcommand == "fit":
             callbacks = [*callbacks, RunHParams(self.config[self.subcommand].clone().as_dict())]
+        if self.subcommand == "fit":
+            callbacks = [*callbacks, TrainingStarted()]
         trainer = super()._instantiate_trainer(config, callbacks)
         for index, callback in enumerate(trainer.callbacks):
             if type(callback) is ModelSummary:  # Lightning's default one, not a user's own
@@ -287,11 +368,20 @@ COMMAND_TRAINER = {
 
 
 def _find_user_error(error: BaseException | None) -> Exception | None:
-    """The ConfigError, NonFiniteLossError or OutputError behind ``error``, which may be wrapped."""
+    """The ConfigError, NonFiniteLossError or OutputError behind ``error``, which may be wrapped.
+
+    Lightning's ``MisconfigurationException`` (``--trainer.max_epochs -5``) is a
+    ``ConfigError``, and an ``OSError`` of a write (disk full, read-only) an ``OutputError``.
+    """
     seen = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, ConfigError | NonFiniteLossError | OutputError):
             return error
+        if isinstance(error, MisconfigurationException):
+            return ConfigError(str(error))
+        written = output_error(error)
+        if written is not None:
+            return written
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
@@ -357,11 +447,33 @@ EXIT_CONFIG, EXIT_NONFINITE, EXIT_WRITE, EXIT_SIGTERM, EXIT_SIGINT = 2, 1, 74, 1
 EXIT_CODES = {ConfigError: EXIT_CONFIG, NonFiniteLossError: EXIT_NONFINITE, OutputError: EXIT_WRITE}
 
 
+@contextlib.contextmanager
+def _thread_write_errors_left_to_the_caller() -> Iterator[None]:
+    """Within the block, a thread that hands its failed write to the thread it serves (keeps
+    it as ``thread.exception``, as TensorBoard's event writer does) prints no traceback:
+    ``main`` reports it once, when that thread raises it."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        handed_over = getattr(args.thread, "exception", None) is args.exc_value
+        if not (handed_over and output_error(args.exc_value) is not None):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
 def main(args: list[str] | None = None) -> None:
     """Runs the CLI on ``args`` (default: ``sys.argv[1:]``); see the ``EXIT_*`` codes."""
     try:
-        build_cli(args)
+        with _thread_write_errors_left_to_the_caller():
+            build_cli(args)
     except SIGTERMException as stop:  # also a first Ctrl-C (see MethodCheckpoint)
+        if getattr(stop, "run_finished", False):  # after the last epoch: nothing left to do
+            raise SystemExit(0) from None
         signal_name = getattr(stop, "signal_name", "SIGTERM")
         raise SystemExit(EXIT_SIGINT if signal_name == "SIGINT" else EXIT_SIGTERM) from None
     except SystemExit as exit_:

@@ -8,16 +8,27 @@ and of the fit's total number of steps, so a finished run resumed with a larger
 ``max_epochs`` has its lr jump from 0 back up. ``MethodCheckpoint`` saves ``run_settings``
 with every checkpoint and, when a fit resumes, warns once with ``resume_report``, as
 ``distill.cli`` does for model arguments.
+
+The optimiser is the other way round: its state (arguments, buffers, the schedule's base lr)
+is restored, so the checkpoint's values win. ``check_resumed_optimizer`` refuses another
+optimiser class, which could not take that state, and names the arguments that will not
+apply, before anything is built.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from distill.data.base import ViewDataModule
+from distill.errors import ConfigError
+from distill.methods.training import optimizer_record
 
 #: The world size's key in the report: what a user sets to change it.
 WORLD_SIZE = "world size (trainer.devices x trainer.num_nodes)"
@@ -32,6 +43,8 @@ def run_settings(trainer: L.Trainer) -> dict[str, object]:
     settings: dict[str, object] = {
         "trainer.max_epochs": trainer.max_epochs,
         "trainer.max_steps": trainer.max_steps,
+        "trainer.limit_train_batches": trainer.limit_train_batches,
+        "trainer.limit_val_batches": trainer.limit_val_batches,
         WORLD_SIZE: trainer.world_size,
         "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches,
     }
@@ -45,11 +58,12 @@ def run_settings(trainer: L.Trainer) -> dict[str, object]:
 def changed_settings(saved: dict[str, object], current: dict[str, object]) -> list[str]:
     """``"key: old -> new"`` for every key both have with another value, in ``current``'s
     order (a key only one side has, e.g. an argument of another view recipe, is skipped:
-    the recipe's class is reported)."""
+    the recipe's class is reported). Another type is another value: ``limit_val_batches``
+    1.0 is every batch, 1 is one batch."""
     return [
         f"{key}: {saved[key]!r} -> {value!r}"
         for key, value in current.items()
-        if key in saved and saved[key] != value
+        if key in saved and (saved[key] != value or type(saved[key]) is not type(value))
     ]
 
 
@@ -114,3 +128,96 @@ def resume_report(
     if notes:
         text += f". Consequences: {'; '.join(notes)}"
     return text
+
+
+#: Entries of a saved parameter group that are not optimiser arguments.
+NOT_ARGUMENTS = ("params", "param_names", "initial_lr")
+
+
+def check_resumed_optimizer(saved: dict, configured: dict | None, ckpt_path: str) -> None:
+    """Compares the configured optimiser with the one of the checkpoint a fit resumes.
+
+    Args:
+        saved: The checkpoint. Its ``optimizer_settings`` (``optimizer_record``) name the class
+            and arguments. A checkpoint written before they were saved has only its parameter
+            groups, which hold what the schedules made of the arguments (DINO scales the lr
+            and schedules the weight decay): there the class alone is checked, by the
+            argument names.
+        configured: ``model.init_args.optimizer`` of the config (``class_path``, ``init_args``).
+        ckpt_path: For the messages.
+
+    Raises:
+        ConfigError: Another optimiser class: it could not take the checkpoint's state (an
+            Adam resumed from SGD's fails with ``KeyError: 'step'``).
+    """
+    optimizer = _build(configured)
+    if optimizer is None:
+        return  # a configured optimiser that cannot be built is reported when the fit builds it
+    now = optimizer_record(optimizer)
+    record = saved.get("optimizer_settings")
+    if record is not None:
+        same = _resolve(record["class_path"]) is _resolve(now["class_path"])
+        other = None if same else record["class_path"]
+    else:
+        other = _unrecorded_other_class(saved, set(now["defaults"]))
+    if other is not None:
+        raise ConfigError(
+            f"--ckpt_path {ckpt_path} holds the state of {other}, but the configured "
+            f"optimiser is {now['class_path']} (model.init_args.optimizer): a resumed fit "
+            "restores the checkpoint's optimiser state, which another optimiser cannot take. "
+            "Resume with the checkpoint's optimiser and its arguments (the run's config.yaml "
+            "beside its checkpoints folder has them), or start a new fit without --ckpt_path"
+        )
+    theirs = record["defaults"] if record is not None else {}
+    changes = [
+        f"{key}: {theirs[key]!r} -> {value!r}"
+        for key, value in now["defaults"].items()
+        if key in theirs and theirs[key] != value
+    ]
+    if changes:
+        rank_zero_warn(
+            f"optimiser arguments differ from the checkpoint's ({ckpt_path}): "
+            f"{'; '.join(changes)}. The checkpoint's values apply: a resumed fit restores its "
+            "optimiser state (arguments, buffers and the lr schedule's base lr)"
+        )
+
+
+def _unrecorded_other_class(saved: dict, configured_names: set[str]) -> str | None:
+    """How to name the optimiser of a checkpoint without ``optimizer_settings`` when its first
+    parameter group cannot be the configured class's, else ``None``.
+
+    Only argument names that neither side has tell (SGD's ``momentum`` against Adam's
+    ``betas``): a newer torch only adds names to a class.
+    """
+    states = saved.get("optimizer_states") or [{}]
+    groups = states[0].get("param_groups") if isinstance(states[0], dict) else None
+    if not groups:
+        return None
+    names = set(groups[0]) - set(NOT_ARGUMENTS)
+    unknown = sorted(names - configured_names)
+    if not (unknown and configured_names - names):
+        return None
+    return f"another optimiser (its arguments include {', '.join(unknown)})"
+
+
+def _build(configured: dict | None) -> torch.optim.Optimizer | None:
+    """The configured optimiser over one dummy parameter, or ``None`` if it cannot be built."""
+    if not isinstance(configured, dict) or not isinstance(configured.get("class_path"), str):
+        return None
+    module, _, name = configured["class_path"].rpartition(".")
+    arguments = configured.get("init_args") or {}
+    try:
+        optimizer_class = getattr(importlib.import_module(module), name)
+        return optimizer_class([nn.Parameter(torch.zeros(1))], **arguments)
+    except Exception:  # noqa: BLE001  (a bad argument: Method's own check names it)
+        return None
+
+
+def _resolve(class_path: str) -> object:
+    """The class at ``class_path`` (``torch.optim.sgd.SGD`` is ``torch.optim.SGD``), or the
+    path itself where it cannot be imported here (then compared by name)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return class_path

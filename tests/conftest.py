@@ -46,6 +46,15 @@ def _no_pytest_arguments_in_argv():
     sys.argv = argv
 
 
+@pytest.fixture
+def lightning_log(caplog, monkeypatch):
+    """Lightning's (and distill's) rank-zero messages in ``caplog``: Lightning's logger does
+    not propagate to the root logger when it has a handler of its own."""
+    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
+    caplog.set_level(logging.INFO)
+    return caplog
+
+
 def write_png_folder(root, classes=("cat", "dog", "frog"), per_class=6, size=40, seed=0):
     """An ImageFolder tree of random PNGs; each class has its own mean colour."""
     rng = np.random.default_rng(seed)
@@ -162,11 +171,3 @@ def write_run(tmp_path):
         return folder / "checkpoints" / "last.ckpt"
 
     return write
-
-
-@pytest.fixture
-def lightning_log(caplog, monkeypatch):
-    """Lightning's rank-zero messages in ``caplog`` (its logger does not propagate)."""
-    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
-    caplog.set_level(logging.INFO)
-    return caplog

@@ -253,3 +253,116 @@ def test_resume_with_the_same_settings_reports_nothing(tmp_path):
                     ckpt_path=str(tmp_path / "first" / "last.ckpt"))  # fmt: skip
     assert trainer.current_epoch == 2  # the second epoch was trained
     assert not [w for w in caught if "differ from its run's" in str(w.message)]
+
+
+class ScriptedScore(L.LightningModule):
+    """Logs ``val/score`` = ``scores[epoch]`` (binary fractions: exact in float32): which epoch
+    is the best is known in advance."""
+
+    monitor = "val/score"
+
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__()
+        self.scores = scores
+        self.weight = torch.nn.Parameter(torch.ones(1))
+
+    def training_step(self, batch, batch_idx):
+        return self.weight.square().sum()  # an optimiser step, so each epoch has its own step
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/score", self.scores[self.current_epoch])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit_scored(root, folder, max_epochs, ckpt_path=None, mode="max") -> MethodCheckpoint:
+    """A fit of ``ScriptedScore`` (0.5, 0.75, 0.25, 0.875 by epoch) writing into ``root/folder``, as
+    each distill fit and resume writes into a new version folder."""
+    checkpoint = MethodCheckpoint(dirpath=str(root / folder), mode=mode)
+    trainer = quiet_trainer(root, max_epochs=max_epochs, limit_train_batches=2,
+                            limit_val_batches=1, enable_checkpointing=True,
+                            callbacks=[checkpoint])  # fmt: skip
+    model = ScriptedScore([0.5, 0.75, 0.25, 0.875])
+    trainer.fit(model, datamodule=ColourDataModule(), ckpt_path=ckpt_path)
+    return checkpoint
+
+
+@pytest.mark.filterwarnings("ignore:resuming from")  # max_epochs raised on purpose
+def test_a_resumed_fit_keeps_the_best_of_the_run_it_resumes(tmp_path):
+    fit_scored(tmp_path, "version_0", max_epochs=2)
+    best = tmp_path / "version_0" / "epoch=1-step=4.ckpt"  # 0.75
+    before = {path: path.read_bytes() for path in (tmp_path / "version_0").iterdir()}
+    assert sorted(path.name for path in before) == [best.name, "last.ckpt"]
+    # Epoch 2 scores 0.25: the best is still epoch 1's file, in the folder of the run resumed.
+    resumed = fit_scored(tmp_path, "version_1", 3, ckpt_path=tmp_path / "version_0" / "last.ckpt")
+    assert (resumed.best_model_path, float(resumed.best_model_score)) == (str(best), 0.75)
+    assert [path.name for path in (tmp_path / "version_1").iterdir()] == ["last.ckpt"]
+    # Epoch 3 scores 0.875: the new best is written in the new folder; the earlier one stays.
+    again = fit_scored(tmp_path, "version_2", 4, ckpt_path=tmp_path / "version_1" / "last.ckpt")
+    newest = tmp_path / "version_2" / "epoch=3-step=8.ckpt"
+    assert (again.best_model_path, float(again.best_model_score)) == (str(newest), 0.875)
+    assert {path: path.read_bytes() for path in (tmp_path / "version_0").iterdir()} == before
+
+
+@pytest.mark.filterwarnings("ignore:resuming from")  # max_epochs raised on purpose
+# Lightning's own account: the state of a callback configured otherwise is not restored.
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`, callbacks used")
+def test_a_resumed_fit_with_another_mode_starts_its_best_afresh_and_says_so(
+    tmp_path, lightning_log
+):
+    fit_scored(tmp_path, "version_0", max_epochs=2)
+    resumed = fit_scored(
+        tmp_path, "version_1", 3, ckpt_path=tmp_path / "version_0" / "last.ckpt", mode="min"
+    )
+    assert (
+        "checkpoint settings differ from those of the run resumed (mode: 'max' -> 'min'): its "
+        "best checkpoints are not carried over; this fit's start afresh in "
+        f"{tmp_path / 'version_1'}"
+    ) in lightning_log.messages
+    assert resumed.best_model_path == str(tmp_path / "version_1" / "epoch=2-step=6.ckpt")
+
+
+def checkpoint_state(saved: dict) -> dict:
+    (key,) = [key for key in saved["callbacks"] if key.startswith("MethodCheckpoint")]
+    return saved["callbacks"][key]
+
+
+def test_resuming_a_finished_run_marked_interrupted_writes_its_final_state(tmp_path, lightning_log):
+    # distill once marked a checkpoint interrupted when the signal came after the last epoch:
+    # resuming it trains nothing, and the new folder gets the final state, unmarked.
+    fit_scored(tmp_path, "version_0", max_epochs=2)
+    saved = torch.load(tmp_path / "version_0" / "last.ckpt", weights_only=True)
+    checkpoint_state(saved)["interrupted"] = {
+        "signal": "SIGTERM", "epoch": 1, "batch": 2, "global_step": 4,
+    }  # fmt: skip
+    marked = tmp_path / "marked.ckpt"
+    torch.save(saved, marked)
+    fit_scored(tmp_path, "version_1", max_epochs=2, ckpt_path=marked)
+    final = torch.load(tmp_path / "version_1" / "last.ckpt", weights_only=True)
+    assert checkpoint_state(final)["interrupted"] is None
+    checkpoint_state(final)["interrupted"] = checkpoint_state(saved)["interrupted"]
+    assert final.keys() == saved.keys()
+    for key in saved:  # the run's own final last.ckpt otherwise: nothing was trained
+        assert str(final[key]) == str(saved[key]), key
+    assert (
+        f"{marked} is of a run that had finished (epoch 1, global step 4) when SIGTERM arrived: "
+        f"wrote it as {tmp_path / 'version_1' / 'last.ckpt'}, not marked interrupted"
+    ) in lightning_log.messages
+
+
+def test_resume_with_other_batch_limits_names_them(tmp_path):
+    checkpoint = MethodCheckpoint(dirpath=str(tmp_path / "first"), monitor=None)
+    fit(tmp_path, [checkpoint, StopAfter(1)], max_epochs=2)  # 2 train batches, all val ones
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = MethodCheckpoint(dirpath=str(tmp_path / "second"), monitor=None)
+        trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=3,
+                                limit_val_batches=1, enable_checkpointing=True,
+                                callbacks=[resumed])  # fmt: skip
+        trainer.fit(FrozenModel(), datamodule=ColourDataModule(),
+                    ckpt_path=str(tmp_path / "first" / "last.ckpt"))  # fmt: skip
+    reports = [str(w.message) for w in caught if "differ from its run's" in str(w.message)]
+    assert len(reports) == 1, reports
+    changes = "trainer.limit_train_batches: 2 -> 3; trainer.limit_val_batches: 1.0 -> 1"
+    assert changes in reports[0]

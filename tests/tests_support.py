@@ -270,6 +270,31 @@ class SignalInValidation(L.Callback):
             send_signal(self.signal_name)
 
 
+class SignalAfterValidation(L.Callback):
+    """Sends ``signal_name`` to this very process once the validation at the end of epoch
+    ``epoch`` is over (its metrics computed), before the epoch's end."""
+
+    def __init__(self, epoch: int, signal_name: str = "SIGTERM") -> None:
+        self.epoch = epoch
+        self.signal_name = signal_name
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking and trainer.current_epoch == self.epoch:
+            send_signal(self.signal_name)
+
+
+class SignalInSanityCheck(L.Callback):
+    """Sends ``signal_name`` to this very process after the first batch of the sanity check
+    (the validation batches a fit runs before it trains)."""
+
+    def __init__(self, signal_name: str = "SIGTERM") -> None:
+        self.signal_name = signal_name
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args):
+        if trainer.sanity_checking and batch_idx == 0:
+            send_signal(self.signal_name)
+
+
 class PoisonBatch(L.Callback):
     """Fills the images of the batch at ``global_step`` with NaN before the step runs."""
 

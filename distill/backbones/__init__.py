@@ -1,7 +1,8 @@
 """Feature extractors by name: ``create_backbone("resnet20")`` returns a module with
 ``num_features`` whose ``forward`` gives the pooled penultimate embedding ``[B, D]``, and
-``backbone_name``, its registry name. torchvision's and timm's classification networks are
-built by prefixed names, ``torchvision:resnet50`` and ``timm:vit_small_patch16_224``
+``backbone_name``, its registry name; ``feature_map`` gives a convolutional backbone's last
+feature map, before that pooling. torchvision's and timm's classification networks are built
+by prefixed names, ``torchvision:resnet50`` and ``timm:vit_small_patch16_224``
 (``distill.backbones.external``).
 
 Heads are separate modules (``distill.modules``).
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from distill.backbones.external import create_external, is_external
 from distill.checkpoint_io import load_torch_file
@@ -98,6 +99,32 @@ def to_channels_last(network: nn.Module) -> list[nn.Module]:
             module.channels_last = True
             converted.append(module)
     return converted
+
+
+def has_feature_map(backbone: nn.Module) -> bool:
+    """Whether ``feature_map`` can take ``backbone``'s last feature map."""
+    return callable(getattr(backbone, "forward_feature_map", None))
+
+
+def feature_map(backbone: nn.Module, images: Tensor) -> Tensor:
+    """The last feature map ``[B, num_features, h, w]`` of a convolutional backbone, the one
+    its ``forward`` pools into the embedding (``backbone(images)`` equals its spatial mean).
+
+    The backbones with one (``forward_feature_map``): the CIFAR ResNets, VGGs, WRNs,
+    MobileNetV2 and torchvision's ResNets; not the ViTs, whose output is a class token.
+
+    Raises:
+        ConfigError: ``backbone`` has no feature map.
+    """
+    if not has_feature_map(backbone):
+        name = getattr(backbone, "backbone_name", type(backbone).__name__)
+        raise ConfigError(
+            f"backbone {name!r} has no last feature map to distil (its output is not a "
+            "pooled convolutional map); the convolutional backbones have one: the CIFAR "
+            "ResNets (resnet8 ... resnet110, resnet8x4, resnet32x4), vgg8/11/13, the WRNs, "
+            "mobilenetv2, resnet18 and resnet50"
+        )
+    return backbone.forward_feature_map(images)
 
 
 def _channels_last_inputs(module: nn.Module, args: tuple) -> tuple:
@@ -202,6 +229,8 @@ from distill.backbones import (  # noqa: E402, F401
 __all__ = [
     "available_backbones",
     "create_backbone",
+    "feature_map",
+    "has_feature_map",
     "load_pretrained",
     "register_backbone",
     "to_channels_last",

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.backbones import register_backbone
-from distill.backbones.common import init_conv_bn
+from distill.backbones.common import global_pool, init_conv_bn
 
 
 class BasicBlock(nn.Module):
@@ -65,10 +65,14 @@ class CifarResNet(nn.Module):
                 if isinstance(module, BasicBlock):
                     nn.init.zeros_(module.bn2.weight)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_feature_map(self, x: Tensor) -> Tensor:
+        """The last stage's output ``[B, num_features, H/4, W/4]``, before pooling."""
         x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.layer3(self.layer2(self.layer1(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The pooled embedding ``[B, num_features]``."""
+        return global_pool(self.forward_feature_map(x))
 
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:

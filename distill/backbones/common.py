@@ -1,6 +1,7 @@
-"""Initialisation shared by the CIFAR networks."""
+"""Initialisation and pooling shared by the convolutional backbones."""
 
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 def init_conv_bn(model: nn.Module) -> None:
@@ -13,3 +14,8 @@ def init_conv_bn(model: nn.Module) -> None:
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+
+def global_pool(feature_map: Tensor) -> Tensor:
+    """The pooled embedding ``[B, C]`` of a last feature map ``[B, C, h, w]`` (its mean)."""
+    return F.adaptive_avg_pool2d(feature_map, 1).flatten(1)

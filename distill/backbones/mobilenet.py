@@ -4,11 +4,11 @@ optional CIFAR stem: a stride-1 first convolution, so 32 px inputs end at 2x2 in
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
 
 from distill.backbones import register_backbone
+from distill.backbones.common import global_pool
 
 
 class MobileNetV2Features(nn.Module):
@@ -27,9 +27,13 @@ class MobileNetV2Features(nn.Module):
         self.features = model.features
         self.num_features = model.last_channel
 
+    def forward_feature_map(self, images: Tensor) -> Tensor:
+        """The output of ``features`` ``[B, num_features, h, w]``, before pooling."""
+        return self.features(images)
+
     def forward(self, images: Tensor) -> Tensor:
         """Pooled features ``[B, num_features]``."""
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(images), 1), 1)
+        return global_pool(self.features(images))
 
 
 @register_backbone("mobilenetv2")

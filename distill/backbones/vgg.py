@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.backbones import register_backbone
-from distill.backbones.common import init_conv_bn
+from distill.backbones.common import global_pool, init_conv_bn
 
 _STAGES = {
     "vgg8": [[64], [128], [256], [512], [512]],
@@ -39,13 +39,18 @@ class VGG(nn.Module):
         self.num_features = in_channels
         init_conv_bn(self)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_feature_map(self, x: Tensor) -> Tensor:
+        """The last stage's output ``[B, num_features, h, w]`` (after its ReLU), before pooling."""
         for i, block in enumerate(self.blocks):
             x = F.relu(block(x))
             # Halve the resolution after stages 1-3 (and after 4 on 64 px inputs).
             if i < 3 or (i == 3 and x.shape[-1] >= 8):
                 x = F.max_pool2d(x, 2)
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The pooled embedding ``[B, num_features]``."""
+        return global_pool(self.forward_feature_map(x))
 
 
 @register_backbone("vgg8")

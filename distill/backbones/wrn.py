@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.backbones import register_backbone
-from distill.backbones.common import init_conv_bn
+from distill.backbones.common import global_pool, init_conv_bn
 
 
 class WideBlock(nn.Module):
@@ -61,9 +61,14 @@ class WideResNet(nn.Module):
         self.num_features = in_planes
         init_conv_bn(self)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_feature_map(self, x: Tensor) -> Tensor:
+        """The last block's output after the final BN-ReLU ``[B, num_features, H/4, W/4]``."""
         x = self.block3(self.block2(self.block1(self.conv1(x))))
-        return F.adaptive_avg_pool2d(F.relu(self.bn(x)), 1).flatten(1)
+        return F.relu(self.bn(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The pooled embedding ``[B, num_features]``."""
+        return global_pool(self.forward_feature_map(x))
 
 
 @register_backbone("wrn_16_2")

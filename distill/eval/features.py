@@ -15,13 +15,18 @@ from distill.modules.heads import backbone_features
 
 
 def resolve_submodule(pl_module: L.LightningModule, name: str) -> nn.Module:
-    """The submodule called ``name`` (``student``, ``teacher``, ...).
+    """The submodule called ``name``: ``student``, ``teacher``, ... or a dotted path into
+    one, such as ``teacher.key_backbone`` (the key encoder of a MoCo teacher, the one that
+    mines ReKD's relations).
 
     Raises:
         ConfigError: ``pl_module`` has no such submodule (the message lists those it has).
     """
-    module = getattr(pl_module, name, None)
-    if not isinstance(module, nn.Module) or isinstance(module, Metric):
+    try:
+        module = pl_module.get_submodule(name)
+    except AttributeError:
+        module = None
+    if not isinstance(module, nn.Module) or isinstance(module, Metric) or module is pl_module:
         children = pl_module.named_children()
         available = sorted(n for n, m in children if not isinstance(m, Metric))
         raise ConfigError(

@@ -3,10 +3,16 @@
 from distill.methods.base import Method
 from distill.methods.crd import CRD
 from distill.methods.dino import DINO
+from distill.methods.disco import DisCo
+from distill.methods.feature import FeatureKD
 from distill.methods.kd import KD
 from distill.methods.moco import MoCo
 from distill.methods.rekd import ReKD
 from distill.methods.rkd import RKD
+from distill.methods.seed import SEED
 from distill.methods.supervised import Supervised
 
-__all__ = ["CRD", "DINO", "KD", "RKD", "Method", "MoCo", "ReKD", "Supervised"]
+__all__ = [
+    "CRD", "DINO", "KD", "RKD", "SEED", "DisCo", "FeatureKD", "Method", "MoCo", "ReKD",
+    "Supervised",
+]  # fmt: skip

@@ -106,6 +106,7 @@ class Method(L.LightningModule):
         self.channels_last = channels_last
         self._states_before_sanity_check: dict | None = None
         self._last_optimizer_step = 0
+        self._resumed_optimizer_settings: dict | None = None  # see on_load_checkpoint
         #: The step's backbone features of its first view, by submodule (see below).
         self.step_features: dict[str, torch.Tensor] = {}
 
@@ -117,10 +118,17 @@ class Method(L.LightningModule):
         # Never a checkpoint over the last good one with NaN in it (one reduction of the state).
         self.nonfinite.check(self, state_now=True)
         checkpoint["rng_states"] = rng_states()
+        # The optimiser's class and arguments, which a resume compares with the configured one.
+        if self._trainer is not None and self.trainer.optimizers:
+            checkpoint["optimizer_settings"] = training.optimizer_record(
+                self.trainer.optimizers[0], self._resumed_optimizer_settings
+            )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
+        # A resumed optimiser runs on the checkpoint's arguments, not the configured ones.
+        self._resumed_optimizer_settings = checkpoint.get("optimizer_settings", {})
 
     def on_sanity_check_start(self) -> None:
         self._states_before_sanity_check = rng_states()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import Tensor
 
 from distill.arguments import (
@@ -18,6 +16,7 @@ from distill.losses.contrastive import info_nce
 from distill.methods.base import Method
 from distill.modules.distributed import gather_rows
 from distill.modules.momentum_encoder import MomentumEncoder, two_views
+from distill.modules.shuffle_bn import ShuffleBN
 
 
 class MoCo(Method):
@@ -48,8 +47,9 @@ class MoCo(Method):
         temperature: ``τ``.
         key_momentum: ``m`` of the key encoder.
         symmetric: Use both views as queries.
-        shuffle_bn: ``auto`` (``ranks`` under DDP, else ``split``), ``split``, ``ranks`` or
-            ``off``.
+        shuffle_bn: ``auto`` (``ranks`` under DDP, else ``split``), ``split``, ``ranks``,
+            ``off``, or ``split_unshuffled`` (a control: ``split``'s groups without the
+            shuffle, see ``distill.modules.shuffle_bn``).
         bn_groups: Batch-norm groups of ``split``.
         **kwargs: Optimisation arguments of ``Method`` (optimizer, lr_schedule, ...).
     """
@@ -66,7 +66,7 @@ class MoCo(Method):
         temperature: float = 0.2,
         key_momentum: float = 0.999,
         symmetric: bool = False,
-        shuffle_bn: Literal["auto", "split", "ranks", "off"] = "auto",
+        shuffle_bn: ShuffleBN = "auto",
         bn_groups: int = 8,
         **kwargs,
     ) -> None:

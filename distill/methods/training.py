@@ -5,6 +5,7 @@ clipping) and the random states a checkpoint carries."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator
@@ -189,6 +190,53 @@ def check_arguments(optimizer: Callable[[list], torch.optim.Optimizer], **args) 
         if not ok:
             raise ConfigError(f"model.init_args.{key}={args[key]}; valid: {valid}")
     check_optimizer(optimizer)
+
+
+def optimizer_record(optimizer: torch.optim.Optimizer, resumed: dict | None = None) -> dict:
+    """The optimiser's class and constructor arguments, saved with every checkpoint.
+
+    ``{"class_path": "torch.optim.SGD", "defaults": {"lr": 0.1, "momentum": 0.9, ...}}``:
+    the shortest import path of the class and ``optimizer.defaults`` in plain values (a
+    tensor lr as a number, tuples as lists), so a resume can compare the configured one
+    before it builds anything (``distill.resume.check_resumed_optimizer``).
+
+    Args:
+        optimizer: The fit's optimiser.
+        resumed: The record of the checkpoint the fit resumed from (``{}`` for one written
+            before records were): its arguments are the ones that apply, since the optimiser's
+            state was restored from it, whatever the optimiser was constructed with.
+    """
+    if resumed is not None:
+        defaults = dict(resumed.get("defaults") or {})
+    else:
+        defaults = {key: plain_value(value) for key, value in optimizer.defaults.items()}
+    return {"class_path": import_path(type(optimizer)), "defaults": defaults}
+
+
+def import_path(cls: type) -> str:
+    """``torch.optim.SGD`` rather than ``torch.optim.sgd.SGD``: the shortest module path that
+    exports the class."""
+    parts = cls.__module__.split(".")
+    for end in range(1, len(parts) + 1):
+        module = ".".join(parts[:end])
+        try:
+            if getattr(importlib.import_module(module), cls.__name__, None) is cls:
+                return f"{module}.{cls.__name__}"
+        except ImportError:
+            continue
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def plain_value(value: object) -> object:
+    """``value`` as a number, string, bool, None or list of them (a weights-only load reads
+    these); anything else as its ``repr``."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, list | tuple):
+        return [plain_value(item) for item in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
 
 
 def rng_states() -> dict:

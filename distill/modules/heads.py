@@ -10,6 +10,9 @@ from lightly.models.modules.heads import DINOProjectionHead
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
 
+from distill.backbones import feature_map, has_feature_map
+from distill.backbones.common import global_pool
+
 
 class Classifier(nn.Module):
     """A backbone with a linear classification head.
@@ -35,6 +38,28 @@ class Classifier(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """Returns the logits ``[B, num_classes]``."""
         return self.forward_features(images)[1]
+
+    @property
+    def num_features(self) -> int:
+        """Width of the embedding (the backbone's)."""
+        return self.backbone.num_features
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output classes."""
+        return self.head.out_features
+
+    @property
+    def has_feature_map(self) -> bool:
+        """Whether ``forward_dense`` works: the backbone has a last feature map."""
+        return has_feature_map(self.backbone)
+
+    def forward_dense(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns the backbone's last feature map ``[B, D, h, w]`` (``distill.backbones.
+        feature_map``), the embedding ``[B, D]`` it pools into and the logits, in one pass."""
+        features = feature_map(self.backbone, images)
+        embedding = global_pool(features)
+        return features, embedding, self.head(embedding)
 
 
 class MultiCropWrapper(nn.Module):

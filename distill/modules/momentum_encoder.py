@@ -31,7 +31,7 @@ def two_views(batch) -> tuple[list[Tensor], Tensor]:
     if not isinstance(views, list | tuple) or len(views) != 2:
         got = f"{len(views)} views" if isinstance(views, list | tuple) else "a single tensor"
         raise ConfigError(
-            f"MoCo and ReKD need two views per image, got {got}; set "
+            f"MoCo, ReKD and DisCo need two views per image, got {got}; set "
             "data.init_args.views.class_path: distill.data.TwoViews"
         )
     return list(views), targets
@@ -59,7 +59,7 @@ class MomentumEncoder(nn.Module):
             features (for a frozen teacher whose checkpoint has no trained head).
         queue_size: Number of keys in the queue.
         track_labels: Keep labels next to the queued keys (diagnostics only).
-        shuffle_bn: ``auto``, ``split``, ``ranks`` or ``off``.
+        shuffle_bn: ``auto``, ``split``, ``ranks``, ``off`` or ``split_unshuffled`` (a control).
         bn_groups: Batch-norm groups of ``split`` (lightly's CIFAR-10 benchmark: 8).
     """
 

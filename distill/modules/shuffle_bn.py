@@ -10,6 +10,10 @@ undoes the shuffle afterwards, so each key is normalised with another GPU's imag
   shuffled), as lightly's ``SplitBatchNorm`` with ``batch_shuffle`` does, but with the
   checkpoint layout of plain batch norm.
 - ``ranks``: MoCo's shuffle across DDP ranks; each rank's batch is one group.
+- ``split_unshuffled``: the control of ``split``: the same groups, but keys in batch order,
+  so each key is normalised with its own query's group (the leak shuffle-BN closes) at the
+  group size ``split`` uses. Beside ``split`` and ``off`` it tells the leak from the effect
+  of normalising over smaller groups.
 
 The shuffle is ``balanced_shuffle``: every key group takes an equal share of each query
 group, so a key's group holds as few of its query's group as possible (one image, itself,
@@ -30,8 +34,8 @@ from torch import Tensor, nn
 
 from distill.errors import ConfigError
 
-ShuffleBN = Literal["auto", "split", "ranks", "off"]
-SHUFFLE_BN_MODES = ("auto", "split", "ranks", "off")
+ShuffleBN = Literal["auto", "split", "ranks", "off", "split_unshuffled"]
+SHUFFLE_BN_MODES = ("auto", "split", "ranks", "off", "split_unshuffled")
 
 
 class _SplitBatchNorm:
@@ -179,8 +183,9 @@ def _all_gather(tensor: Tensor) -> Tensor:
 
 
 def grouped_forward(network: nn.Module, images: Tensor, mode: str, groups: int) -> Tensor:
-    """``network(images)`` for the query side: under ``split``, in ``groups`` row groups."""
-    if mode != "split":
+    """``network(images)`` for the query side: under ``split`` (and its ``split_unshuffled``
+    control), in ``groups`` row groups."""
+    if mode not in ("split", "split_unshuffled"):
         return network(images)
     with split_batch_norm(network, effective_groups(len(images), groups)):
         return network(images)
@@ -199,7 +204,8 @@ def shuffled_forward(
     Args:
         network: The key encoder (no gradient flows through this call).
         images: ``[B, ...]`` this rank's batch.
-        mode: ``split``, ``ranks`` or ``off`` (``resolve_shuffle_bn`` of the configured mode).
+        mode: ``split``, ``split_unshuffled``, ``ranks`` or ``off`` (``resolve_shuffle_bn`` of
+            the configured mode).
         groups: Batch-norm groups of ``split`` (ignored otherwise).
         generator: Random source of the permutation (default: torch's global one). Under
             ``ranks`` rank 0's permutation is broadcast to the others.
@@ -209,6 +215,8 @@ def shuffled_forward(
     """
     if mode == "off":
         return network(images)
+    if mode == "split_unshuffled":  # the control: the queries' groups, not shuffled
+        return grouped_forward(network, images, mode, groups)
     if mode == "split":
         groups = effective_groups(len(images), groups)
         permutation = to_device_async(balanced_shuffle(len(images), groups, generator), images)

@@ -13,6 +13,7 @@ from torch import nn
 
 from distill.checkpoint_io import load_torch_file
 from distill.errors import ConfigError
+from distill.runs import last_checkpoints, version_folders
 
 
 def _extract_state_dict(obj: object) -> dict[str, torch.Tensor]:
@@ -181,18 +182,9 @@ class _Run:
 def _choose_run(run_dir: str) -> Path:
     """The run ``resolve_checkpoint`` takes from ``run_dir``, logged and warned about."""
     logs = Path(run_dir, "lightning_logs")
-    versions = {
-        int(folder.name.removeprefix("version_")): folder
-        for folder in logs.glob("version_*")
-        if folder.name.removeprefix("version_").isdigit()
-    }
-    files = [
-        versions[n] / "checkpoints" / "last.ckpt"
-        for n in sorted(versions)
-        if (versions[n] / "checkpoints" / "last.ckpt").is_file()
-    ]
+    files = last_checkpoints(logs)
     if not files:
-        seen = ", ".join(versions[n].name for n in sorted(versions)) or "no version_* folder"
+        seen = ", ".join(f.name for f in version_folders(logs).values()) or "no version_* folder"
         raise ConfigError(
             f"run directory {run_dir!r} has no last.ckpt: searched "
             f"{logs / 'version_*' / 'checkpoints' / 'last.ckpt'} (found {seen}). Train the "

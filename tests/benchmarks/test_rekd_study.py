@@ -148,3 +148,50 @@ def test_documented_command_lines_parse_and_reports_run(
         ("configs/moco/cifar10-5k_resnet8.yaml", "0"),
         ("configs/rekd/cifar10-5k_vgg8_resnet8.yaml", "0"),
     ]
+
+
+def test_rows_that_used_labels_are_marked_in_the_table_and_the_legend(
+    rekd_study, write_run, drawn, tmp_path, capsys
+):
+    runs = tmp_path / "runs"
+    offline = "cifar10-5k/rekd_supervised-resnet20_resnet8_seed{}"
+    for seed in (0, 1):
+        write_run(runs / MOCO.format(seed), epochs=30, max_epochs=30,
+                  final={"val/knn_top1": 0.38}, seed=seed)  # fmt: skip
+        write_run(runs / REKD.format(seed), epochs=30, max_epochs=30, final=rekd(0.4), seed=seed)
+        write_run(runs / offline.format(seed), epochs=30, max_epochs=30, final=rekd(0.42),
+                  seed=seed)  # fmt: skip
+    rekd_study.main(["--report", "--runs-root", str(runs), "--figures-dir", str(tmp_path / "f")])
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    marked = "ReKD, offline supervised resnet20 teacher, 40 epochs (labels)"
+    assert marked in rows and "ReKD, online resnet20 teacher" in rows
+    assert not [row for row in rows if "online" in row and "(labels)" in row]
+    assert rekd_study.LABELS_NOTE in out
+    legend = drawn["rekd_gain.png"]["legend"]
+    assert "offline supervised resnet20 teacher, 40 epochs (labels)" in legend
+    assert "online resnet20 teacher" in legend
+
+
+def test_distillation_rows_are_drawn_by_teacher_with_their_gains(
+    rekd_study, write_run, drawn, tmp_path, capsys
+):
+    runs = tmp_path / "runs"
+    seed_moco = "cifar10-5k/seed_moco-vgg8_resnet8_seed{}"
+    disco_supervised = "cifar10-5k/disco_supervised-resnet20_resnet8_seed{}"
+    for seed in (0, 1):
+        write_run(runs / MOCO.format(seed), epochs=30, max_epochs=30,
+                  final={"val/knn_top1": 0.38 + 0.02 * seed}, seed=seed)  # fmt: skip
+        write_run(runs / seed_moco.format(seed), epochs=30, max_epochs=30,
+                  final={"val/knn_top1": 0.45}, seed=seed)  # fmt: skip
+        write_run(runs / disco_supervised.format(seed), epochs=30, max_epochs=30,
+                  final={"val/knn_top1": 0.41}, seed=seed)  # fmt: skip
+    figures = tmp_path / "figures"
+    rekd_study.main(["--report", "--runs-root", str(runs), "--figures-dir", str(figures)])
+    rows = table_rows(capsys.readouterr().out)
+    assert rows["SEED, MoCo-v2 vgg8 teacher (frozen)"][2] == "+6.0 ± 1.0"  # vs 39.0 ± 1.4
+    assert "DisCo, supervised resnet20 teacher, 40 epochs (labels)" in rows
+    assert (figures / "distillation_gain.png").is_file()
+    shown = drawn["distillation_gain.png"]
+    assert shown["legend"] == ["SEED", "DisCo"]
+    assert shown["xticks"] == ["MoCo-v2 vgg8, 60 epochs", "supervised resnet20, 40 epochs (labels)"]

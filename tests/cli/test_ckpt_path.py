@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from distill.backbones import create_backbone
 from distill.cli import main
@@ -148,13 +149,112 @@ def test_resume_with_another_backbone_lists_the_keys_that_do_not_fit(trained, tm
         "[student.backbone.layer1.1.conv1.weight, student.backbone.layer1.1.bn1.weight, "
     )
     assert error_line(err).endswith(", ... (+26)]")  # resnet14's extra block in each stage: 36
+    assert list(tmp_path.iterdir()) == []  # the new version folder, made before the restore
 
 
-def test_lightnings_own_ckpt_path_values_still_reach_lightning(tmp_path, capsys):
-    # "last" of a fresh run: Lightning finds no last checkpoint, warns, and trains from scratch.
+@pytest.mark.filterwarnings("ignore:resuming from")  # max_epochs raised on purpose
+def test_last_resumes_the_newest_versions_last_checkpoint(trained, tmp_path, capsys, lightning_log):
+    # Lightning looks for "last" in the new fit's own, empty version folder and trains from
+    # scratch; distill takes the newest version's last.ckpt under the run's root.
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    validated = run / "lightning_logs" / "version_1"  # e.g. a distill validate: no checkpoint
+    validated.mkdir()
+    (validated / "config.yaml").write_text("{}\n")
+    newest = last_checkpoint(run)
+    args = command("fit", run, "--ckpt_path", "last", "--trainer.max_epochs", 2)
+    code, err = run_cli(args, capsys)
+    assert code == 0, err
+    said = f"--ckpt_path last: {newest} (the newest version's under {run / 'lightning_logs'})"
+    assert said in lightning_log.messages
+    resumed = run / "lightning_logs" / "version_2"
+    assert yaml.safe_load((resumed / "config.yaml").read_text())["ckpt_path"] == str(newest)
+    final = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (final["epoch"], final["global_step"]) == (1, 4)  # epoch 1 only: resumed, not anew
+
+
+def test_last_under_a_loggers_own_folder(tmp_path):
+    # Where a TensorBoardLogger or CSVLogger of the config keeps its versions; none for a
+    # shared checkpoint folder (Lightning finds "last" there itself) or without a logger.
+    from distill.runs import logs_folder
+
+    logger = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(tmp_path / "logs"), "name": "kd"},
+    }
+    assert logs_folder({"default_root_dir": str(tmp_path), "logger": logger}, None) == (
+        tmp_path / "logs" / "kd"
+    )
+    assert logs_folder({"default_root_dir": str(tmp_path)}, None) == tmp_path / "lightning_logs"
+    assert logs_folder({"default_root_dir": str(tmp_path)}, str(tmp_path / "ckpts")) is None
+    assert logs_folder({"default_root_dir": str(tmp_path), "logger": False}, None) is None
+
+
+def test_last_without_any_checkpoint_starts_a_fresh_fit_and_says_so(
+    tmp_path, capsys, lightning_log
+):
     with warnings.catch_warnings(record=True) as caught:  # pytest.warns re-emits the rest
         warnings.simplefilter("always")
         code, err = run_cli(command("fit", tmp_path, "--ckpt_path", "last"), capsys)
     assert code == 0, err
-    assert any("there is no last checkpoint available" in str(w.message) for w in caught)
+    looked_for = tmp_path / "lightning_logs" / "version_*" / "checkpoints" / "last.ckpt"
+    assert f"--ckpt_path last: no {looked_for} yet; starting a fresh fit" in lightning_log.messages
+    assert not [w for w in caught if "there is no last checkpoint available" in str(w.message)]
     assert last_checkpoint(tmp_path).is_file()
+
+
+def test_checkpoint_records_its_optimiser(trained):
+    saved = torch.load(last_checkpoint(trained), weights_only=True)
+    record = saved["optimizer_settings"]
+    assert record["class_path"] == "torch.optim.SGD"  # the quickstart's, by its public path
+    assert {key: record["defaults"][key] for key in ("lr", "momentum", "weight_decay")} == {
+        "lr": 0.1, "momentum": 0.9, "weight_decay": 5.0e-4,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "before-records"])
+def test_resume_with_another_optimiser_class_is_one_message_naming_both(
+    trained, tmp_path, capsys, recorded
+):
+    last = last_checkpoint(trained)
+    if not recorded:  # a checkpoint of an earlier distill: the class told by its param group
+        saved = torch.load(last, weights_only=True)
+        saved.pop("optimizer_settings", None)
+        last = tmp_path / "earlier.ckpt"
+        torch.save(saved, last)
+    run = tmp_path / "run"
+    adam = ["--model.init_args.optimizer", "torch.optim.Adam"]
+    code, err = run_cli(command("fit", run, "--ckpt_path", last, *adam), capsys)
+    assert code == 2
+    saved_class = (
+        "torch.optim.SGD"
+        if recorded
+        else "another optimiser (its arguments include dampening, momentum, nesterov)"
+    )
+    assert error_line(err).startswith(
+        f"distill: error: --ckpt_path {last} holds the state of {saved_class}, but the "
+        "configured optimiser is torch.optim.Adam (model.init_args.optimizer): a resumed fit "
+        "restores the checkpoint's optimiser state, which another optimiser cannot take."
+    )
+    assert not run.exists()  # refused before anything was built
+
+
+def test_changed_optimiser_argument_warns_that_the_checkpoints_value_applies(
+    trained, tmp_path, capsys
+):
+    last = last_checkpoint(trained)
+    args = command("fit", tmp_path, "--ckpt_path", last, "--trainer.max_epochs", 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, err = run_cli([*args, "--model.init_args.optimizer.init_args.lr", 0.5], capsys)
+    assert code == 0, err
+    said = [str(w.message) for w in caught if "optimiser arguments differ" in str(w.message)]
+    assert said == [
+        f"optimiser arguments differ from the checkpoint's ({last}): lr: 0.1 -> 0.5. The "
+        "checkpoint's values apply: a resumed fit restores its optimiser state (arguments, "
+        "buffers and the lr schedule's base lr)"
+    ]
+    final = torch.load(last_checkpoint(tmp_path), weights_only=True)
+    assert final["global_step"] == 4
+    assert final["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 0.1
+    assert final["optimizer_settings"]["defaults"]["lr"] == 0.1  # what applied, for the next

@@ -1,6 +1,9 @@
 """The CLI as a user drives it: config files, overrides, print_config, errors."""
 
+import errno
+import io
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -10,6 +13,7 @@ import pytest
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.compat.tensorflow_stub.io import gfile
 
 from distill.cli import main
 from distill.methods import Supervised
@@ -355,3 +359,114 @@ def test_resuming_a_run_that_left_its_teacher_out_says_the_teacher_is_read_again
         "(read: the checkpoint left the teacher out; its weights must be the ones it recorded)"
         in message
     )
+
+
+def short_fit(root, *extra) -> list[str]:
+    return [
+        "fit", "--config", QUICKSTART, "--trainer.default_root_dir", str(root),
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "value, class_path, suggestion",
+    [
+        ("--model=distill.methods.Supervized", "distill.methods.Supervized",
+         "module 'distill.methods' has no 'Supervized'; did you mean "
+         "'distill.methods.Supervised'?"),
+        ("--model=distill.method.Supervised", "distill.method.Supervised",
+         "module 'distill' has no 'method'; did you mean 'distill.methods.Supervised'?"),
+        ("--model.init_args.optimizer=torch.optim.SDG", "torch.optim.SDG",
+         "module 'torch.optim' has no 'SDG'; did you mean 'torch.optim.SGD'?"),
+    ],
+    ids=["class", "module", "optimizer"],
+)  # fmt: skip
+def test_unknown_class_is_one_line_with_the_nearest_name(
+    tmp_path, capsys, value, class_path, suggestion
+):
+    where = value[2:].split("=")[0]
+    code, _, err = run_cli([*short_fit(tmp_path / "run"), value], capsys)
+    assert code == 2
+    assert err.splitlines()[0] == (
+        f"distill: error: unknown class {class_path!r} in {where}: {suggestion}"
+    )
+    (pointer,) = err.splitlines()[1:]  # and not jsonargparse's account
+    assert pointer.startswith("(every option: ") and pointer.endswith(" fit --help)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_value_lightning_refuses_is_one_message(tmp_path, capsys):
+    code, _, err = run_cli([*short_fit(tmp_path / "run"), "--trainer.max_epochs", "-5"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "distill: error: `max_epochs` must be a non-negative integer or -1. You passed in -5."
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_fit_that_fails_before_training_leaves_no_folder_it_made(png_folder, tmp_path, capsys):
+    (png_folder / "train" / "cat" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    data = [
+        "--data", "distill.data.ImageFolderDataModule",
+        "--data.init_args.data_dir", str(png_folder), "--model.init_args.num_classes", "3",
+    ]  # fmt: skip
+    fresh = tmp_path / "runs" / "fresh"
+    code, _, err = run_cli([*short_fit(fresh), *data], capsys)
+    assert code == 2 and "cannot be followed" in err  # refused in the DataModule's setup
+    assert not (tmp_path / "runs").exists()  # nor the version folder nor the folders above it
+    earlier = tmp_path / "earlier" / "lightning_logs" / "version_0"
+    earlier.mkdir(parents=True)
+    (earlier / "notes.txt").write_text("an earlier run")
+    code, _, err = run_cli([*short_fit(earlier.parents[1]), *data], capsys)
+    assert code == 2 and "cannot be followed" in err
+    assert [p.name for p in earlier.parent.iterdir()] == ["version_0"]  # version_1 is gone
+    assert (earlier / "notes.txt").read_text() == "an earlier run"
+
+
+@pytest.fixture
+def read_only_mount(tmp_path, monkeypatch):
+    """A folder on which every folder creation fails with EROFS, as on a read-only mount
+    (chmod would not stop root)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if Path(path).resolve().is_relative_to(folder):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    return folder
+
+
+def test_a_run_on_a_read_only_folder_is_one_message(read_only_mount, capsys):
+    run = read_only_mount / "run"
+    code, _, err = run_cli(short_fit(run), capsys)
+    assert code == 74 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"distill: error: cannot write {run}: read-only file system (Read-only file system)"
+    )
+
+
+def test_a_full_disk_under_tensorboards_writer_thread_is_one_message(tmp_path, capsys, monkeypatch):
+    # TensorBoard writes its event file in a thread of its own, which dies with the error (a
+    # thread traceback) and hands it to the training thread's next write.
+    class FullDisk(io.FileIO):
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write_to_a_full_disk(self, filename, file_content, mode):  # TensorBoard's, on a full disk
+        with FullDisk(filename, mode) as file:
+            file.write(file_content)
+
+    monkeypatch.setattr(gfile.LocalFileSystem, "_write", write_to_a_full_disk)
+    code, _, err = run_cli(short_fit(tmp_path), capsys)
+    assert code == 74
+    assert "Traceback" not in err and "Exception in thread" not in err
+    events = re.escape(str(tmp_path / "lightning_logs" / "version_0" / "events.out.tfevents."))
+    assert re.fullmatch(
+        f"distill: error: cannot write {events}[^/ ]+: disk full \\(No space left on device\\)",
+        err.strip().splitlines()[-1],
+    ), err

@@ -103,6 +103,37 @@ def test_epoch_interrupted_during_its_validation_is_validated_on_resume(tmp_path
     assert files == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "last.ckpt"]
 
 
+def test_signal_after_the_last_epoch_was_validated_leaves_a_complete_run(tmp_path):
+    # Lightning raises on the signal at the end of the epoch: nothing is left to train, so
+    # the run is complete and its last.ckpt not marked interrupted.
+    run = distill(
+        "fit", "--config", QUICKSTART, "--trainer.max_epochs", "2",
+        "--trainer.callbacks+=tests_support.SignalAfterValidation",
+        "--trainer.callbacks.epoch", "1", root=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    path, saved = checkpoint(tmp_path)
+    assert (
+        f"SIGTERM after the last epoch was trained and validated: the run is complete, {path} "
+        "holds its final state"
+    ) in run.stderr
+    assert saved["global_step"] == 8 and saved["epoch"] == 1
+    assert interrupted_state(saved) is None
+
+
+def test_signal_during_the_sanity_check_says_nothing_was_written(tmp_path):
+    run = distill(
+        "fit", "--config", QUICKSTART, "--trainer.max_epochs", "2",
+        "--trainer.callbacks+=tests_support.SignalInSanityCheck", root=tmp_path, val_batches=2,
+    )  # fmt: skip
+    assert run.returncode == 143, run.stderr[-3000:]
+    assert run.stderr.strip().splitlines()[-1] == (
+        "SIGTERM during the sanity check (the validation batches before training): nothing was "
+        "trained and no checkpoint written; run the same command again to start"
+    )
+    assert list(tmp_path.iterdir()) == []  # the run's log folder is gone too
+
+
 def test_checkpoint_of_another_method_is_refused_by_class(tmp_path):
     path = tmp_path / "kd.ckpt"
     torch.save(

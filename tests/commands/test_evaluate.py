@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -136,7 +137,6 @@ def test_kd_teacher_is_evaluated_from_the_students_checkpoint_after_its_run_is_g
         ),
     ],
 )
-@pytest.mark.filterwarnings("ignore:model arguments differ")  # changed on purpose
 def test_mistakes_end_in_one_message_and_write_nothing(
     supervised_ckpt, tmp_path, cli, extra, message
 ):
@@ -176,6 +176,20 @@ def test_bad_numbers_are_refused_before_any_feature_is_extracted(
     assert code == 2 and out == ""
     assert err.strip().splitlines()[-1] == f"distill: error: {option}={valid}"
     assert not output.exists()
+
+
+def test_model_arguments_unlike_the_checkpoints_are_not_warned_about(
+    supervised_ckpt, tmp_path, cli
+):
+    # Eval probes the backbone alone; the run's other arguments (here its loss) play no part.
+    args = ["eval", "--config", QUICKSTART, "--ckpt_path", supervised_ckpt, "--linear_epochs", 1]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = cli([*args, "--output", tmp_path / "results.json",
+                            "--model.init_args.label_smoothing", "0.3"])  # fmt: skip
+    assert code == 0, err
+    assert not [w for w in caught if "model arguments differ" in str(w.message)]
+    assert (tmp_path / "results.json").is_file()
 
 
 def test_help_lists_the_options(cli):

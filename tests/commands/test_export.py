@@ -1,6 +1,7 @@
 """``distill export``: a backbone state dict that rebuilds the checkpoint's backbone exactly."""
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,6 @@ def test_torchvision_backbone_loads_into_torchvision_resnet18(resnet18_checkpoin
         (["--model.init_args.backbone", "resnet14"], "do not fit the CifarResNet"),
     ],
 )
-@pytest.mark.filterwarnings("ignore:model arguments differ")  # changed on purpose
 def test_mistakes_end_in_one_message_and_write_nothing(
     supervised_ckpt, tmp_path, cli, extra, message
 ):
@@ -130,6 +130,20 @@ def test_mistakes_end_in_one_message_and_write_nothing(
     code, _, err = cli(args + extra)
     assert code == 2 and message in err and "Traceback" not in err
     assert not weights.exists() and not weights.with_suffix(".json").exists()
+
+
+def test_model_arguments_unlike_the_checkpoints_are_not_warned_about(
+    supervised_ckpt, tmp_path, cli
+):
+    # Export reads the backbone alone; the run's other arguments (here its loss) play no part.
+    args = ["export", "--config", QUICKSTART, "--ckpt_path", supervised_ckpt]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = cli([*args, "--output", tmp_path / "backbone.pt",
+                            "--model.init_args.label_smoothing", "0.3"])  # fmt: skip
+    assert code == 0, err
+    assert not [w for w in caught if "model arguments differ" in str(w.message)]
+    assert (tmp_path / "backbone.pt").is_file()
 
 
 def export_args(ckpt: Path, *extra) -> list:

@@ -144,3 +144,15 @@ def test_accuracies_are_direct_counts_of_the_scores_for_each_k():
         top1 = (expected.argmax(1) == query_labels).double().mean()
         top5 = (expected.topk(5, dim=1).indices == query_labels[:, None]).any(1).double().mean()
         assert accuracies[k] == pytest.approx({"top1": float(top1), "top5": float(top5)})
+
+
+def test_a_dotted_submodule_evaluates_that_network_and_a_wrong_one_is_named():
+    from distill.eval.features import resolve_submodule
+    from distill.methods import MoCo
+
+    model = MoCo(backbone="resnet8", proj_hidden_dim=16, proj_dim=8, queue_size=8)
+    assert resolve_submodule(model, "student.key_backbone") is model.student.key_backbone
+    assert resolve_submodule(model, "student") is model.student
+    for name in ("student.key_backbon", "teacher", ""):
+        with pytest.raises(ConfigError, match=f"has no submodule {name!r}; available: student"):
+            resolve_submodule(model, name)

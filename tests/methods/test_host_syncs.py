@@ -42,7 +42,7 @@ import torchvision
 from tests_support import ColourDataModule, quiet_trainer
 
 from distill.data import MultiCropViews, TwoViews
-from distill.methods import CRD, DINO, KD, RKD, MoCo, ReKD, Supervised
+from distill.methods import CRD, DINO, KD, RKD, SEED, DisCo, FeatureKD, MoCo, ReKD, Supervised
 
 DISTILL = str(Path(__file__).resolve().parents[2] / "distill") + os.sep
 LIBRARIES = tuple(
@@ -179,6 +179,10 @@ def method_and_data(name: str, teacher_checkpoint: str):
         return RKD(**teacher), ColourDataModule()
     if name == "crd":
         return CRD(**teacher, num_negatives=16, embed_dim=8, kd_weight=1.0), ColourDataModule()
+    if name == "feature":
+        return FeatureKD(**teacher, projector="mlp", kd_weight=1.0), ColourDataModule()
+    if name == "feature-dense":  # a convolutional teacher's last map, as a ViT's tokens
+        return FeatureKD(**teacher, level="dense", metric="cosine"), ColourDataModule()
     if name == "dino":
         views = MultiCropViews(num_global=2, num_local=2, blur_probs=(0.0, 0.0, 0.0))
         model = DINO(backbone="resnet8", output_dim=32, hidden_dim=16, bottleneck_dim=8,
@@ -188,11 +192,21 @@ def method_and_data(name: str, teacher_checkpoint: str):
         return MoCo(backbone="resnet8", symmetric=True, **encoders), two_views
     if name == "rekd":
         return ReKD(symmetric=True, **rekd), two_views
+    frozen = dict(
+        student_backbone="resnet8", teacher_backbone="resnet14", queue_size=20,
+        teacher_checkpoint=teacher_checkpoint, teacher_embedding="backbone", **common,
+    )  # fmt: skip
+    if name == "seed":
+        return SEED(proj_hidden_dim=16, **frozen), two_views
+    if name == "disco":
+        return DisCo(proj_hidden_dim=16, **frozen), two_views
     return ReKD(prototype_init_step=NEVER, **rekd), two_views  # the bank never initialised
 
 
-METHODS = ["supervised", "kd", "kd-teacher-inputs", "rkd", "crd", "dino", "moco", "rekd",
-           "rekd-before-bank-init"]  # fmt: skip
+METHODS = [
+    "supervised", "kd", "kd-teacher-inputs", "rkd", "crd", "dino", "moco", "rekd",
+    "rekd-before-bank-init", "seed", "disco", "feature", "feature-dense",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", METHODS)

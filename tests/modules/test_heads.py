@@ -1,4 +1,5 @@
-"""Heads: the multi-crop wrapper's grouped forward and the DINO head's weight norm."""
+"""Heads: the classifier's outputs, the multi-crop wrapper's grouped forward and the DINO
+head's weight norm."""
 
 import warnings
 
@@ -8,7 +9,8 @@ from lightly.models.modules.heads import DINOProjectionHead
 from tests_support import NETWORK64_TOL
 from torch import nn
 
-from distill.modules.heads import MultiCropWrapper, backbone_features, dino_head
+from distill.backbones import create_backbone
+from distill.modules.heads import Classifier, MultiCropWrapper, backbone_features, dino_head
 
 
 class CountingBackbone(nn.Module):
@@ -24,6 +26,23 @@ class CountingBackbone(nn.Module):
     def forward(self, images):
         self.batches.append(len(images))
         return self.linear(images.mean(dim=(2, 3)))
+
+
+def test_classifier_gives_its_last_feature_map_embedding_and_logits_in_one_pass():
+    torch.manual_seed(0)
+    classifier = Classifier(create_backbone("resnet8"), 7).eval()
+    assert classifier.num_features == 64 and classifier.num_classes == 7
+    assert classifier.has_feature_map
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feature_map, embedding, logits = classifier.forward_dense(images)
+        expected_embedding, expected_logits = classifier.forward_features(images)
+    assert feature_map.shape == (2, 64, 8, 8)
+    torch.testing.assert_close(embedding, expected_embedding, rtol=0, atol=0)
+    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=0)
+    assert not Classifier(
+        create_backbone("vit_tiny", image_size=32, patch_size=8), 7
+    ).has_feature_map
 
 
 @pytest.mark.numerics

@@ -183,6 +183,24 @@ def test_queries_are_normalised_in_batch_order_groups_and_keys_in_other_groups()
     torch.testing.assert_close(keys, expected, rtol=NETWORK64_TOL, atol=NETWORK64_TOL)
 
 
+def test_the_unshuffled_control_normalises_each_key_with_its_querys_group():
+    control, split = encoder(bn_groups=4, shuffle_bn="split_unshuffled"), encoder(bn_groups=4)
+    views = [images64(16, 3, 32, 32), images64(16, 3, 32, 32)]
+    torch.manual_seed(5)
+    queries, keys = control.queries_and_keys(views, symmetric=False)
+    torch.manual_seed(5)
+    split_queries, split_keys = split.queries_and_keys(views, symmetric=False)
+    torch.testing.assert_close(queries, split_queries)  # the same query groups, same arithmetic
+    key_network = nn.Sequential(control.key_backbone, control.key_head)
+    expected = torch.cat(
+        [group_statistics_forward(key_network, rows) for rows in views[1].tensor_split(4)]
+    )
+    expected = nn.functional.normalize(expected)
+    torch.testing.assert_close(keys, expected, rtol=NETWORK64_TOL, atol=NETWORK64_TOL)
+    # Only the shuffle differs from split: its keys are normalised in other groups.
+    assert not torch.allclose(keys, split_keys, atol=1e-3)
+
+
 def test_off_is_plain_batch_norm_and_eval_mode_skips_the_shuffle():
     model = encoder(shuffle_bn="off")
     images = images64(8, 3, 32, 32)
@@ -197,7 +215,8 @@ def test_off_is_plain_batch_norm_and_eval_mode_skips_the_shuffle():
 
 
 def test_modes_are_checked_by_name():
-    with pytest.raises(ConfigError, match="shuffle_bn='sync'; valid: auto, split, ranks, off"):
+    valid = "auto, split, ranks, off, split_unshuffled"
+    with pytest.raises(ConfigError, match=f"shuffle_bn='sync'; valid: {valid}"):
         encoder(shuffle_bn="sync")
     with pytest.raises(ConfigError, match="bn_groups=0; valid"):
         encoder(bn_groups=0)
