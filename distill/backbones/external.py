@@ -97,6 +97,12 @@ def timm_backbone(name: str, **kwargs) -> nn.Module:
     timm = import_timm()
     if not timm.is_model(name):
         raise _unknown("timm", name, timm.list_models())
+    if "num_classes" in kwargs:  # timm's own argument, which distill sets to take the head off
+        raise ConfigError(
+            f"timm model {name!r}: num_classes is not an argument of a backbone (its classifier "
+            "is taken off); a teacher's classifier comes with its weights (embedding: logits, "
+            "as many classes as model.init_args.num_classes)"
+        )
     try:
         model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     except TypeError as error:

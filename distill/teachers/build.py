@@ -55,8 +55,8 @@ def build_teacher(
 
     Raises:
         ConfigError: An unknown architecture or weights name, a classifier of torchvision's
-            or timm's weights with other classes than ``num_classes``, or ``in_checkpoint:
-            false`` for a teacher that trains.
+            or timm's weights with other classes than ``num_classes``, ``in_checkpoint:
+            false`` for a teacher that trains, or an image size a ViT does not take.
     """
     if spec.embedding not in ("logits", "head", "backbone"):
         raise ValueError(f"resolve the teacher's embedding first (spec.resolve_embedding): {spec}")
@@ -64,9 +64,10 @@ def build_teacher(
         raise ValueError("a teacher read by its logits needs num_classes (its classifier's)")
     check_spec(spec, frozen, num_classes)
     backbone = create_backbone(spec.architecture, **spec.kwargs)
-    network = TeacherNetwork(backbone, spec.embedding, num_classes, proj_hidden_dim, proj_dim,
-                             frozen)  # fmt: skip
     inputs = teacher_inputs(spec, backbone)
+    network = TeacherNetwork(backbone, spec.embedding, num_classes, proj_hidden_dim, proj_dim,
+                             frozen, inputs)  # fmt: skip
+    check_input_size(spec, network, inputs)
     inputs.install(network.backbone)
 
     def fill(found, source):
@@ -145,6 +146,24 @@ def check_spec(spec: TeacherSpec, frozen: bool, num_classes: int | None) -> None
             "features instead (embedding: backbone, with RKD or CRD), or train a classifier "
             "of these classes"
         )
+
+
+def check_input_size(spec: TeacherSpec, network: TeacherNetwork, inputs: TeacherInputs) -> None:
+    """Refuses inputs of another size than the one a network takes only (a timm ViT built
+    without ``dynamic_img_size``), now rather than at its first batch.
+
+    Raises:
+        ConfigError: The sizes differ (the message says how to make them agree).
+    """
+    fixed, size = network.fixed_input_size, inputs.image_size
+    if fixed is None or size is None or fixed == (size, size):
+        return
+    raise ConfigError(
+        f"{spec.key}: {spec.architecture} takes {fixed[0]}x{fixed[1]} images only, but would "
+        f"be fed {size}x{size} ({inputs.origin}); set image_size: {fixed[-1]} in the teacher "
+        "spec (a square size), or build it for that size (kwargs: {img_size: ...}) or for any "
+        "(kwargs: {dynamic_img_size: true})"
+    )
 
 
 def _timm_classes(spec: TeacherSpec) -> int | None:

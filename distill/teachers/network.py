@@ -10,10 +10,13 @@ from lightly.models.modules.heads import MoCoProjectionHead
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
+from distill.backbones import feature_map, has_feature_map
+from distill.backbones.common import global_pool
 from distill.backbones.external import import_timm
 from distill.errors import ConfigError
 from distill.modules.momentum_encoder import MomentumEncoder
 from distill.modules.weights import load_state_strict
+from distill.teachers.inputs import TeacherInputs
 from distill.teachers.layouts import Found, LeftOut, Network, sub
 from distill.teachers.spec import TeacherSpec
 
@@ -38,7 +41,9 @@ class TeacherNetwork(nn.Module):
     None)``, as ``distill.modules.Classifier`` does: with ``embedding: logits`` the
     backbone's features and the classifier's logits; with ``head`` the MoCo-v2 projection
     head's output; with ``backbone`` the backbone's features. Its state dict has the keys of
-    a ``Classifier`` (``backbone.*``, ``head.*``).
+    a ``Classifier`` (``backbone.*``, ``head.*``). ``forward_dense`` also gives the
+    backbone's last feature map (feature distillation): a convolutional backbone's map
+    before its pooling, a timm ViT's patch tokens on its patch grid.
 
     A frozen teacher never trains: its parameters have ``requires_grad=False`` (so no
     optimiser and no DDP gradient reduction sees them), it stays in eval mode when Lightning
@@ -53,6 +58,9 @@ class TeacherNetwork(nn.Module):
             backbone's width, MoCo-v2).
         proj_dim: Output width of the projection head.
         frozen: Never train (see above).
+        inputs: What the backbone is fed (``TeacherInputs``), if anything; ``build_teacher``
+            installs it in front of the backbone's forward and gives it here for
+            ``forward_dense``, which goes around that forward.
     """
 
     def __init__(
@@ -63,11 +71,13 @@ class TeacherNetwork(nn.Module):
         proj_hidden_dim: int | None = None,
         proj_dim: int = 128,
         frozen: bool = True,
+        inputs: TeacherInputs | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.embedding = embedding
         self.frozen = frozen
+        self.inputs = inputs
         features = backbone.num_features
         self.num_features, self.num_classes = features, None
         self.head: nn.Module | None = None
@@ -102,6 +112,68 @@ class TeacherNetwork(nn.Module):
         """The logits with a classifier, else the embedding."""
         embedding, logits = self.forward_features(images)
         return embedding if logits is None else logits
+
+    @property
+    def has_feature_map(self) -> bool:
+        """Whether ``forward_dense`` works: a distill backbone with a last feature map
+        (``distill.backbones.has_feature_map``) or a timm model with intermediate features."""
+        if hasattr(self.backbone, "timm_name"):
+            return callable(getattr(self.backbone, "forward_intermediates", None))
+        return has_feature_map(self.backbone)
+
+    @property
+    def feature_map_features(self) -> int:
+        """Channels of ``forward_dense``'s map: a timm model's last stage (its
+        ``feature_info``; a ViT's token width), else the backbone's ``num_features``."""
+        feature_info = getattr(self.backbone, "feature_info", None)
+        if hasattr(self.backbone, "timm_name") and feature_info:
+            return feature_info[-1]["num_chs"]
+        return self.backbone.num_features
+
+    @property
+    def fixed_input_size(self) -> tuple[int, int] | None:
+        """The one image size ``(h, w)`` the backbone takes (a timm ViT built without
+        ``dynamic_img_size``); ``None`` when it takes any."""
+        patch_embed = getattr(self.backbone, "patch_embed", None)
+        if getattr(patch_embed, "strict_img_size", False) and patch_embed.img_size:
+            return tuple(patch_embed.img_size)
+        return None
+
+    def forward_dense(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The last feature map ``[B, C, h, w]``, the embedding and the logits (or None), in
+        one pass, as ``forward_features`` gives the last two.
+
+        A distill backbone's map is the one its forward pools
+        (``distill.backbones.feature_map``); a timm model's is timm's
+        ``forward_intermediates`` of its last block, normalised as its ``forward_features``
+        normalises it, in NCHW: a ViT's patch tokens without the prefix (class, register,
+        distillation) tokens, row-major on the patch grid (token ``i·w + j`` at row ``i``,
+        column ``j``). ``C`` is ``feature_map_features``.
+
+        Raises:
+            ConfigError: The backbone has no feature map.
+        """
+        if self.frozen:
+            return frozen_forward(self._dense, images)
+        return self._dense(images)
+
+    def _dense(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        if self.inputs is not None:  # the backbone's forward pre-hook is not run here
+            images = self.inputs(images)
+        backbone = self.backbone
+        if hasattr(backbone, "timm_name") and self.has_feature_map:
+            final, (dense,) = backbone.forward_intermediates(
+                images, indices=1, norm=True, output_fmt="NCHW"
+            )
+            features = backbone.forward_head(final, pre_logits=True)
+        else:
+            dense = feature_map(backbone, images)
+            features = global_pool(dense)
+        if self.embedding == "logits":
+            return dense, features, self.head(features)
+        if self.embedding == "head":
+            return dense, self.head(features), None
+        return dense, features, None
 
 
 def _by_child_index(module: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor] | None:
@@ -182,16 +254,16 @@ def _missing_part(found: Found, spec: TeacherSpec, part: str) -> ConfigError:
     if part == "classifier":
         return ConfigError(
             f"{holds} has no linear classifier, so it cannot give the teacher's logits, which "
-            f"{spec.embedding_key}=logits reads (KD does, and CRD with kd_weight > 0). RKD and "
-            "CRD can read its features instead: give the teacher as model.init_args.teacher "
-            "with embedding: backbone"
+            f"{spec.embedding_key}=logits reads (KD does, and CRD and FeatureKD with kd_weight "
+            "> 0). RKD and CRD can read its features instead: give the teacher as "
+            "model.init_args.teacher with embedding: backbone; FeatureKD does with kd_weight: 0"
         )
     other = f"; its head {main.projection_where}* is not one" if main.other_head else ""
     return ConfigError(
         f"{holds} has no MoCo-v2 projection head (Linear, ReLU, Linear){other}, which "
         f"{spec.embedding_key}=head reads. A frozen teacher's head must come from its weights, "
-        "never a random initialisation: read its backbone features with embedding: backbone, "
-        "or give a checkpoint that holds the head (a MoCo-v2 run)"
+        f"never a random initialisation: read its backbone features with {spec.embedding_key}="
+        "backbone, or give a checkpoint that holds the head (a MoCo-v2 run)"
     )
 
 

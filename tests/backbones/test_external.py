@@ -59,3 +59,14 @@ def test_bad_names_and_arguments_are_one_message(name, message):
     with pytest.raises(ConfigError) as error:
         create_backbone(name, **kwargs)
     assert message in str(error.value)
+
+
+def test_a_timm_backbone_refuses_a_classifier_width():
+    pytest.importorskip("timm")
+    with pytest.raises(ConfigError) as error:
+        create_backbone("timm:vit_tiny_patch16_224", img_size=32, num_classes=5)
+    assert str(error.value) == (
+        "timm model 'vit_tiny_patch16_224': num_classes is not an argument of a backbone (its "
+        "classifier is taken off); a teacher's classifier comes with its weights (embedding: "
+        "logits, as many classes as model.init_args.num_classes)"
+    )

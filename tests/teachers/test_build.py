@@ -233,3 +233,28 @@ def test_a_teacher_left_out_of_checkpoints_must_be_frozen_and_have_weights():
         build_momentum_teacher(
             spec(architecture="resnet8", embedding="head", in_checkpoint=False), True, 16, 8, 20
         )
+
+
+def test_an_image_size_a_vit_does_not_take_is_refused_when_built():
+    vit64 = {"img_size": 64, "patch_size": 16}
+    fitting = build_teacher(
+        spec(architecture=f"timm:{VIT}", weights="vit.pth", embedding="backbone", kwargs=vit64)
+    )
+    assert fitting.inputs.image_size == 64  # the size it was built for, by default
+    with pytest.raises(ConfigError) as error:
+        build_teacher(
+            spec(architecture=f"timm:{VIT}", weights="vit.pth", embedding="backbone",
+                 kwargs=vit64, image_size=32)
+        )  # fmt: skip
+    assert str(error.value) == (
+        "model.init_args.teacher: timm:vit_tiny_patch16_224 takes 64x64 images only, but would "
+        "be fed 32x32 (image_size from the teacher spec, the rest from timm's pretrained config "
+        "of vit_tiny_patch16_224); set image_size: 64 in the teacher spec (a square size), or "
+        "build it for that size (kwargs: {img_size: ...}) or for any (kwargs: "
+        "{dynamic_img_size: true})"
+    )
+    dynamic = {**vit64, "dynamic_img_size": True}
+    build_teacher(
+        spec(architecture=f"timm:{VIT}", weights="vit.pth", embedding="backbone",
+             kwargs=dynamic, image_size=32)
+    )  # fmt: skip

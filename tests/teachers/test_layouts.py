@@ -382,8 +382,8 @@ def test_a_head_the_file_lacks_is_refused_never_random(tmp_path):
         f"model.init_args.teacher.weights: {path} (state dict, the network) has no MoCo-v2 "
         "projection head (Linear, ReLU, Linear), which model.init_args.teacher.embedding=head "
         "reads. A frozen teacher's head must come from its weights, never a random "
-        "initialisation: read its backbone features with embedding: backbone, or give a "
-        "checkpoint that holds the head (a MoCo-v2 run)"
+        "initialisation: read its backbone features with model.init_args.teacher.embedding="
+        "backbone, or give a checkpoint that holds the head (a MoCo-v2 run)"
     )
 
 
