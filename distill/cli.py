@@ -55,6 +55,7 @@ from distill.runs import (
     newest_last_checkpoint,
     removed_unless_started,
 )
+from distill.teachers import TeacherSpec
 
 
 class DistillArgumentParser(LightningArgumentParser):
@@ -95,6 +96,9 @@ def unknown_key_summary(message: str, parser: LightningArgumentParser) -> str | 
         key = flat.group(1) or flat.group(2)
         options = {action.dest for action in parser._actions if action.dest != "help"}
         return f"unknown option {key!r}; {_nearest(key, options)}"
+    typed = re.search(r"Unexpected keys: \{'([^']+)'", message)
+    if typed:  # a mapping checked against a TypedDict, e.g. model.init_args.teacher
+        return _typed_dict_summary(typed.group(1), message[: typed.start()])
     nested = re.search(r"Option '([^']+)' is not accepted", message)
     if not nested:
         return None
@@ -109,6 +113,21 @@ def unknown_key_summary(message: str, parser: LightningArgumentParser) -> str | 
     where = ".init_args.".join(re.findall(r'Parser key "([^"]+)"', before))
     where = f"{where}.init_args" if where else "init_args"
     return f"unknown key {key!r} in {where} ({class_path}); {_nearest(key, _arguments(class_path))}"
+
+
+def _typed_dict_summary(key: str, before: str) -> str | None:
+    """``unknown key 'weigths' in model.init_args.teacher; did you mean 'weights'?``: the
+    mapping is the last parser key named before the error, its keys the TypedDict's."""
+    where = re.findall(r'Parser key "([^"]+)"', before)
+    types = re.findall(r"Subtypes: \[<class '([^']+)'>", before)
+    if not where or not types:
+        return None
+    module, _, name = types[-1].rpartition(".")
+    try:
+        valid = set(getattr(importlib.import_module(module), name).__annotations__)
+    except Exception:  # not a class we can read: no suggestion rather than a crash
+        return None
+    return f"unknown key {key!r} in {'.init_args.'.join(where)}; {_nearest(key, valid)}"
 
 
 def unknown_class_summary(message: str) -> str | None:
@@ -251,9 +270,12 @@ class DistillCLI(LightningCLI):
         configured = (model.get("init_args") or Namespace()).clone().as_dict()
         if subcommand == "fit":
             check_resumed_optimizer(saved, configured.get("optimizer"), ckpt_path)
+        record = saved.get("teacher") if isinstance(saved.get("teacher"), dict) else {}
+        left_out = record.get("in_checkpoint") is False
+        teacher_note = TEACHER_RELOADED if left_out else TEACHER_NOT_READ
         changed = [
             f"{key}: {hparams[key]!r} -> {configured[key]!r}"
-            + (TEACHER_NOT_READ if key == "teacher_checkpoint" else "")
+            + (teacher_note if key in ("teacher_checkpoint", "teacher") else "")
             for key in sorted(hparams)
             if not key.startswith("_") and key in configured and hparams[key] != configured[key]
         ]
@@ -289,18 +311,25 @@ class DistillCLI(LightningCLI):
         return None
 
     def before_instantiate_classes(self) -> None:
-        """A fresh fit reads ``model.init_args.teacher_checkpoint`` when it starts (a resumed
-        one takes the teacher in its checkpoint): a path that does not exist is refused now,
-        before the run's log folder is made."""
+        """A fresh fit reads the teacher's weights (``model.init_args.teacher_checkpoint`` or
+        ``teacher.weights``) when it starts (a resumed one takes the teacher in its
+        checkpoint): a path that does not exist is refused now, before the run's log folder
+        is made."""
         config = self.config.get(self.subcommand) if self.subcommand == "fit" else None
         if config is None or config.get("ckpt_path") or config.get("model") is None:
             return
-        teacher = (config.model.get("init_args") or Namespace()).get("teacher_checkpoint")
-        if isinstance(teacher, str) and teacher and not os.path.exists(teacher):
+        init_args = config.model.get("init_args") or Namespace()
+        key, path = "model.init_args.teacher_checkpoint", init_args.get("teacher_checkpoint")
+        teacher = init_args.get("teacher")
+        if isinstance(teacher, dict) and isinstance(teacher.get("architecture"), str):
+            spec = TeacherSpec(teacher["architecture"], teacher.get("weights"))
+            if spec.weights_kind == "file":  # not a torchvision weights name, not timm's hub
+                key, path = "model.init_args.teacher.weights", spec.weights
+        if isinstance(path, str) and path and not os.path.exists(path):
             raise ConfigError(
-                f"model.init_args.teacher_checkpoint: {teacher!r} does not exist (working "
-                f"directory {os.getcwd()!r}): give the teacher's run directory (its "
-                "trainer.default_root_dir), a checkpoint file or a state-dict file."
+                f"{key}: {path!r} does not exist (working directory {os.getcwd()!r}): give the "
+                "teacher's run directory (its trainer.default_root_dir), a checkpoint file or a "
+                "state-dict file."
             )
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]):
@@ -324,6 +353,10 @@ class DistillCLI(LightningCLI):
 
 #: Said of a changed ``teacher_checkpoint`` on resume: the checkpoint's teacher is used.
 TEACHER_NOT_READ = " (not read: the teacher is the one in the checkpoint)"
+#: Said of a changed teacher of a checkpoint that left its teacher out: it is read again.
+TEACHER_RELOADED = (
+    " (read: the checkpoint left the teacher out; its weights must be the ones it recorded)"
+)
 
 #: Trainer settings under ``eval`` and ``export``, over the config's.
 COMMAND_TRAINER = {

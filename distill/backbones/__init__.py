@@ -1,7 +1,9 @@
 """Feature extractors by name: ``create_backbone("resnet20")`` returns a module with
 ``num_features`` whose ``forward`` gives the pooled penultimate embedding ``[B, D]``, and
 ``backbone_name``, its registry name; ``feature_map`` gives a convolutional backbone's last
-feature map, before that pooling.
+feature map, before that pooling. torchvision's and timm's classification networks are built
+by prefixed names, ``torchvision:resnet50`` and ``timm:vit_small_patch16_224``
+(``distill.backbones.external``).
 
 Heads are separate modules (``distill.modules``).
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from distill.backbones.external import create_external, is_external
 from distill.checkpoint_io import load_torch_file
 from distill.errors import ConfigError
 
@@ -42,13 +45,21 @@ def available_backbones() -> list[str]:
 def create_backbone(name: str, **kwargs) -> nn.Module:
     """Builds the backbone ``name`` with the factory's keyword arguments.
 
+    ``torchvision:<model>`` and ``timm:<model>`` build that library's model without its
+    classifier (random weights), ``kwargs`` going to the library's constructor.
+
     Raises:
         ConfigError: Unknown name (the message lists the valid ones) or an argument the
             factory does not take (the message lists the ones it does).
     """
+    if is_external(name):
+        backbone = create_external(name, **kwargs)
+        backbone.backbone_name = name
+        return backbone
     if name not in _REGISTRY:
         raise ConfigError(
             f"Unknown backbone {name!r}. Available backbones: {', '.join(available_backbones())}"
+            ", or torchvision:<model>, timm:<model>"
         )
     factory = _REGISTRY[name]
     accepted = list(inspect.signature(factory).parameters)

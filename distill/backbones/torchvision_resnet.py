@@ -27,6 +27,7 @@ def _feature_extractor(model: ResNet, cifar_stem: bool) -> nn.Module:
         model.maxpool = nn.Identity()
     model.num_features = model.fc.in_features
     model.fc = nn.Identity()
+    model.classifier_key = "fc"  # where torchvision's state dict holds the classifier taken off
     return model
 
 

@@ -181,8 +181,19 @@ def backbone_state(ckpt_path: str, submodule: str) -> dict[str, torch.Tensor]:
             it holds instead).
     """
     prefix = f"{submodule}.backbone."
-    state = read_state_dict(str(checkpoint_file(ckpt_path)))
+    path = checkpoint_file(ckpt_path)
+    state = read_state_dict(str(path))
     weights = sub_state_dict(state, prefix)
+    if not weights and submodule == "teacher":
+        saved = load_torch_file(path, mmap=True)
+        record = saved.get("teacher") if isinstance(saved, dict) else None
+        if isinstance(record, dict) and record.get("in_checkpoint") is False:
+            raise ConfigError(
+                f"--ckpt_path {ckpt_path} holds no teacher: it was written with "
+                "model.init_args.teacher.in_checkpoint: false, so the frozen teacher's "
+                f"weights are its own ({record.get('source')}); use them directly, or export "
+                "the student"
+            )
     if not weights:
         raise ConfigError(
             f"--ckpt_path {ckpt_path} holds no {prefix}* weights: it holds "

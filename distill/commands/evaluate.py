@@ -39,6 +39,7 @@ from distill.eval.knn import knn_accuracies
 from distill.eval.linear import fit_linear_classifier
 from distill.eval.metrics import top_k_accuracies
 from distill.modules.weights import load_state_strict
+from distill.teachers import TeacherInputs
 
 #: Learning rate of each linear-probe optimiser when ``--linear_lr`` is not given.
 DEFAULT_LINEAR_LR = {"sgd": 0.1, "lbfgs": 1.0, "adam": 0.01}
@@ -121,6 +122,9 @@ def evaluate(
     check_outputs([results_path], str(path), overwrite)  # before minutes of work, not after
     state = backbone_state(ckpt_path, submodule)
     load_state_strict(backbone, state, f"{ckpt_path} ({submodule}.backbone.*)")
+    for inputs in model.modules():  # a teacher fed its own inputs: from the data's statistics
+        if isinstance(inputs, TeacherInputs):
+            inputs.configure(datamodule.mean, datamodule.std)
     cache = FeatureCache("network")
     trainer.callbacks.append(cache)
     trainer.limit_val_batches = 1  # the cache reads the splits through its own loaders

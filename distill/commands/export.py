@@ -22,19 +22,24 @@ from distill.data.base import ViewDataModule
 from distill.errors import ConfigError
 from distill.eval.features import resolve_submodule
 from distill.modules.weights import load_state_strict
+from distill.teachers import TeacherInputs
 
 
 def backbone_spec(model: L.LightningModule, submodule: str) -> tuple[str, dict[str, Any]]:
     """The backbone name and keyword arguments of ``model``'s ``submodule``.
 
-    Read from the model's hyper-parameters: ``{submodule}_backbone`` and its ``_kwargs``
-    (KD, RKD, CRD, ReKD) or else ``backbone`` and ``backbone_kwargs`` (Supervised, MoCo,
-    DINO, whose networks share one backbone name).
+    Read from the model's hyper-parameters: a ``teacher`` spec's ``architecture`` and
+    ``kwargs`` (``distill.teachers``), ``{submodule}_backbone`` and its ``_kwargs`` (KD, RKD,
+    CRD, ReKD) or else ``backbone`` and ``backbone_kwargs`` (Supervised, MoCo, DINO, whose
+    networks share one backbone name).
 
     Raises:
         ConfigError: Neither is there.
     """
     hparams = model.hparams
+    spec = hparams.get(submodule) if submodule == "teacher" else None
+    if isinstance(spec, dict) and isinstance(spec.get("architecture"), str):
+        return spec["architecture"], dict(spec.get("kwargs") or {})
     for name_key in (f"{submodule}_backbone", "backbone"):
         if isinstance(hparams.get(name_key), str):
             return hparams[name_key], dict(hparams.get(f"{name_key}_kwargs") or {})
@@ -60,7 +65,8 @@ def export(
     (for ``resnet18`` and ``resnet50``, torchvision's, without ``fc``); they are loaded
     strictly into the backbone the model's config names before anything is written. The
     sidecar holds the backbone name, its keyword arguments, ``num_features`` and the
-    normalisation the DataModule applied (mean, std, image size, eval resize). Both files
+    normalisation the DataModule applied (mean, std, image size, eval resize; a teacher fed
+    inputs of its own, ``distill.teachers.TeacherInputs``, records those). Both files
     are written beside each other and renamed into place together: a failed write (read-only
     folder, disk full) leaves nothing new and exits with code 74.
 
@@ -91,13 +97,19 @@ def export(
     state = backbone_state(ckpt_path, submodule)
     backbone = create_backbone(name, **kwargs)
     load_state_strict(backbone, state, f"{ckpt_path} ({submodule}.backbone.*)")
+    # A teacher fed its own inputs (distill.teachers) records them, not the student's data's.
+    inputs = getattr(model, f"{submodule}_inputs", None)
+    mean, std, size = datamodule.mean, datamodule.std, datamodule.image_size
+    if isinstance(inputs, TeacherInputs):
+        mean, std = (inputs.mean, inputs.std) if inputs.mean is not None else (mean, std)
+        size = inputs.image_size or size
     info = {
         "backbone": name,
         "kwargs": kwargs,
         "num_features": backbone.num_features,
-        "mean": list(datamodule.mean),
-        "std": list(datamodule.std),
-        "image_size": datamodule.image_size,
+        "mean": list(mean),
+        "std": list(std),
+        "image_size": size,
         "eval_resize": datamodule.eval_resize,
         "checkpoint": str(ckpt_path),
         "submodule": submodule,

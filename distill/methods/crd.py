@@ -72,6 +72,12 @@ class CRD(TeacherStudent):
         require_probability(f"{MODEL}.memory_momentum", memory_momentum)
         require_choice(f"{MODEL}.sampler", sampler, ("uniform", "other_class"))
         super().__init__(ce_weight=ce_weight, **kwargs)
+        if kd_weight and self.teacher.num_classes is None:
+            raise ConfigError(
+                f"{MODEL}.kd_weight={kd_weight} matches the teacher's logits, but the teacher "
+                f"reads its {self.teacher.embedding} (teacher.embedding): set it to logits "
+                "(a teacher with a classifier), or kd_weight: 0"
+            )
         self.save_hyperparameters(ignore=["optimizer"])
         self.crd_weight = crd_weight
         self.kd_weight = kd_weight
@@ -100,7 +106,7 @@ class CRD(TeacherStudent):
             )
         self.crd = CRDLoss(
             self.student.backbone.num_features,
-            self.teacher.backbone.num_features,
+            self.teacher.num_features,
             num_rows,
             labels=labels,
             **self.crd_options,

@@ -21,6 +21,7 @@ from distill.losses.disco import consistency_loss
 from distill.methods.frozen_teacher import FrozenTeacherMethod
 from distill.modules.distributed import gather_rows
 from distill.modules.momentum_encoder import MomentumEncoder, two_views
+from distill.teachers import TeacherConfig
 
 
 class DisCo(FrozenTeacherMethod):
@@ -58,10 +59,12 @@ class DisCo(FrozenTeacherMethod):
         shuffle_bn: ``auto`` (``ranks`` under DDP, else ``split``), ``split``, ``ranks``, ``off``.
         bn_groups: Batch-norm groups of ``split``.
         consistency_weight: ``w``; 0 is MoCo-v2.
-        teacher_backbone: Backbone name of the teacher.
-        teacher_checkpoint: The teacher's weights (required; see ``FrozenTeacherMethod``).
+        teacher_backbone: Short form: backbone name of the teacher.
+        teacher_checkpoint: Short form: the teacher's weights (see ``FrozenTeacherMethod``).
         teacher_embedding: The teacher space taught: its MoCo ``head`` output or its
             ``backbone`` features (see ``FrozenTeacherMethod``).
+        teacher: The teacher's specification (``distill.teachers.TeacherSpec``), instead of
+            the short form; its weights are required.
         **kwargs: The teacher's other arguments (``teacher_backbone_kwargs``,
             ``teacher_proj_hidden_dim``, ``teacher_proj_dim``; see ``FrozenTeacherMethod``) and
             the optimisation arguments of ``Method``.
@@ -82,6 +85,7 @@ class DisCo(FrozenTeacherMethod):
         consistency_weight: float = 32.0,
         teacher_checkpoint: str | None = None,
         teacher_embedding: Literal["head", "backbone"] = "head",
+        teacher: TeacherConfig | None = None,
         **kwargs,
     ) -> None:
         require_each(require_positive_int, MODEL, queue_size=queue_size)
@@ -92,7 +96,7 @@ class DisCo(FrozenTeacherMethod):
         require_non_negative(f"{MODEL}.consistency_weight", consistency_weight)
         super().__init__(
             teacher_backbone=teacher_backbone, teacher_checkpoint=teacher_checkpoint,
-            teacher_embedding=teacher_embedding, **kwargs,
+            teacher_embedding=teacher_embedding, teacher=teacher, **kwargs,
         )  # fmt: skip
         self.save_hyperparameters(ignore=["optimizer"])
         self.temperature = temperature

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.arguments import (
@@ -16,50 +15,61 @@ from distill.arguments import (
     require_int,
     require_non_negative,
     require_positive,
-    require_positive_int,
 )
 from distill.backbones import create_backbone
 from distill.errors import ConfigError
 from distill.losses import feature_loss, kd_loss
 from distill.losses.classification import labelled_cross_entropy
 from distill.methods.base import Method
-from distill.modules import Classifier, FrozenTeacher
+from distill.methods.teacher_hooks import TeacherHooks
+from distill.modules import Classifier
 from distill.modules.projector import FeatureMapProjector, embedding_projector
-from distill.modules.teacher import TeacherWeights
-from distill.modules.timm_teacher import FrozenTimmTeacher
+from distill.teachers import TeacherConfig, TeacherSpec, build_teacher
 
-TIMM = "timm:"
+#: ``teacher_backbone``'s default; another value with ``teacher`` gives the teacher twice.
+DEFAULT_TEACHER_BACKBONE = "resnet20"
 
 
-def feature_teacher(
-    backbone: str, checkpoint: str | None, num_classes: int, backbone_kwargs: dict | None = None
-) -> tuple[nn.Module, TeacherWeights]:
-    """The frozen teacher and what puts ``checkpoint``'s weights into it at the start of a run.
-
-    ``backbone`` is a distill backbone name (a ``FrozenTeacher`` classifier: its checkpoint a
-    ``Supervised`` run, as for KD) or ``timm:<name>`` (a ``FrozenTimmTeacher``: its checkpoint
-    the timm model's state dict; ``backbone_kwargs`` go to ``timm.create_model``). Either
-    gives ``forward_features``, ``forward_dense``, ``num_features`` and ``num_classes``.
+def feature_teacher_spec(
+    teacher: TeacherConfig | None,
+    backbone: str,
+    checkpoint: str | None,
+    backbone_kwargs: dict | None,
+    kd_weight: float,
+) -> TeacherSpec:
+    """The frozen teacher's spec: ``teacher``, or the short form (``teacher_backbone``,
+    ``teacher_checkpoint``, ``teacher_backbone_kwargs``). It is read by its backbone's
+    features, with its classifier's logits too when KD needs them (``kd_weight > 0``).
 
     Raises:
-        ConfigError: No checkpoint (a frozen random teacher teaches nothing), or a name or
-            arguments that build no network.
+        ConfigError: Both forms, no weights (a frozen random teacher teaches nothing), or
+            KD with a teacher read by its features alone.
     """
-    if not checkpoint:
+    spec = TeacherSpec.from_arguments(
+        teacher,
+        dict(teacher_backbone=backbone, teacher_checkpoint=checkpoint,
+             teacher_backbone_kwargs=backbone_kwargs),
+        dict(teacher_backbone=DEFAULT_TEACHER_BACKBONE),
+    )  # fmt: skip
+    if kd_weight and spec.embedding not in ("auto", "logits"):
         raise ConfigError(
-            "model.init_args.teacher_checkpoint is required: the teacher is frozen, and a "
-            "frozen random teacher teaches nothing. Give a trained run, e.g. the run directory "
-            "of a Supervised run (runs/cifar10-5k/supervised_resnet20_seed0), a checkpoint "
-            "file, or for a timm: teacher the state dict of the timm model."
+            f"{MODEL}.kd_weight={kd_weight} matches the teacher's logits, but "
+            f"{spec.embedding_key}={spec.embedding!r} reads its features alone: set it to "
+            "logits or auto (a teacher with a classifier of num_classes classes), or kd_weight: 0"
         )
-    if backbone.startswith(TIMM):
-        teacher = FrozenTimmTeacher(backbone.removeprefix(TIMM), backbone_kwargs)
-    else:
-        teacher = FrozenTeacher(backbone, num_classes, backbone_kwargs)
-    return teacher, TeacherWeights(teacher, checkpoint)
+    allowed = ("logits",) if kd_weight else ("backbone", "logits")
+    spec = spec.resolve_embedding(allowed[0], allowed, "FeatureKD")
+    if not spec.weights:
+        raise ConfigError(
+            f"{spec.weights_key} is required: the teacher is frozen, and a frozen random "
+            "teacher teaches nothing. Give a trained run, e.g. the run directory of a "
+            "Supervised run (runs/cifar10-5k/supervised_resnet20_seed0), a checkpoint file, "
+            "or a torchvision, timm or other project's weights file (model.init_args.teacher)."
+        )
+    return spec
 
 
-class FeatureKD(Method):
+class FeatureKD(TeacherHooks, Method):
     """Feature distillation: the student's features, through a learned projector ``P``,
     regress a frozen teacher's; jointly with cross-entropy on the labelled samples.
 
@@ -75,11 +85,12 @@ class FeatureKD(Method):
     The projector trains with the student and is not part of it: ``distill export`` writes
     the student's backbone alone. ``γ·CE`` counts the labelled samples only (``-1``: none).
 
-    The teacher (``feature_teacher``) is frozen, in eval mode, and runs without gradient; a
-    distill classifier (``teacher_backbone: resnet20``) or a timm model
-    (``teacher_backbone: timm:vit_small_patch16_224``). ``teacher_image_size`` resizes the
-    student's batch for it on the device (bilinear, antialiased); its normalisation is the
-    student's. KD on logits (``α > 0``) needs the teacher's classifier over the same classes.
+    The teacher is given by ``teacher`` (``distill.teachers.TeacherSpec``: a distill run,
+    torchvision, timm, or another project's checkpoint, each fed its own inputs: a timm
+    ViT's statistics and the image size it was built for) or by the short form
+    ``teacher_backbone`` + ``teacher_checkpoint``. It is frozen, in eval mode, and runs
+    under inference mode; its classifier is read only for KD on logits (``α > 0``), which
+    needs it over the student's classes.
 
     Reference settings: FitNets' hint weight ``β = 100`` with MSE (RepDistiller, on CIFAR-100
     intermediate maps); SimReg distils without labels (``γ = 0``), its MLP and ``cosine`` at
@@ -87,8 +98,10 @@ class FeatureKD(Method):
 
     Args:
         student_backbone: Backbone name of the student.
-        teacher_backbone: A distill backbone name or ``timm:<model name>``.
-        teacher_checkpoint: The teacher's weights (required; see ``feature_teacher``).
+        teacher_backbone: Short form: the teacher's architecture, a distill backbone name,
+            ``torchvision:<model>`` or ``timm:<model>``.
+        teacher_checkpoint: Short form: the teacher's weights (a run directory, a checkpoint
+            or a weights file; see ``distill.teachers.TeacherSpec``).
         num_classes: Classes of the student's head; must match the DataModule.
         level: ``embedding`` or ``dense``.
         metric: ``mse`` or ``cosine``.
@@ -97,17 +110,18 @@ class FeatureKD(Method):
         ce_weight: ``γ``.
         kd_weight: ``α``.
         temperature: KD temperature ``T``.
-        teacher_image_size: Side the student's batch is resized to for the teacher (``None``:
-            as it is).
         student_backbone_kwargs: Extra student backbone arguments.
-        teacher_backbone_kwargs: Extra teacher backbone (or ``timm.create_model``) arguments.
+        teacher_backbone_kwargs: Short form: extra teacher backbone (or ``timm.create_model``)
+            arguments.
+        teacher: The teacher's specification (instead of the short form): architecture,
+            weights, network, embedding, mean, std, image_size, in_checkpoint, kwargs.
         **kwargs: Optimisation arguments of ``Method``.
     """
 
     def __init__(
         self,
         student_backbone: str = "resnet8",
-        teacher_backbone: str = "resnet20",
+        teacher_backbone: str = DEFAULT_TEACHER_BACKBONE,
         teacher_checkpoint: str | None = None,
         num_classes: int = 100,
         level: Literal["embedding", "dense"] = "embedding",
@@ -117,9 +131,9 @@ class FeatureKD(Method):
         ce_weight: float = 1.0,
         kd_weight: float = 0.0,
         temperature: float = 4.0,
-        teacher_image_size: int | None = None,
         student_backbone_kwargs: dict | None = None,
         teacher_backbone_kwargs: dict | None = None,
+        teacher: TeacherConfig | None = None,
         **kwargs,
     ) -> None:
         require_int(f"{MODEL}.num_classes", num_classes, 2)
@@ -131,56 +145,54 @@ class FeatureKD(Method):
             kd_weight=kd_weight,
         )  # fmt: skip
         require_positive(f"{MODEL}.temperature", temperature)
-        if teacher_image_size is not None:
-            require_positive_int(f"{MODEL}.teacher_image_size", teacher_image_size)
         if level == "dense" and projector == "mlp":
             raise ConfigError(
                 f"{MODEL}.projector='mlp' is for level: embedding; with level: dense the "
                 "projector is linear (a 1x1 convolution and batch norm) or identity"
             )
+        spec = feature_teacher_spec(
+            teacher, teacher_backbone, teacher_checkpoint, teacher_backbone_kwargs, kd_weight
+        )
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["optimizer"])
         self.num_classes = num_classes
         self.level, self.metric = level, metric
         self.feature_weight, self.ce_weight, self.kd_weight = feature_weight, ce_weight, kd_weight
         self.temperature = temperature
-        self.teacher_image_size = teacher_image_size
         student = create_backbone(student_backbone, **(student_backbone_kwargs or {}))
         self.student = Classifier(student, num_classes)
-        self.teacher, self.teacher_weights = feature_teacher(
-            teacher_backbone, teacher_checkpoint, num_classes, teacher_backbone_kwargs
-        )
-        self._check_teacher(teacher_backbone, projector)
-        widths = (self.student.num_features, self.teacher.num_features)
+        built = build_teacher(spec, num_classes=num_classes)
+        self.teacher, self.teacher_inputs = built.network, built.inputs
+        self.teacher_weights = built.weights
+        self._check_teacher(spec.architecture, projector)
         if level == "dense":
+            widths = (self.student.num_features, self.teacher.feature_map_features)
             self.projector = FeatureMapProjector(*widths, identity=projector == "identity")
         else:
+            widths = (self.student.num_features, self.teacher.num_features)
             self.projector = embedding_projector(*widths, projector)
         self.init_classification_metrics(num_classes)
 
     def _check_teacher(self, name: str, projector: str) -> None:
-        """Refuses a student and teacher this level, projector and KD cannot pair."""
-        student, teacher = self.student.num_features, self.teacher.num_features
+        """Refuses a student and teacher this level and projector cannot pair."""
+        if self.level == "dense":
+            for role, network in (("student", self.student), ("teacher", self.teacher)):
+                if not network.has_feature_map:
+                    what = self.hparams.student_backbone if role == "student" else name
+                    raise ConfigError(
+                        f"{MODEL}.level='dense' needs the {role}'s last feature map, but "
+                        f"{what!r} has none (a ViT's patch tokens come from a timm: teacher; "
+                        "distill's convolutional backbones have one)"
+                    )
+        teacher = self.teacher.num_features
+        if self.level == "dense":
+            teacher = self.teacher.feature_map_features
+        student = self.student.num_features
         if projector == "identity" and student != teacher:
             raise ConfigError(
                 f"{MODEL}.projector='identity' needs the student's and the teacher's features "
                 f"of one width, but the student's have {student} and the teacher {name!r}'s "
                 f"{teacher}; use projector: linear"
-            )
-        if self.level == "dense":
-            for role, network in (("student", self.student), ("teacher", self.teacher)):
-                if not network.has_feature_map:
-                    raise ConfigError(
-                        f"{MODEL}.level='dense' needs the {role}'s last feature map, but "
-                        f"{role}_backbone has none (a ViT's patch tokens come from a timm: "
-                        "teacher; distill's convolutional backbones have one)"
-                    )
-        if self.kd_weight and self.teacher.num_classes != self.num_classes:
-            raise ConfigError(
-                f"{MODEL}.kd_weight={self.kd_weight} matches the teacher's logits with the "
-                f"student's {self.num_classes} classes, but the teacher {name!r} has "
-                f"{self.teacher.num_classes or 'no'} classes; set kd_weight: 0, or build the "
-                "teacher with its classifier (teacher_backbone_kwargs: {num_classes: ...})"
             )
 
     def forward(self, images: Tensor) -> Tensor:
@@ -193,15 +205,8 @@ class FeatureKD(Method):
         return [self.teacher]
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)  # the teacher's inputs (TeacherHooks)
         self.check_num_classes(self.num_classes)
-
-    # After Lightning restored any checkpoint, which brings the teacher with it.
-    def on_fit_start(self) -> None:
-        self.teacher_weights.load_unless_given(self.trainer)
-        super().on_fit_start()
-
-    def on_validation_start(self) -> None:
-        self.teacher_weights.load_unless_given(self.trainer)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, targets, _ = batch
@@ -234,33 +239,12 @@ class FeatureKD(Method):
 
     @torch.no_grad()
     def teacher_outputs(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The frozen teacher's features (as ``student_outputs``) and logits, no gradient."""
-        images = self.teacher_inputs(images)
+        """The frozen teacher's features (as ``student_outputs``) and logits (``None``
+        without KD), from its own inputs (``TeacherNetwork`` feeds them)."""
         if self.level == "embedding":
             return self.teacher.forward_features(images)
         feature_map, _, logits = self.teacher.forward_dense(images)
         return feature_map, logits
-
-    def teacher_inputs(self, images: Tensor) -> Tensor:
-        """The student's batch at the teacher's input size (bilinear, antialiased).
-
-        Raises:
-            ConfigError: A teacher that takes one image size only gets another.
-        """
-        size = self.teacher_image_size
-        if size is not None and tuple(images.shape[-2:]) != (size, size):
-            images = F.interpolate(
-                images, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-            )
-        fixed = getattr(self.teacher, "fixed_input_size", None)
-        if fixed is not None and tuple(images.shape[-2:]) != fixed:
-            raise ConfigError(
-                f"the teacher {self.hparams.teacher_backbone!r} takes {fixed[0]}x{fixed[1]} "
-                f"images, the batch has {images.shape[-2]}x{images.shape[-1]}: set "
-                f"{MODEL}.teacher_image_size: {fixed[0]} (or build it for this size, "
-                "teacher_backbone_kwargs: {img_size: ...})"
-            )
-        return images
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self.evaluate_classifier(self.student, batch, "val")

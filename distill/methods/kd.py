@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -21,9 +23,11 @@ class KD(TeacherStudent):
         temperature: Softening temperature ``T``.
         kd_weight: Weight ``α`` of the soft-target term.
         ce_weight: Weight ``γ`` of the cross-entropy on labels.
-        **kwargs: ``TeacherStudent`` arguments (backbones, teacher_checkpoint, num_classes,
+        **kwargs: ``TeacherStudent`` arguments (backbones, the teacher, num_classes,
             optimisation).
     """
+
+    teacher_reads: ClassVar[tuple[str, ...]] = ("logits",)  # KD matches logits
 
     def __init__(
         self, temperature: float = 4.0, kd_weight: float = 0.9, ce_weight: float = 0.1, **kwargs

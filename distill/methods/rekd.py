@@ -22,13 +22,14 @@ from distill.backbones import create_backbone
 from distill.errors import ConfigError
 from distill.losses.contrastive import info_nce, relation_contrastive_loss
 from distill.methods.base import Method
+from distill.methods.teacher_hooks import TeacherHooks
 from distill.modules.distributed import gather_rows
 from distill.modules.momentum_encoder import MomentumEncoder, two_views
 from distill.modules.prototypes import PrototypeBank
-from distill.modules.teacher import TeacherWeights
+from distill.teachers import TeacherConfig, TeacherSpec, build_momentum_teacher, frozen_forward
 
 
-class ReKD(Method):
+class ReKD(TeacherHooks, Method):
     """ReKD: a heterogeneous teacher mines semantic relations for a lightweight student.
 
     Teacher and student are MoCo-v2 encoders (query network, EMA key network, queue). In the
@@ -47,15 +48,19 @@ class ReKD(Method):
     teacher term when it is frozen); the relation carries no gradient to the teacher.
 
     The teacher is online (trained from scratch with the student, as in the paper) or
-    initialised from ``teacher_checkpoint`` (a MoCo, ReKD or Supervised run, or a state
-    dict; see ``MomentumEncoder.load_pretrained_state``) and then trained on or frozen, the
-    setting of SEED and DisCo. The checkpoint is read at the start of a fit (or a
-    validation) that does not restore one: a resumed run, ``distill eval`` and ``distill
-    export`` take the teacher from the run's own checkpoint
-    (``distill.modules.teacher.TeacherWeights``). A frozen teacher stays in eval mode; with
-    ``teacher_embedding: backbone`` it relates images by its backbone features (for a
-    checkpoint without a trained MoCo head). ``relation: labels`` relates images by their
-    true labels instead: an oracle, a diagnostic upper bound, never a self-supervised result.
+    initialised from its weights (``teacher``, a ``distill.teachers.TeacherSpec``, or the
+    short form ``teacher_checkpoint``: a MoCo, ReKD or Supervised run, an official MoCo, DINO
+    or other project's checkpoint, a state dict) and then trained on or frozen, the setting
+    of SEED and DisCo: a momentum encoder's query and key encoders both come from the file
+    (``distill.teachers.network.fill_momentum_encoder``). The weights are read at the start
+    of a fit (or a validation) that does not restore a checkpoint: a resumed run,
+    ``distill eval`` and ``distill export`` take the teacher from the run's own checkpoint
+    (``distill.teachers.TeacherWeights``). A frozen teacher stays in eval mode and runs
+    under ``torch.inference_mode``; with ``teacher_embedding: backbone`` it relates images
+    by its backbone features (for a checkpoint without a trained MoCo head; with ``head``, a
+    file without one is refused, never given a random head). ``relation: labels`` relates
+    images by their true labels instead: an oracle, a diagnostic upper bound, never a
+    self-supervised result.
 
     The paper does not say which teacher encoder gives the anchor embedding ``z``. By
     default (``anchor_embedding: key``) it is the teacher's key of the anchor image, from
@@ -99,10 +104,13 @@ class ReKD(Method):
         kmeans_restarts: k-means runs; the best is kept.
         anchor_embedding: The teacher embedding of the anchor that is assigned to a
             prototype and updates the bank: its ``key`` (default) or its ``query``.
-        teacher_checkpoint: Initial teacher weights (``None``: random, online teacher).
-        teacher_frozen: Keep the teacher fixed (needs ``teacher_checkpoint``).
+        teacher_checkpoint: Short form: initial teacher weights (``None``: random, online).
+        teacher_frozen: Keep the teacher fixed (needs its weights).
         teacher_embedding: The teacher space of the relation: its MoCo ``head`` output or
-            its ``backbone`` features (needs ``teacher_frozen``).
+            its ``backbone`` features (needs ``teacher_frozen``); with ``teacher``, its
+            ``embedding`` says it.
+        teacher: The teacher's specification (instead of ``teacher_backbone``,
+            ``teacher_checkpoint``, ``teacher_backbone_kwargs``, ``teacher_embedding``).
         **kwargs: Optimisation arguments of ``Method`` (optimizer, lr_schedule, ...).
     """
 
@@ -134,6 +142,7 @@ class ReKD(Method):
         teacher_checkpoint: str | None = None,
         teacher_frozen: bool = False,
         teacher_embedding: Literal["head", "backbone"] = "head",
+        teacher: TeacherConfig | None = None,
         **kwargs,
     ) -> None:
         check_arguments(
@@ -143,9 +152,9 @@ class ReKD(Method):
             prototype_momentum=prototype_momentum, prototype_init_step=prototype_init_step,
             kmeans_iterations=kmeans_iterations, kmeans_restarts=kmeans_restarts,
             relation=relation, anchor_embedding=anchor_embedding,
-            teacher_checkpoint=teacher_checkpoint, teacher_frozen=teacher_frozen,
-            teacher_embedding=teacher_embedding,
         )  # fmt: skip
+        spec = teacher_spec(teacher, teacher_backbone, teacher_checkpoint,
+                            teacher_backbone_kwargs, teacher_embedding, teacher_frozen)  # fmt: skip
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["optimizer"])
         self.anchor_embedding = anchor_embedding
@@ -160,17 +169,11 @@ class ReKD(Method):
             create_backbone(student_backbone, **(student_backbone_kwargs or {})),
             proj_hidden_dim, proj_dim, queue_size, shuffle_bn=shuffle_bn, bn_groups=bn_groups,
         )  # fmt: skip
-        self.teacher = MomentumEncoder(
-            create_backbone(teacher_backbone, **(teacher_backbone_kwargs or {})),
-            proj_hidden_dim, proj_dim if teacher_embedding == "head" else None, queue_size,
-            track_labels=True, shuffle_bn=shuffle_bn, bn_groups=bn_groups,
-        )  # fmt: skip
-        self.teacher_weights = TeacherWeights(
-            self.teacher, teacher_checkpoint, "random initialisation (online teacher)"
+        built = build_momentum_teacher(
+            spec, teacher_frozen, proj_hidden_dim, proj_dim, queue_size, shuffle_bn, bn_groups
         )
-        if teacher_frozen:
-            self.teacher.requires_grad_(False)
-            self.teacher.eval()
+        self.teacher, self.teacher_inputs = built.network, built.inputs
+        self.teacher_weights = built.weights
         self.prototypes = PrototypeBank(
             num_prototypes, self.teacher.out_dim, threshold, prototype_momentum,
             kmeans_iterations, kmeans_restarts,
@@ -195,18 +198,13 @@ class ReKD(Method):
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher] if self.teacher_frozen else []
 
-    # After Lightning restored any checkpoint, which brings the teacher with it.
     def on_fit_start(self) -> None:
-        self.teacher_weights.load_unless_given(self.trainer)
-        super().on_fit_start()
+        super().on_fit_start()  # the teacher's weights (TeacherHooks)
         if self.relation == "labels":
             rank_zero_warn(
                 "ReKD relation=labels: positives are mined from the true labels (an oracle "
                 "upper bound for diagnostics), so this run is not self-supervised"
             )
-
-    def on_validation_start(self) -> None:
-        self.teacher_weights.load_unless_given(self.trainer)
 
     def teacher_embeddings(self, views: list[Tensor]) -> tuple[Tensor | None, Tensor, Tensor]:
         """The teacher's queries (``None`` when frozen), keys and (detached) anchors."""
@@ -214,12 +212,11 @@ class ReKD(Method):
             queries, keys = self.teacher.queries_and_keys(views, self.symmetric)
             anchors = keys if self.anchor_embedding == "key" else queries
             return queries, keys, anchors.detach()
-        with torch.no_grad():
-            order = [1, 0] if self.symmetric else [1]
-            keys = torch.cat([self.teacher.keys(views[v]) for v in order])
-            anchors = keys
-            if self.anchor_embedding == "query":
-                anchors = torch.cat([self.teacher(views[1 - v]) for v in order])
+        order = [1, 0] if self.symmetric else [1]
+        keys = frozen_forward(lambda: torch.cat([self.teacher.keys(views[v]) for v in order]))
+        anchors = keys
+        if self.anchor_embedding == "query":
+            anchors = frozen_forward(lambda: torch.cat([self.teacher(views[1 - v]) for v in order]))
         return None, keys, anchors
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
@@ -337,16 +334,40 @@ def check_arguments(**args) -> None:
     for name, choices in (
         ("anchor_embedding", ("key", "query")),
         ("relation", ("teacher", "labels")),
-        ("teacher_embedding", ("head", "backbone")),
     ):
         require_choice(f"{MODEL}.{name}", args[name], choices)
-    if args["teacher_frozen"] and not args["teacher_checkpoint"]:
+
+
+def teacher_spec(
+    teacher: TeacherConfig | None,
+    backbone: str,
+    checkpoint: str | None,
+    backbone_kwargs: dict | None,
+    embedding: str,
+    frozen: bool,
+) -> TeacherSpec:
+    """ReKD's teacher spec (``teacher``, or the short form), checked for what cannot work.
+
+    Raises:
+        ConfigError: Both forms, a frozen teacher without weights, or an online teacher that
+            would relate images by its backbone features.
+    """
+    require_choice(f"{MODEL}.teacher_embedding", embedding, ("head", "backbone"))
+    spec = TeacherSpec.from_arguments(
+        teacher,
+        dict(teacher_backbone=backbone, teacher_checkpoint=checkpoint,
+             teacher_backbone_kwargs=backbone_kwargs, teacher_embedding=embedding),
+        dict(teacher_backbone="resnet50", teacher_embedding="head"),
+        embedding_key=f"{MODEL}.teacher_embedding",
+    ).resolve_embedding(embedding, ("head", "backbone"), "ReKD")  # fmt: skip
+    if frozen and not spec.weights:
         raise ConfigError(
-            "model.init_args.teacher_frozen=true needs model.init_args.teacher_checkpoint "
-            "(a frozen random teacher relates nothing)"
+            f"{MODEL}.teacher_frozen=true needs {spec.weights_key} (a frozen random teacher "
+            "relates nothing)"
         )
-    if args["teacher_embedding"] == "backbone" and not args["teacher_frozen"]:
+    if spec.embedding == "backbone" and not frozen:
         raise ConfigError(
-            "model.init_args.teacher_embedding=backbone needs teacher_frozen=true: an online "
-            "teacher learns through its MoCo head, whose space then holds the relation"
+            f"{spec.embedding_key}=backbone needs teacher_frozen=true: an online teacher "
+            "learns through its MoCo head, whose space then holds the relation"
         )
+    return spec

@@ -16,6 +16,7 @@ from distill.methods.frozen_teacher import FrozenTeacherMethod
 from distill.modules.distributed import gather_rows
 from distill.modules.heads import MultiCropWrapper
 from distill.modules.queue import KeyQueue
+from distill.teachers import TeacherConfig
 
 
 class SEED(FrozenTeacherMethod):
@@ -52,10 +53,12 @@ class SEED(FrozenTeacherMethod):
         queue_size: ``Q``, queued teacher embeddings.
         student_temperature: ``τ_s``.
         teacher_temperature: ``τ_t``.
-        teacher_backbone: Backbone name of the teacher.
-        teacher_checkpoint: The teacher's weights (required; see ``FrozenTeacherMethod``).
+        teacher_backbone: Short form: backbone name of the teacher.
+        teacher_checkpoint: Short form: the teacher's weights (see ``FrozenTeacherMethod``).
         teacher_embedding: The teacher space taught: its MoCo ``head`` output or its
             ``backbone`` features (see ``FrozenTeacherMethod``).
+        teacher: The teacher's specification (``distill.teachers.TeacherSpec``), instead of
+            the short form; its weights are required.
         **kwargs: The teacher's other arguments (``teacher_backbone_kwargs``,
             ``teacher_proj_hidden_dim``, ``teacher_proj_dim``; see ``FrozenTeacherMethod``) and
             the optimisation arguments of ``Method``.
@@ -72,6 +75,7 @@ class SEED(FrozenTeacherMethod):
         teacher_temperature: float = 0.01,
         teacher_checkpoint: str | None = None,
         teacher_embedding: Literal["head", "backbone"] = "head",
+        teacher: TeacherConfig | None = None,
         **kwargs,
     ) -> None:
         require_positive_int(f"{MODEL}.queue_size", queue_size)
@@ -81,7 +85,7 @@ class SEED(FrozenTeacherMethod):
         require_positive(f"{MODEL}.teacher_temperature", teacher_temperature)
         super().__init__(
             teacher_backbone=teacher_backbone, teacher_checkpoint=teacher_checkpoint,
-            teacher_embedding=teacher_embedding, **kwargs,
+            teacher_embedding=teacher_embedding, teacher=teacher, **kwargs,
         )  # fmt: skip
         self.save_hyperparameters(ignore=["optimizer"])
         self.student_temperature = student_temperature

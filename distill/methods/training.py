@@ -88,7 +88,11 @@ def keep_features(
         def keep(backbone, inputs, output, name=name) -> None:
             if name not in kept:
                 kept.add(name)
-                features[name] = output[:rows].detach()
+                kept_rows = output[:rows].detach()
+                if kept_rows.is_inference():  # a frozen teacher's: an ordinary tensor for probes
+                    with torch.inference_mode(False):
+                        kept_rows = kept_rows.clone()
+                features[name] = kept_rows
 
         handles.append(getattr(module, name).backbone.register_forward_hook(keep))
     try:

@@ -1,16 +1,14 @@
-"""Reusable stateful parts: heads (and the multi-crop wrapper), a frozen teacher, weight
-loading, key queues and momentum encoders (MoCo), the prototype bank (ReKD)."""
+"""Reusable stateful parts: heads (and the multi-crop wrapper), weight loading, key queues and
+momentum encoders (MoCo), the prototype bank (ReKD). Teachers: ``distill.teachers``."""
 
 from distill.modules.heads import Classifier, MultiCropWrapper, backbone_features
 from distill.modules.momentum_encoder import MomentumEncoder
 from distill.modules.prototypes import PrototypeBank
 from distill.modules.queue import KeyQueue
-from distill.modules.teacher import FrozenTeacher
 from distill.modules.weights import load_weights
 
 __all__ = [
     "Classifier",
-    "FrozenTeacher",
     "KeyQueue",
     "MomentumEncoder",
     "MultiCropWrapper",

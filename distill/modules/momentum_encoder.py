@@ -19,12 +19,6 @@ from distill.modules.shuffle_bn import (
     resolve_shuffle_bn,
     shuffled_forward,
 )
-from distill.modules.weights import (
-    load_state_strict,
-    read_state_dict,
-    resolve_checkpoint,
-    sub_state_dict,
-)
 
 
 def two_views(batch) -> tuple[list[Tensor], Tensor]:
@@ -41,23 +35,6 @@ def two_views(batch) -> tuple[list[Tensor], Tensor]:
             "data.init_args.views.class_path: distill.data.TwoViews"
         )
     return list(views), targets
-
-
-def encoder_state(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
-    """A ``MomentumEncoder``-keyed state dict found in a checkpoint's, and what it was.
-
-    See ``MomentumEncoder.load_pretrained`` for the order in which the forms are tried.
-    """
-    for prefix, kind in (("teacher.", "ReKD's teacher"), ("student.", "MoCo's student")):
-        if any(key.startswith(f"{prefix}key_backbone.") for key in state):
-            return sub_state_dict(state, prefix), f"the momentum encoder of {kind}"
-    if any(key.startswith("student.backbone.") for key in state):
-        state, source = sub_state_dict(state, "student.backbone."), "a student backbone"
-    elif any(key.startswith("backbone.") for key in state):
-        return state, "an encoder state dict"
-    else:
-        source = "a backbone state dict"
-    return {f"backbone.{key}": value for key, value in state.items()}, source
 
 
 class MomentumEncoder(nn.Module):
@@ -147,51 +124,3 @@ class MomentumEncoder(nn.Module):
         """``θ_k ← momentum·θ_k + (1 − momentum)·θ_q`` for the backbone and the head."""
         update_momentum(self.backbone, self.key_backbone, momentum)
         update_momentum(self.head, self.key_head, momentum)
-
-    def load_pretrained(self, path: str) -> str:
-        """Loads encoder weights from a checkpoint; returns what was loaded, for the log.
-
-        ``path`` is a checkpoint or state-dict file, or a run directory (the ``last.ckpt``
-        of its newest finished run; see ``distill.modules.weights.resolve_checkpoint``).
-        What is taken from it: see ``load_pretrained_state``.
-
-        Raises:
-            ConfigError: Unreadable file, or weights that do not fit this encoder (the
-                message names the file, what it was read as and the keys that differ).
-        """
-        path = resolve_checkpoint(path)
-        return self.load_pretrained_state(read_state_dict(path), path)
-
-    @torch.no_grad()
-    def load_pretrained_state(self, state: dict[str, Tensor], source: str) -> str:
-        """Loads encoder weights from a checkpoint's state dict read from ``source``; returns
-        what was loaded, for the log.
-
-        Looked for in this order: the ``teacher.`` momentum encoder of a ReKD checkpoint,
-        the ``student.`` momentum encoder of a MoCo checkpoint, the ``student.backbone`` of
-        any other method's checkpoint (e.g. Supervised), then a plain state dict of a
-        ``MomentumEncoder`` or of the backbone alone. The backbone is required; the head
-        and the key encoder are taken when the file has them (a missing key encoder is a
-        copy of the query encoder, a missing head stays as initialised). The queue is
-        never loaded: it must hold the keys of this run's images.
-
-        Raises:
-            ConfigError: Weights that do not fit this encoder (the message names the file,
-                what it was read as and the keys that differ).
-        """
-        state, kind = encoder_state(state)
-        where = f"{source!r} (read as {kind})"
-        load_state_strict(self.backbone, sub_state_dict(state, "backbone."), where)
-        loaded = ["backbone"]
-        has_head = any(True for _ in self.head.parameters())  # False for no head
-        if has_head and sub_state_dict(state, "head."):
-            load_state_strict(self.head, sub_state_dict(state, "head."), where)
-            loaded.append("head")
-        self.key_backbone.load_state_dict(self.backbone.state_dict())
-        self.key_head.load_state_dict(self.head.state_dict())
-        if sub_state_dict(state, "key_backbone.") and (not has_head or "head" in loaded):
-            load_state_strict(self.key_backbone, sub_state_dict(state, "key_backbone."), where)
-            if has_head:
-                load_state_strict(self.key_head, sub_state_dict(state, "key_head."), where)
-            loaded.append("key encoder")
-        return f"{', '.join(loaded)} from {where}"

@@ -10,11 +10,13 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.compat.tensorflow_stub.io import gfile
 
 from distill.cli import main
+from distill.methods import Supervised
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -298,6 +300,65 @@ def test_a_run_prints_no_advertisement_and_no_empty_flops_column(tmp_path):
     assert result.returncode == 0, output[-3000:]
     assert "Trainable params" in output  # the summary is still there
     assert "litlogger" not in output and "FLOPs" not in output and "Total Flops" not in output
+
+
+def kd_spec_config(tmp_path, teacher: dict) -> str:
+    config = tmp_path / "kd.yaml"
+    model = {"student_backbone": "resnet8", "num_classes": 10, "teacher": teacher}
+    config.write_text(yaml.safe_dump({
+        "seed_everything": 0,
+        "model": {"class_path": "distill.methods.KD", "init_args": model},
+        "data": {"class_path": "distill.data.DigitsDataModule"},
+        "trainer": {"default_root_dir": str(tmp_path / "run"), "enable_progress_bar": False},
+    }))  # fmt: skip
+    return str(config)
+
+
+def test_a_misspelt_teacher_key_is_named_with_the_nearest(tmp_path, capsys):
+    config = kd_spec_config(tmp_path, {"architecture": "resnet14", "weigths": "t.ckpt"})
+    code, _, err = run_cli(["fit", "--config", config], capsys)
+    assert code == 2
+    assert err.splitlines()[0] == (
+        "distill: error: unknown key 'weigths' in model.init_args.teacher; did you mean 'weights'?"
+    )
+
+
+def test_a_missing_teacher_file_is_refused_before_any_log_folder(tmp_path, capsys):
+    missing = tmp_path / "r50.pth"
+    config = kd_spec_config(
+        tmp_path, {"architecture": "torchvision:resnet50", "weights": str(missing)}
+    )
+    code, _, err = run_cli(["fit", "--config", config], capsys)
+    assert code == 2
+    assert f"distill: error: model.init_args.teacher.weights: '{missing}' does not exist" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.filterwarnings("ignore:resuming from")  # settings changed on purpose
+def test_resuming_a_run_that_left_its_teacher_out_says_the_teacher_is_read_again(tmp_path, capsys):
+    torch.manual_seed(0)
+    teacher_file = tmp_path / "teacher.ckpt"
+    torch.save({"state_dict": Supervised(backbone="resnet14", num_classes=10).state_dict()},
+               teacher_file)  # fmt: skip
+    teacher = {"architecture": "resnet14", "weights": str(teacher_file), "in_checkpoint": False}
+    config = kd_spec_config(tmp_path, teacher)
+    code, _, err = run_cli(["fit", "--config", config, "--trainer.max_steps", "1"], capsys)
+    assert code == 0, err
+    last = tmp_path / "run" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    moved = tmp_path / "moved.ckpt"
+    teacher_file.rename(moved)  # the same weights, somewhere else
+    args = ["fit", "--config", config, "--trainer.max_steps", "2", "--ckpt_path", str(last),
+            "--model.init_args.teacher", f"{{architecture: resnet14, weights: {moved}, "
+            "in_checkpoint: false}"]  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    (message,) = [str(w.message) for w in caught if "model arguments differ" in str(w.message)]
+    assert (
+        "(read: the checkpoint left the teacher out; its weights must be the ones it recorded)"
+        in message
+    )
 
 
 def short_fit(root, *extra) -> list[str]:

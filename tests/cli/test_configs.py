@@ -1,9 +1,10 @@
-"""Every committed config parses, names a known backbone (or timm model), and round-trips
-print_config."""
+"""Every committed config parses, names known backbones (distill's, torchvision's or timm's,
+the teacher spec's architecture too), and round-trips print_config."""
 
 from pathlib import Path
 
 import pytest
+import torchvision
 import yaml
 
 from distill.backbones import available_backbones
@@ -13,7 +14,12 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml
 
 
 def known_backbone(name: str) -> bool:
-    """A distill backbone, or ``timm:<model>`` naming a timm model (when timm is installed)."""
+    """A distill backbone, ``torchvision:<model>`` naming a torchvision classification model,
+    or ``timm:<model>`` naming a timm model (when timm is installed)."""
+    if name.startswith("torchvision:"):
+        return name.removeprefix("torchvision:") in torchvision.models.list_models(
+            module=torchvision.models
+        )
     if name.startswith("timm:"):
         timm = pytest.importorskip("timm")
         return timm.is_model(name.removeprefix("timm:"))
@@ -29,6 +35,7 @@ def test_config_parses_with_known_backbone(path, capsys):
     config = yaml.safe_load(capsys.readouterr().out)
     model = config["model"]["init_args"]
     backbones = [model.get(k) for k in ("backbone", "student_backbone", "teacher_backbone")]
+    backbones.append((model.get("teacher") or {}).get("architecture"))  # the teacher spec's
     assert all(known_backbone(b) for b in backbones if b is not None), backbones
     assert any(b is not None for b in backbones)
     assert config["trainer"]["max_epochs"] >= 1

@@ -1,4 +1,5 @@
-"""Tiny runs the command tests read: a Supervised (quickstart), a DINO and a KD checkpoint."""
+"""Tiny runs the command tests read: a Supervised (quickstart), a DINO and KD checkpoints (one
+taught by a distill run, two by a torchvision teacher given as a teacher spec)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
 from distill.cli import main
 from distill.data import DigitsDataModule
@@ -100,6 +102,45 @@ def kd_run(tmp_path_factory, supervised_ckpt) -> tuple[str, Path]:
     checkpoint = tiny_fit(str(config), root / "student", steps=2)
     shutil.rmtree(teacher_run)
     return str(config), checkpoint
+
+
+SPEC_KD_CONFIG = """
+seed_everything: 0
+model:
+  class_path: distill.methods.KD
+  init_args:
+    student_backbone: resnet8
+    num_classes: 10
+    teacher: {architecture: torchvision:resnet18, weights: WEIGHTS, image_size: 32,
+              in_checkpoint: IN_CHECKPOINT}
+data:
+  class_path: distill.data.DigitsDataModule
+  init_args: {batch_size: 32}
+"""
+
+
+def spec_kd(root: Path, in_checkpoint: bool) -> tuple[str, Path, Path]:
+    """``(config, last.ckpt, teacher weights)`` of a KD student taught for 2 steps by a
+    torchvision ResNet-18 file (ImageNet statistics from torchvision's metadata, 32 px)."""
+    torch.manual_seed(0)
+    weights = root / "resnet18_digits.pth"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), weights)
+    config = root / "kd.yaml"
+    text = SPEC_KD_CONFIG.replace("WEIGHTS", str(weights))
+    config.write_text(text.replace("IN_CHECKPOINT", str(in_checkpoint).lower()))
+    return str(config), tiny_fit(str(config), root / "student", steps=2), weights
+
+
+@pytest.fixture(scope="session")
+def spec_kd_run(tmp_path_factory) -> tuple[str, Path, Path]:
+    """``spec_kd`` with the teacher in the student's checkpoints."""
+    return spec_kd(tmp_path_factory.mktemp("spec_kd"), in_checkpoint=True)
+
+
+@pytest.fixture(scope="session")
+def left_out_kd_run(tmp_path_factory) -> tuple[str, Path, Path]:
+    """``spec_kd`` with the teacher left out of them (``in_checkpoint: false``)."""
+    return spec_kd(tmp_path_factory.mktemp("left_out_kd"), in_checkpoint=False)
 
 
 @pytest.fixture

@@ -270,3 +270,17 @@ def test_backbone_of_a_10_class_checkpoint_is_probed_on_3_class_data(
     with torch.no_grad():
         correct = int((classifier(val_x).argmax(1) == val_y).sum())
     assert results["linear"]["top1"] == pytest.approx(correct / len(val_y), abs=1e-6)
+
+
+def test_eval_feeds_a_teacher_its_own_inputs(spec_kd_run, tmp_path, cli):
+    # The teacher takes ImageNet statistics (torchvision's metadata): the digits' batch is
+    # re-normalised for it, which needs the data's statistics set before the features.
+    config, checkpoint, _ = spec_kd_run
+    output = tmp_path / "teacher.eval.json"
+    code, _, err = cli([
+        "eval", "--config", config, "--ckpt_path", checkpoint, "--submodule", "teacher",
+        "--knn_k", "5", "--linear_epochs", "1", "--output", output,
+    ])  # fmt: skip
+    assert code == 0, err
+    results = json.loads(output.read_text())
+    assert results["submodule"] == "teacher" and results["num_features"] == 512

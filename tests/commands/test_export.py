@@ -220,3 +220,37 @@ def test_help_documents_overwrite(cli):
     code, out, _ = cli(["export", "--help"])
     assert code == 0
     assert "--overwrite" in out and "Replace an earlier export" in out
+
+
+def test_a_torchvision_teacher_exports_with_its_name_and_its_own_inputs(spec_kd_run, tmp_path, cli):
+    config, checkpoint, _ = spec_kd_run
+    weights = tmp_path / "teacher.pt"
+    args = ["export", "--config", config, "--ckpt_path", checkpoint, "--output", weights]
+    code, _, err = cli(args + ["--submodule", "teacher"])
+    assert code == 0, err
+    info = json.loads(weights.with_suffix(".json").read_text())
+    assert info["backbone"] == "torchvision:resnet18" and info["num_features"] == 512
+    # What the teacher was fed, not the digits' statistics.
+    assert info["mean"] == [0.485, 0.456, 0.406] and info["image_size"] == 32
+    state = checkpoint_state(checkpoint)
+    backbone = load_pretrained(str(weights))
+    for name, value in backbone.state_dict().items():
+        assert torch.equal(value, state[f"teacher.backbone.{name}"]), name
+
+
+def test_a_checkpoint_that_left_its_teacher_out_exports_the_student(left_out_kd_run, tmp_path, cli):
+    config, checkpoint, teacher = left_out_kd_run
+    assert not any(k.startswith("teacher.") for k in checkpoint_state(checkpoint))
+    args = ["export", "--config", config, "--ckpt_path", checkpoint]
+    code, _, err = cli(args + ["--output", tmp_path / "student.pt"])
+    assert code == 0, err
+    state = checkpoint_state(checkpoint)
+    for name, value in torch.load(tmp_path / "student.pt", weights_only=True).items():
+        assert torch.equal(value, state[f"student.backbone.{name}"]), name
+    code, _, err = cli(args + ["--submodule", "teacher", "--output", tmp_path / "teacher.pt"])
+    assert code == 2
+    assert (
+        f"distill: error: --ckpt_path {checkpoint} holds no teacher: it was written with "
+        "model.init_args.teacher.in_checkpoint: false, so the frozen teacher's weights are its "
+        f"own ({teacher}); use them directly, or export the student"
+    ) in err

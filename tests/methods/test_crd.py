@@ -141,3 +141,22 @@ def test_a_last_batch_of_one_trains_and_moves_its_bank_row(tmp_path):
 def test_bad_numbers_are_one_message_naming_the_key(argument, value, valid):
     message = refused(CRD, teacher_checkpoint="teacher.ckpt", **{argument: value})
     assert message == f"model.init_args.{argument}={value!r}; valid: {valid}"
+
+
+def test_crd_reads_a_teacher_without_classifier_and_needs_one_for_kd(tmp_path):
+    # An official MoCo checkpoint's encoder: features only, MoCo's fc is its projection.
+    torch.manual_seed(0)
+    backbone = Supervised(backbone="resnet14", num_classes=5).student.backbone.state_dict()
+    path = tmp_path / "moco.pth.tar"
+    torch.save({"state_dict": {f"module.encoder_q.{k}": v for k, v in backbone.items()}}, path)
+    teacher = {"architecture": "resnet14", "weights": str(path), "embedding": "backbone"}
+    model = CRD(student_backbone="resnet8", num_classes=5, num_negatives=16, embed_dim=8,
+                teacher=teacher, optimizer=lambda p: torch.optim.SGD(p, lr=0.05))  # fmt: skip
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(model, datamodule=ColourDataModule())
+    assert model.teacher.head is None and "train/crd" in trainer.callback_metrics
+    for name, value in backbone.items():
+        assert torch.equal(model.teacher.backbone.state_dict()[name], value), name
+    with pytest.raises(ConfigError, match=r"kd_weight=1.0 matches the teacher's logits, but the "
+                       r"teacher reads its backbone \(teacher.embedding\)"):  # fmt: skip
+        CRD(student_backbone="resnet8", num_classes=5, kd_weight=1.0, teacher=teacher)

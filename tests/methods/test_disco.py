@@ -157,7 +157,7 @@ def test_a_supervised_teacher_sets_the_students_embedding_width(tmp_path, teache
     model = make(teacher_checkpoint, teacher_embedding="backbone")
     assert model.student.queue.keys.shape == (30, 64)  # resnet14's features
     quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, datamodule=colours())
-    assert model.teacher_weights.source.startswith("backbone from")
+    assert set(model.teacher_weights.report.loaded) == {"backbone"}  # no head of the file's
 
 
 def test_resume_equals_uninterrupted_fit_without_the_teachers_file(tmp_path, moco_checkpoint):
@@ -198,3 +198,16 @@ def test_single_view_batches_and_teachers_without_weights_are_refused(tmp_path, 
 def test_bad_arguments_are_one_message_naming_the_key(moco_checkpoint, argument, value, valid):
     message = refused(make, checkpoint=moco_checkpoint, **{argument: value})
     assert message == f"model.init_args.{argument}={value!r}; valid: {valid}"
+
+
+@OUTSIDE_TRAINER
+def test_the_teacher_spec_gives_the_teacher_of_the_short_form(moco_checkpoint):
+    short = make(moco_checkpoint)
+    spec = {"architecture": "resnet14", "weights": moco_checkpoint, "embedding": "head"}
+    specified = make(None, teacher_checkpoint=None, teacher_backbone="resnet50", teacher=spec)
+    for model in (short, specified):
+        model.teacher_weights.load()
+    assert specified.teacher.state_dict().keys() == short.teacher.state_dict().keys()
+    for name, value in short.teacher.state_dict().items():
+        assert torch.equal(specified.teacher.state_dict()[name], value), name
+    assert specified.hparams.teacher == spec  # recorded as given, plain values

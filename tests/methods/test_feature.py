@@ -23,15 +23,17 @@ timm = pytest.importorskip("timm")
 
 OPTIMIZER = lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)  # noqa: E731
 #: A ViT small enough for a test: 32 px images in 8 px patches (a 4 x 4 grid), width 32.
-TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
+TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 VIT = "timm:vit_tiny_patch16_224"
+#: The student's statistics in the tests (CIFAR-10's); timm's ViT expects mean = std = 0.5.
+STUDENT_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
 
 @pytest.fixture(scope="module")
 def vit_checkpoint(tmp_path_factory):
     """A timm ViT's state dict, as ``torch.save(model.state_dict())`` writes it."""
     torch.manual_seed(5)
-    vit = timm.create_model(VIT.removeprefix("timm:"), pretrained=False, **TINY_VIT)
+    vit = timm.create_model(VIT.removeprefix("timm:"), pretrained=False, num_classes=5, **TINY_VIT)
     path = tmp_path_factory.mktemp("vit") / "vit.pth"
     torch.save(vit.state_dict(), path)
     return str(path)
@@ -46,8 +48,11 @@ def make(checkpoint, **kwargs):
 
 
 def make_dense(checkpoint, **kwargs):
+    """A dense FeatureKD with the tiny ViT teacher, fed the tests' student statistics."""
     defaults = dict(teacher_backbone=VIT, teacher_backbone_kwargs=TINY_VIT, level="dense")
-    return make(checkpoint, **{**defaults, **kwargs})
+    model = make(checkpoint, **{**defaults, **kwargs})
+    model.teacher_inputs.configure(*STUDENT_STATS)  # what a trainer does at setup
+    return model
 
 
 def batch(size=6, seed=0):
@@ -108,11 +113,14 @@ def test_backward_reaches_the_student_and_projector_only(vit_checkpoint):
 
 def hand_dense_loss(model, images, metric, column_major=False):
     """Float64 by hand: the ViT's patch tokens (timm's forward_features without the class
-    token) put on the 4 x 4 grid row-major; the student's 8 x 8 map through the 1x1 conv and
+    token) of the batch re-normalised from the student's statistics to timm's (0.5, 0.5), put
+    on the 4 x 4 grid row-major; the student's 8 x 8 map through the 1x1 conv and
     eval batch norm, then bilinearly halved (each grid cell the mean of a 2 x 2 block); the
     distance per token, averaged. ``column_major``: the tokens put on the grid column by
     column instead (a wrong order, for contrast)."""
-    tokens = model.teacher.network.forward_features(images)  # [B, 1 + 16, 32]
+    mean, std = (torch.tensor(v, dtype=torch.float64)[:, None, None] for v in STUDENT_STATS)
+    teacher_images = (images * std + mean - 0.5) / 0.5
+    tokens = model.teacher.backbone.forward_features(teacher_images)  # [B, 1 + 16, 32]
     teacher = torch.zeros(len(images), 32, 4, 4, dtype=torch.float64)
     for index in range(16):
         row, column = (index % 4, index // 4) if column_major else (index // 4, index % 4)
@@ -139,6 +147,7 @@ def test_dense_loss_matches_the_tokens_on_the_grid_by_hand(vit_checkpoint, metri
     norm.running_mean.uniform_(-0.5, 0.5)
     norm.running_var.uniform_(0.5, 2.0)
     model = model.double().eval()
+    model.teacher_inputs.configure(*STUDENT_STATS)  # its coefficients again, now in float64
     images = batch()[0].double()
     loss = model.training_step((images, torch.zeros(6, dtype=torch.long), torch.arange(6)), 0)
     with torch.no_grad():
@@ -163,8 +172,10 @@ def test_a_dense_fit_trains_student_and_projector_and_leaves_the_vit_teacher(
     projector_before = copy.deepcopy(model.projector.state_dict())
     trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1)
     trainer.fit(model, datamodule=ColourDataModule(batch_size=10))
-    for name, value in teacher_file_state(vit_checkpoint).items():
-        assert torch.equal(model.teacher.network.state_dict()[name], value), name
+    teacher = model.teacher.state_dict()
+    for name, value in teacher_file_state(vit_checkpoint).items():  # its classifier too (KD)
+        own = name if name.startswith("head.") else f"backbone.{name}"
+        assert torch.equal(teacher[own], value), name
     assert not model.teacher.training and not any(
         p.requires_grad for p in model.teacher.parameters()
     )
@@ -242,23 +253,28 @@ def test_export_writes_the_student_backbone_without_the_projector(vit_checkpoint
         assert torch.equal(value, backbone[name]), name
 
 
-def test_the_teacher_sees_the_batch_resized_to_its_input_size(tmp_path):
+def test_the_teacher_sees_the_batch_resized_to_the_size_it_was_built_for(tmp_path):
     torch.manual_seed(0)
     vit = dict(TINY_VIT, img_size=64, patch_size=16)  # 64 px in 16 px patches: a 4 x 4 grid
     path = tmp_path / "vit.pth"
     torch.save(timm.create_model("vit_tiny_patch16_224", **vit).state_dict(), path)
-    model = make_dense(str(path), teacher_backbone_kwargs=vit, teacher_image_size=64)
+    model = make_dense(str(path), teacher_backbone_kwargs=vit)
+    model.teacher_inputs.configure((0.5,) * 3, (0.5,) * 3)  # timm's statistics: no change
     seen = []
-    patch_embed = model.teacher.network.patch_embed  # the first layer that sees the images
+    patch_embed = model.teacher.backbone.patch_embed  # the first layer that sees the images
     patch_embed.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     images = batch()[0]
     model.teacher_outputs(images)
-    expected = F.interpolate(images, size=(64, 64), mode="bilinear", antialias=True)
+    # timm's pretrained config of this ViT: bicubic, antialiased (as its own Resize).
+    expected = F.interpolate(images, size=(64, 64), mode="bicubic", antialias=True)
     assert torch.equal(seen[0], expected)  # the same operation on the same batch
-    unresized = make_dense(str(path), teacher_backbone_kwargs=vit)
-    with pytest.raises(ConfigError, match=r"takes 64x64 images, the batch has 32x32: set "
-                       r"model.init_args.teacher_image_size: 64"):  # fmt: skip
-        unresized.teacher_outputs(images)
+    spec = dict(architecture=VIT, weights=str(path), kwargs=vit, image_size=32)
+    message = refused(make_dense, checkpoint=None, teacher_backbone="resnet20",
+                      teacher_backbone_kwargs=None, teacher=spec)  # fmt: skip
+    assert message.startswith(
+        "model.init_args.teacher: timm:vit_tiny_patch16_224 takes 64x64 images only, but would "
+        "be fed 32x32"
+    )
 
 
 @pytest.mark.parametrize(
@@ -270,7 +286,6 @@ def test_the_teacher_sees_the_batch_resized_to_its_input_size(tmp_path):
         ("feature_weight", -1.0, "a number >= 0"),
         ("kd_weight", -0.5, "a number >= 0"),
         ("temperature", 0.0, "a number > 0"),
-        ("teacher_image_size", 0, "an integer >= 1"),
         ("num_classes", 1, "an integer >= 2"),
     ],
 )
@@ -296,8 +311,23 @@ def test_pairings_that_cannot_work_are_refused_with_what_would(teacher_checkpoin
     )
     message = refused(make, checkpoint=teacher_checkpoint, level="dense", **vit_student)
     assert message.startswith("model.init_args.level='dense' needs the student's last feature map")
-    headless = dict(TINY_VIT, num_classes=0)
-    message = refused(
-        make_dense, checkpoint=vit_checkpoint, teacher_backbone_kwargs=headless, kd_weight=1.0
+    spec = dict(architecture=VIT, weights=vit_checkpoint, kwargs=TINY_VIT, embedding="backbone")
+    message = refused(make, checkpoint=None, teacher_backbone="resnet20", teacher=spec,
+                      kd_weight=1.0)  # fmt: skip
+    assert message == (
+        "model.init_args.kd_weight=1.0 matches the teacher's logits, but "
+        "model.init_args.teacher.embedding='backbone' reads its features alone: set it to "
+        "logits or auto (a teacher with a classifier of num_classes classes), or kd_weight: 0"
     )
-    assert "the teacher 'timm:vit_tiny_patch16_224' has no classes; set kd_weight: 0" in message
+
+
+def test_kd_from_a_teacher_file_without_a_classifier_is_refused_at_load(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "headless.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224", num_classes=0, **TINY_VIT).state_dict(),
+               path)  # fmt: skip
+    model = make_dense(str(path), kd_weight=1.0)
+    with pytest.raises(ConfigError, match=r"has no linear classifier, so it cannot give the "
+                       r"teacher's logits.*FeatureKD does with kd_weight: 0$"):  # fmt: skip
+        model.teacher_weights.load()
+    make_dense(str(path), kd_weight=0.0).teacher_weights.load()  # its features are enough

@@ -169,6 +169,12 @@ def method_and_data(name: str, teacher_checkpoint: str):
         return Supervised(backbone="resnet8", num_classes=5, **common), ColourDataModule()
     if name == "kd":
         return KD(**teacher), ColourDataModule()
+    if name == "kd-teacher-inputs":  # a teacher with statistics and a size of its own
+        spec = dict(architecture="resnet14", weights=teacher_checkpoint, mean=[0.4] * 3,
+                    std=[0.2] * 3, image_size=24)  # fmt: skip
+        return KD(student_backbone="resnet8", teacher=spec, num_classes=5, **common), (
+            ColourDataModule()
+        )
     if name == "rkd":
         return RKD(**teacher), ColourDataModule()
     if name == "crd":
@@ -198,8 +204,8 @@ def method_and_data(name: str, teacher_checkpoint: str):
 
 
 METHODS = [
-    "supervised", "kd", "rkd", "crd", "dino", "moco", "rekd", "rekd-before-bank-init", "seed",
-    "disco", "feature", "feature-dense",
+    "supervised", "kd", "kd-teacher-inputs", "rkd", "crd", "dino", "moco", "rekd",
+    "rekd-before-bank-init", "seed", "disco", "feature", "feature-dense",
 ]  # fmt: skip
 
 

@@ -3,15 +3,18 @@ import os
 import warnings
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 import yaml
 from tests_support import OUTSIDE_TRAINER, quiet_trainer, refused
 
 from distill.cli import main
 from distill.data import DigitsDataModule
 from distill.errors import ConfigError
+from distill.eval import LinearProbe
 from distill.losses import kd_loss
 from distill.methods import KD, Supervised
 
@@ -228,3 +231,55 @@ def test_resume_says_a_changed_teacher_checkpoint_is_not_read(teacher_checkpoint
 def test_bad_numbers_are_one_message_naming_the_key(argument, value, valid):
     message = refused(KD, teacher_checkpoint="teacher.ckpt", **{argument: value})
     assert message == f"model.init_args.{argument}={value!r}; valid: {valid}"
+
+
+class TeacherInputsSeen(L.Callback):
+    """The shapes of what the teacher's first convolution receives, and whether the training
+    steps ran it under inference mode (a probe's evaluation of it is the probe's affair)."""
+
+    def __init__(self) -> None:
+        self.shapes, self.inference = set(), set()
+
+    def on_fit_start(self, trainer, pl_module):
+        def record(module, args):
+            self.shapes.add(tuple(args[0].shape[1:]))
+            if trainer.training:
+                self.inference.add(torch.is_inference_mode_enabled())
+
+        pl_module.teacher.backbone.conv1.register_forward_pre_hook(record)
+
+
+def test_a_torchvision_teacher_from_a_file_is_fed_its_own_inputs_and_never_trains(tmp_path):
+    torch.manual_seed(3)
+    weights = torchvision.models.resnet18(num_classes=10).state_dict()
+    path = tmp_path / "resnet18_digits.pth"
+    torch.save(weights, path)
+    # torchvision's ImageNet statistics (its metadata), at 48 px instead of its 224.
+    teacher = {"architecture": "torchvision:resnet18", "weights": str(path), "image_size": 48}
+    model = KD(student_backbone="resnet8", num_classes=10, teacher=teacher,
+               optimizer=lambda p: torch.optim.SGD(p, lr=0.1))  # fmt: skip
+    seen = TeacherInputsSeen()
+    probe = LinearProbe(submodule="teacher")  # trains on the teacher's step features
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=1, callbacks=[seen, probe])
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))
+    assert seen.shapes == {(3, 48, 48)} and seen.inference == {True}
+    assert model.teacher_inputs.student == (DigitsDataModule.mean, DigitsDataModule.std)
+    assert model.teacher_inputs.mean == (0.485, 0.456, 0.406)
+    expected = {f"backbone.{k}": v for k, v in weights.items() if not k.startswith("fc.")}
+    expected.update({"head.weight": weights["fc.weight"], "head.bias": weights["fc.bias"]})
+    for name, value in model.teacher.state_dict().items():
+        assert torch.equal(value, expected[name]), name  # weights and batch-norm statistics
+    optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in model.student.parameters()}
+    assert "train/linear_loss" in trainer.callback_metrics  # the teacher's features trained it
+
+
+def test_kd_refuses_a_teacher_without_logits():
+    teacher = {"architecture": "resnet14", "weights": "t.ckpt", "embedding": "backbone"}
+    assert refused(KD, teacher=teacher) == (
+        "model.init_args.teacher.embedding='backbone': KD reads the teacher's logits; valid: "
+        "auto, logits"
+    )
+    assert refused(KD, teacher_checkpoint="t.ckpt", teacher=teacher).startswith(
+        "model.init_args.teacher and model.init_args.teacher_checkpoint both give the teacher"
+    )

@@ -9,7 +9,7 @@ from tests_support import ColourDataModule, quiet_trainer, refused, resumable_fi
 from distill.data import TwoViews
 from distill.errors import ConfigError
 from distill.eval import KNNEval
-from distill.methods import MoCo, ReKD, Supervised
+from distill.methods import DINO, MoCo, ReKD, Supervised
 from distill.modules import PrototypeBank
 
 OPTIMIZER = lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)  # noqa: E731
@@ -294,24 +294,25 @@ def test_teacher_is_initialised_from_moco_rekd_supervised_or_state_dict(tmp_path
         for p in moco.student.key_backbone.parameters():
             p.add_(1.0)
     model = loaded(teacher_checkpoint=save_checkpoint(tmp_path / "moco.ckpt", moco))
-    assert "momentum encoder of MoCo's student" in model.teacher_weights.source
+    report = model.teacher_weights.report
+    assert report.format == "distill checkpoint (MoCo)" and "key encoder" in report.loaded
     for name, value in moco.student.state_dict().items():
         if not name.startswith("queue."):
             assert torch.equal(model.teacher.state_dict()[name], value), name
     assert not torch.equal(model.teacher.queue.keys, moco.student.queue.keys)  # never loaded
 
     rekd = loaded(teacher_checkpoint=save_checkpoint(tmp_path / "rekd.ckpt", model))
-    assert "ReKD's teacher" in rekd.teacher_weights.source
+    assert rekd.teacher_weights.report.network.startswith("ReKD's teacher")
     assert torch.equal(
         rekd.teacher.key_backbone.conv1.weight, moco.student.key_backbone.conv1.weight
     )
 
     supervised = Supervised(backbone="resnet14", num_classes=5, optimizer=OPTIMIZER)
     model = loaded(teacher_checkpoint=save_checkpoint(tmp_path / "sup.ckpt", supervised))
-    assert (
-        model.teacher_weights.source.startswith("backbone from")
-        and "student backbone" in model.teacher_weights.source
-    )
+    report = model.teacher_weights.report
+    assert report.format == "distill checkpoint (Supervised)"
+    assert list(report.loaded) == ["backbone"]
+    assert ("student.head.*", 2, "the classifier (the teacher's head is read)") in report.left_out
     for name, value in supervised.student.backbone.state_dict().items():
         assert torch.equal(model.teacher.backbone.state_dict()[name], value), name
         assert torch.equal(model.teacher.key_backbone.state_dict()[name], value), name
@@ -319,7 +320,7 @@ def test_teacher_is_initialised_from_moco_rekd_supervised_or_state_dict(tmp_path
     path = tmp_path / "backbone.pt"
     torch.save(supervised.student.backbone.state_dict(), path)
     model = loaded(teacher_checkpoint=str(path), teacher_frozen=True, teacher_embedding="backbone")
-    assert "a backbone state dict" in model.teacher_weights.source
+    assert model.teacher_weights.report.format == "state dict"
     assert model.prototypes.prototypes.shape == (4, 64) and model.teacher.queue.keys.shape == (
         20,
         64,
@@ -331,7 +332,7 @@ def test_teacher_checkpoint_that_does_not_fit_is_refused_by_name(tmp_path):
                 optimizer=OPTIMIZER)  # fmt: skip
     path = save_checkpoint(tmp_path / "moco.ckpt", moco)
     message = (
-        r"moco.ckpt' \(read as the momentum encoder of MoCo's student\) do not fit the "
+        r"^model.init_args.teacher_checkpoint: weights in '.*moco.ckpt' do not fit the "
         r"CifarResNet: missing keys \[layer1.1"
     )
     with pytest.raises(ConfigError, match=message):
@@ -416,3 +417,64 @@ def test_bad_numbers_are_one_message_naming_the_key(argument, value, valid):
         ReKD, student_backbone="resnet8", teacher_backbone="resnet8", **{argument: value}
     )
     assert message == f"model.init_args.{argument}={value!r}; valid: {valid}"
+
+
+def test_a_distill_dino_run_gives_its_ema_teacher_not_its_student(tmp_path):
+    # DINO's EMA teacher is the network DINO evaluates; here it has moved away from the student.
+    torch.manual_seed(1)
+    dino = DINO(backbone="resnet14", output_dim=64, hidden_dim=32, bottleneck_dim=16,
+                lr_reference_batch=None, optimizer=OPTIMIZER)  # fmt: skip
+    with torch.no_grad():
+        for parameter in dino.teacher.backbone.parameters():
+            parameter.add_(1.0)
+    path = save_checkpoint(tmp_path / "dino.ckpt", dino)
+    model = loaded(teacher_checkpoint=path, teacher_frozen=True, teacher_embedding="backbone")
+    for name, value in dino.teacher.backbone.state_dict().items():
+        assert torch.equal(model.teacher.backbone.state_dict()[name], value), name
+        assert torch.equal(model.teacher.key_backbone.state_dict()[name], value), name
+
+
+def test_a_frozen_teacher_whose_head_is_not_in_its_checkpoint_is_refused(tmp_path):
+    supervised = Supervised(backbone="resnet14", num_classes=5, optimizer=OPTIMIZER)
+    path = save_checkpoint(tmp_path / "supervised.ckpt", supervised)
+    # Frozen, it would relate images through a random MLP head forever.
+    with pytest.raises(ConfigError, match=r"^model.init_args.teacher_checkpoint: .*supervised.ckpt "
+                       r"\(distill checkpoint \(Supervised\), .*\) has no MoCo-v2 projection head "
+                       r".*model.init_args.teacher_embedding=head reads"):  # fmt: skip
+        loaded(teacher_checkpoint=path, teacher_frozen=True)
+    # Online, the teacher trains its head from the start: the file's backbone is enough.
+    online = loaded(teacher_checkpoint=path)
+    assert "head: not in the file, randomly initialised (the online teacher trains it)" in (
+        online.teacher_weights.report.notes
+    )
+
+
+def test_a_frozen_teacher_runs_under_inference_mode(tmp_path):
+    moco = MoCo(backbone="resnet14", proj_hidden_dim=32, proj_dim=16, queue_size=20,
+                optimizer=OPTIMIZER)  # fmt: skip
+    model = ready_model(teacher_checkpoint=save_checkpoint(tmp_path / "t.ckpt", moco),
+                        teacher_frozen=True, anchor_embedding="query")  # fmt: skip
+    modes = []
+    for backbone in (model.teacher.backbone, model.teacher.key_backbone):
+        backbone.register_forward_hook(lambda *_: modes.append(torch.is_inference_mode_enabled()))
+    model.training_step(batch_of_views(), 0)
+    assert modes == [True, True]  # the keys, then the query anchors
+    assert not model._pending[1].is_inference() and not model._pending[2].is_inference()
+
+
+def test_a_teacher_spec_gives_the_same_teacher_as_the_short_form(tmp_path):
+    moco = MoCo(backbone="resnet14", proj_hidden_dim=32, proj_dim=16, queue_size=20,
+                optimizer=OPTIMIZER)  # fmt: skip
+    path = save_checkpoint(tmp_path / "moco.ckpt", moco)
+    short = loaded(teacher_checkpoint=path, teacher_frozen=True)
+    spec = make(teacher_backbone="resnet50", teacher_frozen=True,
+                teacher={"architecture": "resnet14", "weights": path})  # fmt: skip
+    spec.teacher_weights.load()
+    assert short.teacher_weights.spec == spec.teacher_weights.spec
+    for name, value in short.teacher.state_dict().items():
+        if not name.startswith("queue."):
+            assert torch.equal(spec.teacher.state_dict()[name], value), name
+    with pytest.raises(ConfigError, match=r"model.init_args.teacher and "
+                       r"model.init_args.teacher_embedding both give the teacher"):  # fmt: skip
+        make(teacher_backbone="resnet50", teacher_frozen=True, teacher_embedding="backbone",
+             teacher={"architecture": "resnet14", "weights": path})  # fmt: skip

@@ -114,7 +114,11 @@ def test_a_supervised_teacher_teaches_its_backbone_features(tmp_path, teacher_ch
     )
     trainer.fit(model, datamodule=colours())
     assert {"val/knn_top1", "val/teacher_knn_top1"} <= set(trainer.callback_metrics)
-    assert model.teacher_weights.source.startswith("backbone from")
+    report = model.teacher_weights.report
+    assert set(report.loaded) == {"backbone"}  # its classifier is left out, and said so
+    assert [why for _, _, why in report.left_out] == [
+        "the classifier (the teacher's backbone is read)"
+    ]
 
 
 def test_single_view_batches_are_distilled_as_the_paper_does(tmp_path, moco_checkpoint):
@@ -146,7 +150,47 @@ def test_a_frozen_teacher_needs_weights(moco_checkpoint, teacher_checkpoint):
     message = refused(SEED, student_backbone="resnet8", teacher_backbone="resnet14")
     assert message.startswith("model.init_args.teacher_checkpoint is required: the teacher is")
     model = make(teacher_checkpoint)  # a supervised checkpoint has no MoCo head
-    with pytest.raises(ConfigError, match=r"^model.init_args.teacher_checkpoint: .* no projection"):
+    with pytest.raises(
+        ConfigError, match=r"^model.init_args.teacher_checkpoint: .* has no MoCo-v2 projection head"
+    ):
+        model.teacher_weights.load()
+    spec = {"architecture": "resnet14", "weights": teacher_checkpoint}  # the same, in the spec
+    with pytest.raises(ConfigError, match=r"^model.init_args.teacher.weights: .* has no MoCo-v2"):
+        make(
+            None, teacher_checkpoint=None, teacher_backbone="resnet50", teacher=spec
+        ).teacher_weights.load()
+    message = refused(
+        make, checkpoint=None, teacher_backbone="resnet50", teacher={"architecture": "resnet14"}
+    )
+    assert message.startswith("model.init_args.teacher.weights is required: the teacher is")
+
+
+@OUTSIDE_TRAINER
+def test_the_teacher_spec_takes_the_query_encoder_unless_the_key_is_asked_for(moco_checkpoint):
+    state = torch.load(moco_checkpoint)["state_dict"]
+    for network, prefix in (("auto", "student."), ("query", "student."), ("key", "student.key_")):
+        spec = {"architecture": "resnet14", "weights": moco_checkpoint, "network": network}
+        model = make(None, teacher_checkpoint=None, teacher_backbone="resnet50", teacher=spec)
+        model.teacher_weights.load()
+        for name, value in model.teacher.state_dict().items():  # backbone.*, head.*
+            assert torch.equal(value, state[prefix + name]), (network, name)
+    assert not torch.equal(
+        state["student.backbone.conv1.weight"], state["student.key_backbone.conv1.weight"]
+    )
+    # The short form and the spec are one or the other.
+    message = refused(make, checkpoint=moco_checkpoint, teacher=spec)
+    assert message.startswith(
+        "model.init_args.teacher and model.init_args.teacher_backbone, "
+        "model.init_args.teacher_checkpoint both give the teacher: use one form"
+    )
+
+
+@OUTSIDE_TRAINER
+def test_a_teacher_head_of_another_width_is_refused_with_its_keys(moco_checkpoint):
+    model = make(moco_checkpoint, teacher_proj_hidden_dim=64)
+    with pytest.raises(
+        ConfigError, match=r"shape mismatches \[head.layers.0.bias \(32,\) vs \(64,\)"
+    ):
         model.teacher_weights.load()
 
 

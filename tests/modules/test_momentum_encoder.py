@@ -5,7 +5,6 @@ from tests_support import assert_within, ema_error, normalize_error
 
 from distill.backbones import create_backbone
 from distill.errors import ConfigError
-from distill.methods import Supervised
 from distill.modules import MomentumEncoder
 from distill.modules.momentum_encoder import two_views
 
@@ -59,13 +58,3 @@ def test_queries_and_keys_pair_rows_and_are_unit_norm():
 def test_two_views_refuses_other_batches(views):
     with pytest.raises(ConfigError, match="need two views per image.*TwoViews"):
         two_views((views, torch.zeros(2), torch.arange(2)))
-
-
-def test_load_pretrained_accepts_a_run_directory(write_run):
-    torch.manual_seed(1)
-    source = Supervised(backbone="resnet8", num_classes=10)
-    path = write_run(0, state_dict=source.state_dict())
-    encoder = make()
-    assert str(path) in encoder.load_pretrained(str(path.parents[3]))
-    for name, value in source.student.backbone.state_dict().items():
-        assert torch.equal(encoder.backbone.state_dict()[name], value), name

@@ -1,4 +1,4 @@
-"""TeacherWeights under 2-process CPU DDP: every rank loads the file rank 0 resolved."""
+"""``TeacherWeights`` under 2-process CPU DDP: every rank loads the file rank 0 resolved."""
 
 from pathlib import Path
 
