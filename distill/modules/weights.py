@@ -255,9 +255,9 @@ def _log_contents(path: str) -> None:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
         return  # not a readable zip checkpoint: read_state_dict reports it
-    if not isinstance(checkpoint, dict) or "epoch" not in checkpoint:
-        return  # a plain state dict
-    epoch, step = checkpoint["epoch"], checkpoint.get("global_step", 0)
+    if not isinstance(checkpoint, dict) or not {"epoch", "global_step"} <= checkpoint.keys():
+        return  # a plain state dict, or another library's file (the load report follows)
+    epoch, step = checkpoint["epoch"], checkpoint["global_step"]
     states = [s for s in checkpoint.get("callbacks", {}).values() if isinstance(s, dict)]
     best = next((s for s in states if s.get("best_model_score") is not None), None)
     metric = ""

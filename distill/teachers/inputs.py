@@ -132,7 +132,10 @@ class TeacherInputs(nn.Module):
             student_mean, student_std = self.student
             done.append(f"re-normalised from mean {_fmt(student_mean)}, std {_fmt(student_std)}")
         if self.image_size:
-            done.append(f"resized to {self.image_size} px ({self.interpolation}, antialiased)")
+            done.append(
+                f"resized to {self.image_size} px if of another size ({self.interpolation}, "
+                "antialiased)"
+            )
         return text + (
             f"; the student's batch is {' and '.join(done)}, on the device" if done else ""
         )

@@ -43,6 +43,11 @@ def rekd_study(cifar10_5k):
     return load_script("rekd_study")
 
 
+@pytest.fixture(scope="session")
+def four_doors():
+    return load_script("four_doors")
+
+
 def _write_run(
     root_dir: Path,
     *,
