@@ -19,12 +19,12 @@ from distill.backbones import create_backbone
 from distill.losses.contrastive import info_nce
 from distill.losses.disco import consistency_loss
 from distill.methods.frozen_teacher import FrozenTeacherMethod
-from distill.modules.distributed import gather_rows
+from distill.methods.moco import KeyQueueStep
 from distill.modules.momentum_encoder import MomentumEncoder, two_views
 from distill.teachers import TeacherConfig
 
 
-class DisCo(FrozenTeacherMethod):
+class DisCo(KeyQueueStep, FrozenTeacherMethod):
     """DisCo: MoCo-v2 plus the frozen teacher's final embedding as a target for the student's.
 
     ``L = InfoNCE(q₁, k₂, queue) + w·(‖q₁ − t₁‖² + ‖q₂ − t₂‖²)``, batch means, where
@@ -125,13 +125,3 @@ class DisCo(FrozenTeacherMethod):
         self.log_terms({"loss": loss, "contrastive": contrastive, "consistency": consistency})
         self._pending_keys = keys
         return loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.batch_skipped():  # nonfinite_loss: skip; its keys may be NaN
-            return
-        if self.optimizer_stepped():
-            self.student.update_key_encoder(self.key_momentum)
-        # Every micro-batch queues its keys, gathered so all ranks hold the same queue.
-        (keys,) = gather_rows(self, self._pending_keys)
-        self.student.queue.enqueue(keys)
-        self._pending_keys = None

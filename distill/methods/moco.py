@@ -19,7 +19,26 @@ from distill.modules.momentum_encoder import MomentumEncoder, two_views
 from distill.modules.shuffle_bn import ShuffleBN
 
 
-class MoCo(Method):
+class KeyQueueStep:
+    """``on_train_batch_end`` of a method whose ``self.student`` is a ``MomentumEncoder``
+    (MoCo, DisCo): after an optimiser step the key encoder takes its EMA step
+    (``self.key_momentum``), and the keys ``training_step`` left in ``self._pending_keys``,
+    gathered from every rank, replace the oldest ones in the queue, so that all ranks hold
+    the same queue. A skipped batch (``nonfinite_loss: skip``) changes neither: its keys
+    may be NaN."""
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.batch_skipped():
+            return
+        if self.optimizer_stepped():
+            self.student.update_key_encoder(self.key_momentum)
+        # Every micro-batch queues its keys, gathered so all ranks hold the same queue.
+        (keys,) = gather_rows(self, self._pending_keys)
+        self.student.queue.enqueue(keys)
+        self._pending_keys = None
+
+
+class MoCo(KeyQueueStep, Method):
     """MoCo-v2: a query encoder contrasts each image with its EMA key and a queue of keys.
 
     ``L = -log( exp(q·k⁺/τ) / (exp(q·k⁺/τ) + Σ_{u ∈ queue} exp(q·u/τ)) )`` with
@@ -102,16 +121,6 @@ class MoCo(Method):
         self.log_terms({"loss": loss})
         self._pending_keys = keys
         return loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.batch_skipped():  # nonfinite_loss: skip; its keys may be NaN
-            return
-        if self.optimizer_stepped():
-            self.student.update_key_encoder(self.key_momentum)
-        # Every micro-batch queues its keys, gathered so all ranks hold the same queue.
-        (keys,) = gather_rows(self, self._pending_keys)
-        self.student.queue.enqueue(keys)
-        self._pending_keys = None
 
     def validation_step(self, batch, batch_idx: int) -> None:
         """Nothing: k-NN and linear-probe callbacks evaluate at the end of validation."""
