@@ -48,8 +48,22 @@ def sub_state_dict(state: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
     return {key[len(prefix) :]: v for key, v in state.items() if key.startswith(prefix)}
 
 
-def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+#: What to check when a projection head does not fit (its keys, or a whole head's).
+HEAD_HINT = (
+    "Only the head does not fit: give it the file's widths (a projection head: "
+    "teacher_proj_hidden_dim and teacher_proj_dim, or the method's proj_hidden_dim and "
+    "proj_dim; a classifier: num_classes)."
+)
+
+
+def load_state_strict(
+    module: nn.Module, state: dict[str, torch.Tensor], source: str, head: bool = False
+) -> None:
     """``module.load_state_dict(state)`` with one message listing every key that does not fit.
+
+    Args:
+        head: ``module`` is a projection head: the message says to check its widths (as it
+            does when only ``head.*`` keys of a network do not fit), not the backbone name.
 
     Raises:
         ConfigError: Missing, unexpected or mismatched keys (``source`` names the file).
@@ -67,10 +81,13 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source:
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:10]) + (f" ... (+{len(keys) - 10})" if len(keys) > 10 else "")
 
+        wrong = [*missing, *unexpected, *(entry.split(" ")[0] for entry in mismatched)]
+        in_head = head or all(key.startswith("head.") for key in wrong)
         raise ConfigError(
             f"weights in {source} do not fit the {type(module).__name__}: "
             f"missing keys [{show(missing)}]; unexpected keys [{show(unexpected)}]; "
-            f"shape mismatches [{show(mismatched)}]. Check the backbone name and num_classes."
+            f"shape mismatches [{show(mismatched)}]. "
+            + (HEAD_HINT if in_head else "Check the backbone name and num_classes.")
         )
     module.load_state_dict(state)
 

@@ -339,7 +339,9 @@ def fill_momentum_encoder(
     load_backbone(encoder.backbone, main.backbone, where)
     loaded, notes = {"backbone": len(encoder.backbone.state_dict())}, []
     if has_head and main.projection:
-        load_state_strict(encoder.head, main.projection, f"{where} ({main.projection_where}*)")
+        load_state_strict(
+            encoder.head, main.projection, f"{where} ({main.projection_where}*)", head=True
+        )
         loaded["head"] = len(main.projection)
     elif has_head:
         notes.append("head: not in the file, randomly initialised (the online teacher trains it)")
@@ -350,7 +352,7 @@ def fill_momentum_encoder(
     if pair is not None and (not has_head or ("head" in loaded and pair.projection)):
         load_backbone(encoder.key_backbone, pair.backbone, where)
         if has_head:
-            load_state_strict(encoder.key_head, pair.projection, f"{where} (key head)")
+            load_state_strict(encoder.key_head, pair.projection, f"{where} (key head)", head=True)
         loaded["key encoder"] = len(encoder.key_backbone.state_dict()) + len(pair.projection)
         left_out += _unused(pair, reads)
     else:

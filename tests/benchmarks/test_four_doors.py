@@ -56,8 +56,10 @@ def test_every_door_gives_the_trained_network(four_doors, trained, png_folder, t
     own = four_doors.features(model.student, datamodule, "val")[0]
     assert torch.equal(results[0]["features"][1], own)
     for result in results[1:]:
-        assert all(torch.equal(a, b) for a, b in
-                   zip(result["features"], results[0]["features"], strict=True)), result["door"]
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(result["features"], results[0]["features"], strict=True)
+        ), result["door"]
         assert result["knn"] == results[0]["knn"]
     reports = {r["door"].name: r["report"] for r in results}
     assert reports["timm"].architecture == "timm:resnet18"
@@ -95,7 +97,11 @@ def test_main_prints_the_table_and_keeps_nothing_of_the_users(four_doors, traine
     assert len(rows) == 5 and all(line.endswith("| yes |") for line in rows)
     assert "the same network through every door" in out
     assert sorted(p.name for p in keep.iterdir()) == [
-        "checkpoint.pth", "checkpoint_0009.pth.tar", "model.safetensors", "resnet18.pth"]
+        "checkpoint.pth",
+        "checkpoint_0009.pth.tar",
+        "model.safetensors",
+        "resnet18.pth",
+    ]
     with pytest.raises(SystemExit):  # an existing folder is refused, its files untouched
         four_doors.main([str(path), "--keep", str(keep)])
     assert "already exists" in capsys.readouterr().err

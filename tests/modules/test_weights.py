@@ -8,7 +8,7 @@ from distill.backbones import create_backbone
 from distill.errors import ConfigError
 from distill.methods import Supervised
 from distill.modules import Classifier, load_weights
-from distill.modules.weights import resolve_checkpoint
+from distill.modules.weights import HEAD_HINT, resolve_checkpoint
 
 
 def test_loads_student_weights_from_a_lightning_checkpoint(tmp_path):
@@ -38,6 +38,15 @@ def test_mismatch_lists_missing_unexpected_and_shape_keys(tmp_path):
     assert "missing keys [backbone.layer1.1" in message
     assert "head.weight (10, 64) vs (100, 64)" in message
     assert str(path) in message
+    assert message.endswith("Check the backbone name and num_classes.")
+
+
+def test_a_mismatch_of_the_head_alone_names_its_widths(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(Classifier(create_backbone("resnet8"), 10).state_dict(), path)
+    with pytest.raises(ConfigError) as error:
+        load_weights(Classifier(create_backbone("resnet8"), 100), str(path))
+    assert str(error.value).endswith(HEAD_HINT)
 
 
 def test_missing_file_is_named(tmp_path):

@@ -15,6 +15,7 @@ from torch import nn
 
 from distill.errors import ConfigError
 from distill.methods import DINO
+from distill.modules.weights import HEAD_HINT
 from distill.teachers import TeacherSpec, build_momentum_teacher, build_teacher
 
 RESNET18 = "torchvision:resnet18"
@@ -385,6 +386,17 @@ def test_a_head_the_file_lacks_is_refused_never_random(tmp_path):
         "initialisation: read its backbone features with model.init_args.teacher.embedding="
         "backbone, or give a checkpoint that holds the head (a MoCo-v2 run)"
     )
+
+
+def test_a_head_of_other_widths_is_refused_naming_the_widths_to_set(tmp_path):
+    path = official_moco(tmp_path / "moco.pth", resnet18(0), resnet18(1), moco_v2_head(2))
+    spec = dict(architecture=RESNET18, weights=str(path), embedding="head")
+    teacher = build_teacher(TeacherSpec.from_config(spec), None, None, 32)  # the file's is 16
+    with pytest.raises(ConfigError) as error:
+        teacher.weights.load()
+    message = str(error.value)
+    assert "head.layers.2.weight (16, 512) vs (32, 512)" in message
+    assert message.endswith(HEAD_HINT) and "backbone name" not in message
 
 
 def test_a_state_dict_has_one_network(tmp_path):
