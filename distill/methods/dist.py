@@ -13,8 +13,10 @@ from distill.methods.distillation import TeacherStudent
 
 
 class DIST(TeacherStudent):
-    """The student matches the relations of the teacher's class probabilities, not their
-    values: Pearson correlations of ``softmax(z/τ)`` within each sample and each class.
+    """Distillation of relations: the Pearson correlations of the class probabilities.
+
+    The student matches the relations of the teacher's ``softmax(z/τ)``, not its values:
+    their correlations within each sample (inter-class) and within each class (intra-class).
 
     ``L = w_CE·CE(y, s) + w_KD·KD(s, t) + w_DIST·(β·L_inter + γ·L_intra)``, with
     ``L_inter`` and ``L_intra`` the ``τ²``-scaled relation losses of

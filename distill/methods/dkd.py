@@ -19,8 +19,7 @@ from distill.methods.distillation import TeacherStudent
 
 
 class DKD(TeacherStudent):
-    """Decoupled knowledge distillation: KD's target-class and non-target-class terms,
-    weighed freely.
+    """Decoupled knowledge distillation: KD's target and non-target class terms, apart.
 
     ``L = γ·CE(y, s) + w(e)·(α·TCKD + β·NCKD)``, ``TCKD`` and ``NCKD`` the ``T²``-scaled
     batch means of ``distill.losses.dkd.dkd_terms``; ``w(e) = min((e + 1)/E_w, 1)``

@@ -15,8 +15,10 @@ from distill.methods.distillation import TeacherStudent
 
 
 class PKT(TeacherStudent):
-    """Probabilistic knowledge transfer: each embedding's cosine-similarity distribution
-    over the batch, student pulled to teacher.
+    """Probabilistic knowledge transfer: the batch's cosine-similarity distributions.
+
+    Each embedding's similarities to the batch form a distribution; the student's is pulled
+    to the teacher's.
 
     ``L = γ·CE(y, s) + β·KL_PKT(e_s, e_t) + α·KD(s, t)``, ``KL_PKT`` the loss of
     ``distill.losses.pkt.pkt_loss`` on the pooled penultimate embeddings ``e`` (RepDistiller's

@@ -47,6 +47,22 @@ def test_loss_is_ce_plus_weighted_relations_and_optional_kd(
         torch.testing.assert_close(logged[f"train/{name}"], value, rtol=0, atol=0)
 
 
+@OUTSIDE_TRAINER
+def test_a_bf16_autocast_step_computes_its_loss_in_float32(teacher_checkpoint):
+    model = make(teacher_checkpoint).eval()
+    model.teacher_weights.load()
+    images, targets = torch.randn(6, 3, 32, 32), torch.randint(0, 5, (6,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.training_step((images, targets, torch.arange(6)), 0)
+        logits, teacher_logits = model.student(images), model.teacher(images)
+    assert logits.dtype == teacher_logits.dtype == torch.bfloat16  # autocast was on
+    # The float32 formula of the networks' bf16 outputs.
+    logits, teacher_logits = logits.float(), teacher_logits.float()
+    expected = F.cross_entropy(logits, targets) + 2.0 * dist_loss(logits, teacher_logits)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=0, atol=0)
+
+
 def test_fit_trains_only_the_student_and_logs_the_terms(teacher_checkpoint, tmp_path):
     model = make(teacher_checkpoint)
     student_before = copy.deepcopy(model.student.state_dict())

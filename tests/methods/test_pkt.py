@@ -55,6 +55,23 @@ def test_loss_is_ce_plus_pkt_on_the_pooled_embeddings(
     assert logged["train/pkt"] > 0
 
 
+@OUTSIDE_TRAINER
+def test_a_bf16_autocast_step_computes_its_loss_in_float32(wide_teacher):
+    model = make(wide_teacher).eval()
+    model.teacher_weights.load()
+    images, targets = torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.training_step((images, targets, torch.arange(8)), 0)
+        student_emb, logits = model.student.forward_features(images)
+        teacher_emb = model.teacher.backbone(images)
+    assert student_emb.dtype == teacher_emb.dtype == torch.bfloat16  # autocast was on
+    # The float32 formula of the networks' bf16 outputs.
+    student_emb, logits, teacher_emb = student_emb.float(), logits.float(), teacher_emb.float()
+    expected = F.cross_entropy(logits, targets) + 30000.0 * pkt_loss(student_emb, teacher_emb)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=0, atol=0)
+
+
 def test_fit_trains_only_the_student_and_logs_the_terms(wide_teacher, tmp_path):
     model = make(wide_teacher)
     student_before = copy.deepcopy(model.student.state_dict())
