@@ -4,8 +4,8 @@ from distill.losses.at import at_loss
 from distill.losses.contrastive import info_nce, relation_contrastive_loss
 from distill.losses.crd import CRDLoss, nce_loss
 from distill.losses.dino import DINOLoss, dino_loss
-from distill.losses.dist import dist_loss
-from distill.losses.dkd import dkd_loss, dkd_warmup
+from distill.losses.dist import dist_loss, dist_terms
+from distill.losses.dkd import dkd_loss, dkd_terms, dkd_warmup
 from distill.losses.feature import feature_loss
 from distill.losses.kd import kd_loss
 from distill.losses.pkt import pkt_loss
@@ -20,7 +20,9 @@ __all__ = [
     "at_loss",
     "dino_loss",
     "dist_loss",
+    "dist_terms",
     "dkd_loss",
+    "dkd_terms",
     "dkd_warmup",
     "feature_loss",
     "info_nce",

@@ -1,6 +1,7 @@
 """What teacher→student methods share: a frozen teacher, a student classifier, CE on labels.
 
-Not a method itself: ``KD``, ``RKD`` and ``CRD`` subclass it and add their own term.
+Not a method itself: ``KD``, ``DKD``, ``DIST``, ``RKD``, ``PKT`` and ``CRD`` subclass it and
+add their own term.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class TeacherStudent(TeacherHooks, Method):
     short form ``teacher_backbone`` + ``teacher_checkpoint`` for distill's own runs. It is a
     ``distill.teachers.TeacherNetwork``: a classifier by default (``embedding: logits``);
     ``embedding: backbone`` (or ``head``) takes a file without a classifier, for methods that
-    read embeddings (RKD, CRD without KD).
+    read embeddings (RKD, PKT and CRD without KD).
 
     Its weights are read at the start of a fit (or a validation) that does not restore a
     checkpoint; a student's checkpoint holds its teacher (unless ``in_checkpoint: false``),

@@ -254,9 +254,10 @@ def _missing_part(found: Found, spec: TeacherSpec, part: str) -> ConfigError:
     if part == "classifier":
         return ConfigError(
             f"{holds} has no linear classifier, so it cannot give the teacher's logits, which "
-            f"{spec.embedding_key}=logits reads (KD does, and CRD and FeatureKD with kd_weight "
-            "> 0). RKD and CRD can read its features instead: give the teacher as "
-            "model.init_args.teacher with embedding: backbone; FeatureKD does with kd_weight: 0"
+            f"{spec.embedding_key}=logits reads (KD, DKD and DIST do, and CRD, PKT and "
+            "FeatureKD with kd_weight > 0). RKD, CRD and PKT can read its features instead: give "
+            "the teacher as model.init_args.teacher with embedding: backbone; FeatureKD does "
+            "with kd_weight: 0"
         )
     other = f"; its head {main.projection_where}* is not one" if main.other_head else ""
     return ConfigError(

@@ -71,9 +71,10 @@ class TeacherSpec:
             ``student``, ``query`` or ``key`` (of a momentum encoder).
         embedding: What the method reads: ``backbone`` (pooled features), ``head`` (the
             MoCo-v2 projection head's output) or ``logits`` (the classifier: the embedding
-            is then the backbone's); ``auto`` is the method's default (KD, RKD, CRD:
-            ``logits``; ReKD: its ``teacher_embedding``). A part the file lacks is refused,
-            never randomly initialised; parts not read are left out (and reported).
+            is then the backbone's); ``auto`` is the method's default (KD, DKD, DIST,
+            RKD, CRD, PKT: ``logits``; ReKD: its ``teacher_embedding``). A part the file
+            lacks is refused, never randomly initialised; parts not read are left out (and
+            reported).
         mean: The teacher's per-channel input mean (``None``: torchvision's or timm's
             metadata for ``torchvision:``/``timm:`` architectures, else the student's).
         std: Likewise, the standard deviation.

@@ -42,7 +42,21 @@ import torchvision
 from tests_support import ColourDataModule, quiet_trainer
 
 from distill.data import MultiCropViews, TwoViews
-from distill.methods import CRD, DINO, KD, RKD, SEED, DisCo, FeatureKD, MoCo, ReKD, Supervised
+from distill.methods import (
+    CRD,
+    DINO,
+    DIST,
+    DKD,
+    KD,
+    PKT,
+    RKD,
+    SEED,
+    DisCo,
+    FeatureKD,
+    MoCo,
+    ReKD,
+    Supervised,
+)
 
 DISTILL = str(Path(__file__).resolve().parents[2] / "distill") + os.sep
 LIBRARIES = tuple(
@@ -177,6 +191,12 @@ def method_and_data(name: str, teacher_checkpoint: str):
         )
     if name == "rkd":
         return RKD(**teacher), ColourDataModule()
+    if name == "dkd":
+        return DKD(**teacher), ColourDataModule()
+    if name == "dist":
+        return DIST(**teacher, kd_weight=1.0), ColourDataModule()
+    if name == "pkt":
+        return PKT(**teacher, kd_weight=1.0), ColourDataModule()
     if name == "crd":
         return CRD(**teacher, num_negatives=16, embed_dim=8, kd_weight=1.0), ColourDataModule()
     if name == "feature":
@@ -205,7 +225,7 @@ def method_and_data(name: str, teacher_checkpoint: str):
 
 METHODS = [
     "supervised", "kd", "kd-teacher-inputs", "rkd", "crd", "dino", "moco", "rekd",
-    "rekd-before-bank-init", "seed", "disco", "feature", "feature-dense",
+    "rekd-before-bank-init", "seed", "disco", "feature", "feature-dense", "dkd", "dist", "pkt",
 ]  # fmt: skip
 
 

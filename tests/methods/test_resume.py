@@ -9,7 +9,7 @@ from tests_support import ColourDataModule, quiet_trainer
 
 from distill.callbacks import MethodCheckpoint
 from distill.data import TwoViews
-from distill.methods import KD, RKD, MoCo, Supervised
+from distill.methods import DIST, DKD, KD, PKT, RKD, MoCo, Supervised
 
 WORKERS = 2
 SGD = lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)  # noqa: E731
@@ -24,6 +24,12 @@ def make(method: str, teacher_checkpoint: str):
         return KD(student_backbone="resnet8", **teacher, **common)
     if method == "rkd":
         return RKD(student_backbone="resnet8", **teacher, **common)
+    if method == "dkd":  # its warm-up weighs epochs 0, 1, 2 by 1/20, 2/20, 3/20
+        return DKD(student_backbone="resnet8", **teacher, **common)
+    if method == "dist":
+        return DIST(student_backbone="resnet8", **teacher, **common)
+    if method == "pkt":
+        return PKT(student_backbone="resnet8", **teacher, **common)
     return MoCo(backbone="resnet8", proj_hidden_dim=16, proj_dim=8, queue_size=24, optimizer=SGD)
 
 
@@ -59,9 +65,10 @@ def fit(method, teacher_checkpoint, root, interrupt_at=None, ckpt_path=None):
 
 @pytest.mark.parametrize(
     "method, interrupt_at",
-    [("supervised", 4), ("supervised", 6), ("kd", 4), ("rkd", 6), ("moco", 6)],
+    [("supervised", 4), ("supervised", 6), ("kd", 4), ("rkd", 6), ("moco", 6), ("dkd", 6),
+     ("dkd", 4), ("dist", 6), ("pkt", 6)],
     ids=["supervised-epoch_end", "supervised-mid_epoch", "kd-epoch_end", "rkd-mid_epoch",
-         "moco-mid_epoch"],
+         "moco-mid_epoch", "dkd-mid_epoch", "dkd-epoch_end", "dist-mid_epoch", "pkt-mid_epoch"],
 )  # fmt: skip
 def test_resume_with_persistent_workers_equals_uninterrupted_fit(
     tmp_path, teacher_checkpoint, method, interrupt_at

@@ -1,0 +1,79 @@
+"""Passalis & Tefas 2018, "Learning Deep Representations with Probabilistic Knowledge
+Transfer" (PKT)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from distill.arguments import MODEL, require_each, require_non_negative, require_positive
+from distill.errors import ConfigError
+from distill.losses import kd_loss, pkt_loss
+from distill.methods.distillation import TeacherStudent
+
+
+class PKT(TeacherStudent):
+    """Probabilistic knowledge transfer: the batch's cosine-similarity distributions.
+
+    Each embedding's similarities to the batch form a distribution; the student's is pulled
+    to the teacher's.
+
+    ``L = γ·CE(y, s) + β·KL_PKT(e_s, e_t) + α·KD(s, t)``, ``KL_PKT`` the loss of
+    ``distill.losses.pkt.pkt_loss`` on the pooled penultimate embeddings ``e`` (RepDistiller's
+    ``feat[-1]``); student and teacher widths may differ (it compares ``[B, B]``
+    similarities). Reference CIFAR-100 settings (RepDistiller's ``train_student.py`` and
+    ``run_cifar_distill.sh``: ``--distill pkt -a 0 -b 30000``): ``γ = 1``, ``β = 30000``,
+    ``α = 0``, KD's ``T = 4``.
+
+    The teacher's embedding is its backbone's pooled features, from a classifier
+    (``teacher.embedding: logits``, the default, needed for KD) or from a file without one
+    (``embedding: backbone``).
+
+    Args:
+        pkt_weight: ``β``.
+        kd_weight: ``α`` (0: PKT alone).
+        temperature: KD temperature ``T``.
+        ce_weight: ``γ``.
+        **kwargs: ``TeacherStudent`` arguments (backbones, the teacher, num_classes,
+            optimisation).
+    """
+
+    # Both give the backbone's pooled features; a projection head's output (``head``) is
+    # another embedding than the one PKT transfers.
+    teacher_reads: ClassVar[tuple[str, ...]] = ("logits", "backbone")
+
+    def __init__(
+        self,
+        pkt_weight: float = 30000.0,
+        kd_weight: float = 0.0,
+        temperature: float = 4.0,
+        ce_weight: float = 1.0,
+        **kwargs,
+    ) -> None:
+        require_each(require_non_negative, MODEL, pkt_weight=pkt_weight, kd_weight=kd_weight)
+        require_positive(f"{MODEL}.temperature", temperature)
+        super().__init__(ce_weight=ce_weight, **kwargs)
+        if kd_weight and self.teacher.num_classes is None:
+            raise ConfigError(
+                f"{MODEL}.kd_weight={kd_weight} matches the teacher's logits, but the teacher "
+                f"reads its {self.teacher.embedding} (teacher.embedding): set it to logits "
+                "(a teacher with a classifier), or kd_weight: 0"
+            )
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.pkt_weight = pkt_weight
+        self.kd_weight = kd_weight
+        self.temperature = temperature
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        images, targets, _ = batch
+        with self.keep_step_features(len(images), "student", "teacher"):
+            student_emb, logits, teacher_emb, teacher_logits = self.student_and_teacher(images)
+        terms = {"ce": F.cross_entropy(logits, targets), "pkt": pkt_loss(student_emb, teacher_emb)}
+        loss = self.ce_weight * terms["ce"] + self.pkt_weight * terms["pkt"]
+        if self.kd_weight:
+            terms["kd"] = kd_loss(logits, teacher_logits, self.temperature)
+            loss = loss + self.kd_weight * terms["kd"]
+        self.log_terms({"loss": loss, **terms})
+        return loss
