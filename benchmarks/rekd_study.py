@@ -194,6 +194,12 @@ def fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
+def by_seed(runs: list[Run]) -> str:
+    """Each run's final student k-NN, by its seed: ``seed0 44.1, seed1 44.4``."""
+    values = [(run.tag.rpartition("_")[2], final_values(run, "val/knn_top1")) for run in runs]
+    return ", ".join(f"{tag} {100 * v:.1f}" for tag, v in values if v is not None) or "-"
+
+
 def gain_over(values: list[float], baseline: list[float]) -> tuple[float, float]:
     """Gain of the mean over the baseline's mean (points) and the standard error of that
     difference; a row of one seed borrows the baseline's seed-to-seed deviation."""
@@ -213,7 +219,7 @@ def baselines(table: list[dict]) -> dict[str, list[float]]:
 def print_table(table: list[dict]) -> None:
     baseline = baselines(table)
     header = ["row", "seeds", "student k-NN %", "gain vs MoCo-v2 ± s.e.", "teacher k-NN %",
-              "mined precision", "val top-1 %"]  # fmt: skip
+              "mined precision", "val top-1 %", "student k-NN % by seed"]  # fmt: skip
     lines, missing = [], []
     for t in table:
         if not t["runs"]:
@@ -226,7 +232,7 @@ def print_table(table: list[dict]) -> None:
             gain = "{:+.1f} ± {:.1f}".format(*gain_over(t["knn"], baseline[t["note"]]))
         lines.append([
             name(t), str(len(t["runs"])), fmt(t["knn"]), gain, fmt(t["teacher_knn"]),
-            fmt(t["precision"], 1.0, 3), fmt(t["top1"]),
+            fmt(t["precision"], 1.0, 3), fmt(t["top1"]), by_seed(t["runs"]),
         ])  # fmt: skip
     print_markdown(header, lines)
     if any(t["row"].labels and t["runs"] for t in table):

@@ -91,9 +91,17 @@ def test_unfinished_runs_are_marked_and_rows_never_run_are_listed(
     # Mined precision: the mean over the last 5 epochs (--precision-epochs), 0.01 apart.
     precision = f"{statistics.mean(0.2 - 0.01 * k for k in range(5)):.3f}"
     assert rows == {
-        "MoCo-v2 resnet8": ["2", "39.0 ± 1.4", "-", "-", "-", "-"],
-        "MoCo-v2 resnet8 [unfinished: 5 of 30 epochs]": ["1", "30.0", "-", "-", "-", "-"],
-        "ReKD, online vgg8 teacher": ["1", "41.0", gain, "43.0", precision, "-"],
+        "MoCo-v2 resnet8": ["2", "39.0 ± 1.4", "-", "-", "-", "-", "seed0 38.0, seed1 40.0"],
+        "MoCo-v2 resnet8 [unfinished: 5 of 30 epochs]": [
+            "1",
+            "30.0",
+            "-",
+            "-",
+            "-",
+            "-",
+            "seed2 30.0",
+        ],
+        "ReKD, online vgg8 teacher": ["1", "41.0", gain, "43.0", precision, "-", "seed0 41.0"],
     }
     never = [r.name for r in rekd_study.ROWS if r.name not in ("moco", "rekd_vgg8")]
     assert f"not run yet (no logs): {', '.join(never)}" in out
@@ -114,6 +122,7 @@ def test_seeds_choose_the_runs_reported(rekd_study, write_run, tmp_path, capsys)
                      "--figures-dir", str(tmp_path / "figures")])  # fmt: skip
     rows = table_rows(capsys.readouterr().out)
     assert rows["MoCo-v2 resnet8"][:2] == ["2", "39.0 ± 1.4"]
+    assert rows["MoCo-v2 resnet8"][-1] == "seed0 38.0, seed2 40.0"  # the seed-by-seed column
 
 
 def test_documented_command_lines_parse_and_reports_run(

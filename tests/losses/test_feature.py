@@ -4,7 +4,7 @@ import pytest
 import torch
 from tests_support import EPS32, TRANSCENDENTAL
 
-from distill.losses.feature import feature_loss
+from distill.losses.feature import feature_loss, pool_to_common_size
 
 pytestmark = pytest.mark.numerics
 
@@ -86,3 +86,16 @@ def test_only_the_student_receives_gradient():
 def test_shape_mismatch_names_both_shapes():
     with pytest.raises(ValueError, match=r"\(2, 10\).*\(2, 12\)"):
         feature_loss(torch.zeros(2, 10), torch.zeros(2, 12))
+
+
+def test_pooling_brings_each_spatial_dimension_down_to_the_smaller_one():
+    # Height larger on the student's side, width on the teacher's: each is pooled on its own.
+    student = torch.arange(2 * 8 * 2, dtype=torch.float64).view(1, 2, 8, 2)
+    teacher = torch.arange(3 * 4 * 6, dtype=torch.float64).view(1, 3, 4, 6)
+    pooled_student, pooled_teacher = pool_to_common_size(student, teacher)
+    assert pooled_student.shape == (1, 2, 4, 2) and pooled_teacher.shape == (1, 3, 4, 2)
+    # Means of row pairs, resp. column triples (small integers: exact in float64).
+    torch.testing.assert_close(pooled_student, student.view(1, 2, 4, 2, 2).mean(dim=3))
+    torch.testing.assert_close(pooled_teacher, teacher.view(1, 3, 4, 2, 3).mean(dim=4))
+    same = torch.ones(1, 1, 4, 2)
+    assert pool_to_common_size(same, same)[0] is same  # already the size: left alone
