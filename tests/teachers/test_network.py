@@ -120,14 +120,18 @@ def test_the_stages_forward_feeds_the_teacher_its_own_inputs_once_in_one_pass():
     teacher = build_teacher(spec, num_classes=10)
     teacher.inputs.configure((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     network = teacher.network
-    seen = []
+    seen, modes = [], []
     network.backbone.conv1.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    network.backbone.conv1.register_forward_hook(
+        lambda *_: modes.append(torch.is_inference_mode_enabled())
+    )
     x = torch.randn(2, 3, 32, 32)
     stages, embedding, logits = network.forward_stages(x, ["stage3", "stage1"])
     _, pooled, _ = network.forward_stages(x, ["pool"])
     expected = teacher.inputs(x)
     assert expected.shape == (2, 3, 48, 48)
     assert len(seen) == 2 and all(torch.equal(images, expected) for images in seen)
+    assert modes == [True, True]
     with torch.no_grad():
         features = network.backbone.forward_feature_map(expected)  # stage3, by its own path
     assert torch.equal(stages["stage3"], features) and stages["stage1"].shape == (2, 16, 48, 48)
