@@ -80,3 +80,15 @@ def test_bad_arguments_are_one_message_naming_the_key(teacher_checkpoint):
     )
     message = refused(make, checkpoint=teacher_checkpoint, stages=[["stage3", "stem"]])
     assert message.startswith("model.init_args.stages: stage pair ('stage3', 'stem'): no connector")
+
+
+@OUTSIDE_TRAINER
+def test_a_teacher_fed_larger_images_gets_a_regressor_to_its_larger_map(teacher_checkpoint):
+    spec = dict(architecture="resnet14", weights=teacher_checkpoint, image_size=64)
+    model = make(None, teacher_backbone="resnet32x4", teacher=spec)
+    (connector,) = model.connectors.connectors
+    assert isinstance(connector.conv, nn.ConvTranspose2d)  # student 16 px to teacher 32 px
+    model.teacher_weights.load()
+    images = torch.randn(2, 3, 32, 32)
+    loss = model.training_step((images, torch.zeros(2, dtype=torch.long), torch.arange(2)), 0)
+    assert loss.isfinite()
