@@ -1,9 +1,10 @@
 """Feature extractors by name: ``create_backbone("resnet20")`` returns a module with
 ``num_features`` whose ``forward`` gives the pooled penultimate embedding ``[B, D]``, and
 ``backbone_name``, its registry name; ``feature_map`` gives a convolutional backbone's last
-feature map, before that pooling. torchvision's and timm's classification networks are built
-by prefixed names, ``torchvision:resnet50`` and ``timm:vit_small_patch16_224``
-(``distill.backbones.external``).
+feature map, before that pooling; ``forward_stages`` gives its intermediate maps by stage name
+with the embedding, in one pass (``distill.backbones.stages``). torchvision's and timm's
+classification networks are built by prefixed names, ``torchvision:resnet50`` and
+``timm:vit_small_patch16_224`` (``distill.backbones.external``).
 
 Heads are separate modules (``distill.modules``).
 """
@@ -225,13 +226,18 @@ from distill.backbones import (  # noqa: E402, F401
     vit,
     wrn,
 )
+from distill.backbones.stages import POOL, forward_stages, stage_names, stage_shapes  # noqa: E402
 
 __all__ = [
+    "POOL",
     "available_backbones",
     "create_backbone",
     "feature_map",
+    "forward_stages",
     "has_feature_map",
     "load_pretrained",
     "register_backbone",
+    "stage_names",
+    "stage_shapes",
     "to_channels_last",
 ]

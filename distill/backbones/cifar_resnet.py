@@ -1,6 +1,10 @@
 """CIFAR ResNets of the distillation literature (He et al. 2016, CIFAR variant), laid out as in
 RepDistiller: a 3x3 stem, three stages of basic blocks (strides 1, 2, 2), global pooling.
 ``resnet{6n+2}`` uses widths 16/16/32/64; the ``x4`` variants 32/64/128/256.
+
+Stages (``forward_stages``): ``stem`` (after its ReLU) and ``stage1`` to ``stage3``, each stage's
+output after its last ReLU, or, with ``preact``, the residual sum before it (RepDistiller's
+``feat`` and ``preact`` lists).
 """
 
 from __future__ import annotations
@@ -27,9 +31,13 @@ class BasicBlock(nn.Module):
                 nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
             )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_preact(self, x: Tensor) -> Tensor:
+        """The residual sum, before the block's last ReLU."""
         out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        return self.bn2(self.conv2(out)) + self.shortcut(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.forward_preact(x))
 
 
 class CifarResNet(nn.Module):
@@ -40,6 +48,9 @@ class CifarResNet(nn.Module):
         widths: Stem width then the three stage widths.
         zero_init_residual: Start each block's last BN at zero (identity blocks).
     """
+
+    #: The keys of ``forward_stages``'s stages, in the order the network computes them.
+    stage_names = ("stem", "stage1", "stage2", "stage3")
 
     def __init__(
         self, depth: int, widths: tuple[int, int, int, int], zero_init_residual: bool = False
@@ -73,6 +84,29 @@ class CifarResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """The pooled embedding ``[B, num_features]``."""
         return global_pool(self.forward_feature_map(x))
+
+    def forward_stages(self, x: Tensor, preact: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """The pooled embedding and every stage's output, from one pass.
+
+        Args:
+            preact: Each stage's residual sum before its last ReLU instead (the stem is the
+                same either way, as in RepDistiller).
+
+        Returns:
+            ``[B, num_features]`` and ``{stem: [B, C0, H, W], stage1: [B, C1, H, W],
+            stage2: [B, C2, H/2, W/2], stage3: [B, num_features, H/4, W/4]}``.
+        """
+        x = F.relu(self.bn1(self.conv1(x)))
+        stages = {"stem": x}
+        layers = (self.layer1, self.layer2, self.layer3)
+        for name, layer in zip(self.stage_names[1:], layers, strict=True):
+            *body, last = layer
+            for block in body:
+                x = block(x)
+            before = last.forward_preact(x)
+            x = F.relu(before)
+            stages[name] = before if preact else x
+        return global_pool(x), stages
 
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:

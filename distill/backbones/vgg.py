@@ -1,5 +1,9 @@
 """VGG with batch norm for CIFAR (Simonyan & Zisserman 2015), as in RepDistiller: five conv
 stages with max-pooling between them and a global average pool; feature dim 512.
+
+Stages (``forward_stages``), as RepDistiller's ``feat`` and ``preact`` lists: ``stem`` (the first
+conv stage) and ``stage1`` to ``stage4``, each after its ReLU and before the max-pool that
+follows it, or, with ``preact``, before that ReLU (the stem is after its ReLU either way).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ class VGG(nn.Module):
         stages: Conv widths per stage (five stages).
     """
 
+    #: The keys of ``forward_stages``'s stages, in the order the network computes them.
+    stage_names = ("stem", "stage1", "stage2", "stage3", "stage4")
+
     def __init__(self, stages: list[list[int]]) -> None:
         super().__init__()
         blocks, in_channels = [], 3
@@ -43,14 +50,40 @@ class VGG(nn.Module):
         """The last stage's output ``[B, num_features, h, w]`` (after its ReLU), before pooling."""
         for i, block in enumerate(self.blocks):
             x = F.relu(block(x))
-            # Halve the resolution after stages 1-3 (and after 4 on 64 px inputs).
-            if i < 3 or (i == 3 and x.shape[-1] >= 8):
+            if _pools_after(i, x):
                 x = F.max_pool2d(x, 2)
         return x
 
     def forward(self, x: Tensor) -> Tensor:
         """The pooled embedding ``[B, num_features]``."""
         return global_pool(self.forward_feature_map(x))
+
+    def forward_stages(self, x: Tensor, preact: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """The pooled embedding and every stage's output, from one pass.
+
+        Args:
+            preact: Each stage before its ReLU (the stem is after its ReLU either way, as in
+                RepDistiller).
+
+        Returns:
+            ``[B, num_features]`` and ``{stem: [B, 64, H, W], stage1: [B, 128, H/2, W/2],
+            stage2: [B, 256, H/4, W/4], stage3: [B, 512, H/8, W/8], stage4: [B, 512, h, w]}``
+            (``h = H/8`` on 32 px inputs, ``H/16`` on 64 px).
+        """
+        stages = {}
+        for i, (name, block) in enumerate(zip(self.stage_names, self.blocks, strict=True)):
+            before = block(x)
+            x = F.relu(before)
+            stages[name] = before if preact and i > 0 else x
+            if _pools_after(i, x):
+                x = F.max_pool2d(x, 2)
+        return global_pool(x), stages
+
+
+def _pools_after(stage: int, x: Tensor) -> bool:
+    """Whether the resolution halves after ``stage``: after stages 0-2, and after 3 on 64 px
+    inputs (an ``x`` of 8 px or more there)."""
+    return stage < 3 or (stage == 3 and x.shape[-1] >= 8)
 
 
 @register_backbone("vgg8")

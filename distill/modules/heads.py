@@ -4,13 +4,14 @@ over a list of views)."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 from lightly.models.modules.heads import DINOProjectionHead
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
 
-from distill.backbones import feature_map, has_feature_map
+from distill.backbones import feature_map, forward_stages, has_feature_map
 from distill.backbones.common import global_pool
 
 
@@ -60,6 +61,15 @@ class Classifier(nn.Module):
         features = feature_map(self.backbone, images)
         embedding = global_pool(features)
         return features, embedding, self.head(embedding)
+
+    def forward_stages(
+        self, images: Tensor, names: Sequence[str]
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """Returns the backbone's stages ``names`` (``{name: [B, C, h, w]}``, see
+        ``distill.backbones.forward_stages``), the embedding ``[B, D]`` and the logits, in one
+        pass."""
+        embedding, stages = forward_stages(self.backbone, images, names)
+        return stages, embedding, self.head(embedding)
 
 
 class MultiCropWrapper(nn.Module):

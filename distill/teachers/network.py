@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -10,7 +10,7 @@ from lightly.models.modules.heads import MoCoProjectionHead
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
-from distill.backbones import feature_map, has_feature_map
+from distill.backbones import POOL, feature_map, forward_stages, has_feature_map
 from distill.backbones.common import global_pool
 from distill.backbones.external import import_timm
 from distill.errors import ConfigError
@@ -43,7 +43,8 @@ class TeacherNetwork(nn.Module):
     head's output; with ``backbone`` the backbone's features. Its state dict has the keys of
     a ``Classifier`` (``backbone.*``, ``head.*``). ``forward_dense`` also gives the
     backbone's last feature map (feature distillation): a convolutional backbone's map
-    before its pooling, a timm ViT's patch tokens on its patch grid.
+    before its pooling, a timm ViT's patch tokens on its patch grid; ``forward_stages`` its
+    intermediate maps by stage name (``distill.backbones.forward_stages``).
 
     A frozen teacher never trains: its parameters have ``requires_grad=False`` (so no
     optimiser and no DDP gradient reduction sees them), it stays in eval mode when Lightning
@@ -60,7 +61,7 @@ class TeacherNetwork(nn.Module):
         frozen: Never train (see above).
         inputs: What the backbone is fed (``TeacherInputs``), if anything; ``build_teacher``
             installs it in front of the backbone's forward and gives it here for
-            ``forward_dense``, which goes around that forward.
+            ``forward_dense`` and ``forward_stages``, which go around that forward.
     """
 
     def __init__(
@@ -174,6 +175,31 @@ class TeacherNetwork(nn.Module):
         if self.embedding == "head":
             return dense, self.head(features), None
         return dense, features, None
+
+    def forward_stages(
+        self, images: Tensor, names: Sequence[str]
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
+        """The backbone's stages ``names`` (``{name: [B, C, h, w]}``, see
+        ``distill.backbones.forward_stages``), the embedding and the logits (or None), in one
+        pass, as ``forward_features`` gives the last two; fed the teacher's own inputs.
+        """
+        if self.frozen:
+            return frozen_forward(self._stages, images, names)
+        return self._stages(images, names)
+
+    def _stages(
+        self, images: Tensor, names: Sequence[str]
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
+        # forward_stages goes around the backbone's forward and its pre-hook (the inputs) to
+        # read a stage; for the embedding alone it calls that forward, which feeds them itself.
+        if self.inputs is not None and any(name != POOL for name in names):
+            images = self.inputs(images)
+        features, stages = forward_stages(self.backbone, images, names)
+        if self.embedding == "logits":
+            return stages, features, self.head(features)
+        if self.embedding == "head":
+            return stages, self.head(features), None
+        return stages, features, None
 
 
 def _by_child_index(module: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor] | None:

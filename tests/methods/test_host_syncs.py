@@ -43,6 +43,7 @@ from tests_support import ColourDataModule, quiet_trainer
 
 from distill.data import MultiCropViews, TwoViews
 from distill.methods import (
+    AT,
     CRD,
     DINO,
     DIST,
@@ -51,8 +52,11 @@ from distill.methods import (
     PKT,
     RKD,
     SEED,
+    SP,
+    VID,
     DisCo,
     FeatureKD,
+    FitNets,
     MoCo,
     ReKD,
     Supervised,
@@ -203,6 +207,18 @@ def method_and_data(name: str, teacher_checkpoint: str):
         return FeatureKD(**teacher, projector="mlp", kd_weight=1.0), ColourDataModule()
     if name == "feature-dense":  # a convolutional teacher's last map, as a ViT's tokens
         return FeatureKD(**teacher, level="dense", metric="cosine"), ColourDataModule()
+    if name == "fitnets":
+        return FitNets(**teacher, kd_weight=1.0), ColourDataModule()
+    if name == "at-teacher-inputs":  # the teacher's stages of its own inputs, pooled to meet
+        spec = dict(architecture="resnet14", weights=teacher_checkpoint, mean=[0.4] * 3,
+                    std=[0.2] * 3, image_size=24)  # fmt: skip
+        return AT(student_backbone="resnet8", teacher=spec, num_classes=5, **common), (
+            ColourDataModule()
+        )
+    if name == "sp":
+        return SP(**teacher), ColourDataModule()
+    if name == "vid":
+        return VID(**teacher), ColourDataModule()
     if name == "dino":
         views = MultiCropViews(num_global=2, num_local=2, blur_probs=(0.0, 0.0, 0.0))
         model = DINO(backbone="resnet8", output_dim=32, hidden_dim=16, bottleneck_dim=8,
@@ -226,6 +242,7 @@ def method_and_data(name: str, teacher_checkpoint: str):
 METHODS = [
     "supervised", "kd", "kd-teacher-inputs", "rkd", "crd", "dino", "moco", "rekd",
     "rekd-before-bank-init", "seed", "disco", "feature", "feature-dense", "dkd", "dist", "pkt",
+    "fitnets", "at-teacher-inputs", "sp", "vid",
 ]  # fmt: skip
 
 

@@ -9,7 +9,7 @@ from tests_support import ColourDataModule, quiet_trainer
 
 from distill.callbacks import MethodCheckpoint
 from distill.data import TwoViews
-from distill.methods import DIST, DKD, KD, PKT, RKD, MoCo, Supervised
+from distill.methods import AT, DIST, DKD, KD, PKT, RKD, SP, VID, FitNets, MoCo, Supervised
 
 WORKERS = 2
 SGD = lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)  # noqa: E731
@@ -30,6 +30,9 @@ def make(method: str, teacher_checkpoint: str):
         return DIST(student_backbone="resnet8", **teacher, **common)
     if method == "pkt":
         return PKT(student_backbone="resnet8", **teacher, **common)
+    stage_methods = {"fitnets": FitNets, "at": AT, "sp": SP, "vid": VID}
+    if method in stage_methods:  # their connectors, regressors and variances resume too
+        return stage_methods[method](student_backbone="resnet8", **teacher, **common)
     return MoCo(backbone="resnet8", proj_hidden_dim=16, proj_dim=8, queue_size=24, optimizer=SGD)
 
 
@@ -66,9 +69,10 @@ def fit(method, teacher_checkpoint, root, interrupt_at=None, ckpt_path=None):
 @pytest.mark.parametrize(
     "method, interrupt_at",
     [("supervised", 4), ("supervised", 6), ("kd", 4), ("rkd", 6), ("moco", 6), ("dkd", 6),
-     ("dkd", 4), ("dist", 6), ("pkt", 6)],
+     ("dkd", 4), ("dist", 6), ("pkt", 6), ("fitnets", 6), ("at", 4), ("sp", 6), ("vid", 6)],
     ids=["supervised-epoch_end", "supervised-mid_epoch", "kd-epoch_end", "rkd-mid_epoch",
-         "moco-mid_epoch", "dkd-mid_epoch", "dkd-epoch_end", "dist-mid_epoch", "pkt-mid_epoch"],
+         "moco-mid_epoch", "dkd-mid_epoch", "dkd-epoch_end", "dist-mid_epoch", "pkt-mid_epoch",
+         "fitnets-mid_epoch", "at-epoch_end", "sp-mid_epoch", "vid-mid_epoch"],
 )  # fmt: skip
 def test_resume_with_persistent_workers_equals_uninterrupted_fit(
     tmp_path, teacher_checkpoint, method, interrupt_at

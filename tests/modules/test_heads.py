@@ -45,6 +45,25 @@ def test_classifier_gives_its_last_feature_map_embedding_and_logits_in_one_pass(
     ).has_feature_map
 
 
+def test_classifier_gives_named_stages_embedding_and_logits_in_one_pass():
+    torch.manual_seed(0)
+    classifier = Classifier(create_backbone("resnet8"), 7).eval()
+    images = torch.randn(2, 3, 32, 32)
+    convolutions = []
+    classifier.backbone.conv1.register_forward_hook(lambda *_: convolutions.append(1))
+    with torch.no_grad():
+        stages, embedding, logits = classifier.forward_stages(images, ["stage2", "stage1"])
+        assert len(convolutions) == 1  # one pass of the backbone
+        backbone = classifier.backbone  # the stages by the network's own modules
+        stage1 = backbone.layer1(torch.relu(backbone.bn1(backbone.conv1(images))))
+        expected_embedding, expected_logits = classifier.forward_features(images)
+    assert list(stages) == ["stage2", "stage1"]
+    torch.testing.assert_close(stages["stage1"], stage1, rtol=0, atol=0)
+    torch.testing.assert_close(stages["stage2"], backbone.layer2(stage1), rtol=0, atol=0)
+    torch.testing.assert_close(embedding, expected_embedding, rtol=0, atol=0)
+    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=0)
+
+
 @pytest.mark.numerics
 def test_multi_crop_wrapper_runs_one_backbone_pass_per_run_of_equal_sizes():
     torch.manual_seed(0)

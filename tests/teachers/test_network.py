@@ -109,6 +109,39 @@ def test_the_dense_forward_feeds_the_teacher_its_own_inputs():
     assert len(seen) == 2 and all(torch.equal(images, expected) for images in seen)
 
 
+def test_the_stages_forward_feeds_the_teacher_its_own_inputs_once_in_one_pass():
+    # As the dense path, forward_stages goes around the backbone's forward and its pre-hook
+    # to read a stage; for the embedding alone it takes that forward (and the hook) itself.
+    torch.manual_seed(0)
+    spec = TeacherSpec.from_config(
+        dict(architecture="resnet8", weights="t.ckpt", embedding="logits",
+             mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], image_size=48)
+    )  # fmt: skip
+    teacher = build_teacher(spec, num_classes=10)
+    teacher.inputs.configure((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    network = teacher.network
+    seen, modes = [], []
+    network.backbone.conv1.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    network.backbone.conv1.register_forward_hook(
+        lambda *_: modes.append(torch.is_inference_mode_enabled())
+    )
+    x = torch.randn(2, 3, 32, 32)
+    stages, embedding, logits = network.forward_stages(x, ["stage3", "stage1"])
+    _, pooled, _ = network.forward_stages(x, ["pool"])
+    expected = teacher.inputs(x)
+    assert expected.shape == (2, 3, 48, 48)
+    assert len(seen) == 2 and all(torch.equal(images, expected) for images in seen)
+    assert modes == [True, True]
+    with torch.no_grad():
+        features = network.backbone.forward_feature_map(expected)  # stage3, by its own path
+    assert torch.equal(stages["stage3"], features) and stages["stage1"].shape == (2, 16, 48, 48)
+    expected_embedding, expected_logits = network.forward_features(x)
+    torch.testing.assert_close(embedding, expected_embedding)  # pooled by other kernels
+    torch.testing.assert_close(logits, expected_logits)
+    torch.testing.assert_close(pooled, expected_embedding, rtol=0, atol=0)
+    assert not stages["stage3"].is_inference()  # frozen: inference mode, tensors cloned out
+
+
 def vit(**kwargs) -> TeacherNetwork:
     pytest.importorskip("timm")
     torch.manual_seed(0)
