@@ -1,9 +1,10 @@
 """The benchmark scripts loaded by path, and fake run folders as LightningCLI leaves them.
 
 The scripts are not a package (``python benchmarks/<script>.py`` puts ``benchmarks/`` on the
-path, and ``rekd_study`` imports ``cifar10_5k`` by that name), so they are loaded from their
-files and registered under their own names; nothing is added to ``sys.path``. The helpers
-reach the tests as fixtures of the same name.
+path, and ``rekd_study`` imports ``cifar10_5k``, ``step`` imports ``timing``, by those
+names), so they are loaded from their files and registered under their own names; nothing is
+added to ``sys.path``. The helpers reach the tests as fixtures of the same name (``step.py``
+as ``step_script``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ def rekd_study(cifar10_5k):
 @pytest.fixture(scope="session")
 def four_doors():
     return load_script("four_doors")
+
+
+@pytest.fixture(scope="session")
+def step_script():
+    load_script("timing")  # step.py imports it by that name
+    return load_script("step")
 
 
 def _write_run(
