@@ -1,9 +1,16 @@
 """Real-data comparison on ``../shared/data/cifar10-5k``: runs configs, then prints a table.
 
-    python benchmarks/cifar10_5k.py distillation    # teacher, student alone, KD, RKD, CRD, CRD+KD
+    python benchmarks/cifar10_5k.py distillation    # teacher, student alone, then each method
     python benchmarks/cifar10_5k.py distillation --report    # table only, from runs/ already there
     python benchmarks/cifar10_5k.py distillation --threads 1 --parallel 2
     python benchmarks/cifar10_5k.py distillation --figures -- --trainer.max_epochs 2  # a trial
+    python benchmarks/cifar10_5k.py distillation --missing    # only the runs not finished yet
+
+The ``distillation`` suite trains the teacher resnet20 and the student resnet8 alone, then
+the student from that teacher with each method's ``cifar10-5k_resnet20_resnet8`` config (one
+recipe, 40 epochs): on the teacher's logits KD, DKD and DIST, on its features FitNets, AT,
+SP, VID, RKD, PKT, CRD and CRD+KD (RepDistiller's order). ``distillation56`` runs KD, RKD
+and CRD with resnet56 -> resnet20; ``selfsupervised`` DINO, MoCo-v2 and ReKD.
 
 Each row is one ``distill fit --config ...`` run (in a subprocess, in the order listed, so
 the teacher exists before its students need it); arguments after ``--`` go to every run,
@@ -15,6 +22,9 @@ runs (or, with ``--report``, reports) every run with each seed, ``--seed_everyth
 logs tagged ``seed<N>`` (the config's own seed keeps the untagged logs); a teacher that other
 runs load keeps its config's seed, so ``--seeds 1 2`` adds students only. With several seeds
 a second table gives each method's final values as mean ± standard deviation over seeds.
+``--missing`` starts only the runs without a finished log of their planned length (see below:
+those never run, unfinished or of another length), so a suite grown by a method, or stopped
+by a failure, is completed without training again what is done; the tables report them all.
 
 Logs are under ``--runs-root`` (default: the repository's ``runs/``): the configs' ``runs/...``
 paths, their teachers' included, are taken under it. Runs never started are left out of the
@@ -22,12 +32,18 @@ tables and figures and named below the table. A run that stopped before the ``ma
 was started with (the ``config.yaml`` of its log) is marked ``unfinished: 3 of 40 epochs``,
 and one of another length than the suite plans (the config's ``max_epochs``, or the run's own
 arguments; not those after ``--``) ``2 epochs, not 40``: in the tables' ``epochs`` column and
-in the figures' legends, where runs of different lengths are never averaged together.
+in the figures' legends, where runs of different lengths are never averaged together. The
+distillation suites' tables have a ``kind`` column: what each method distils (logits or
+features).
 
 ``--figures`` writes ``<suite>_curves.png`` (each metric column against the epoch, one line
 per method, the mean of its seeds) and ``<suite>_final.png`` (the final values, with error
 bars of one standard deviation over seeds, or of one binomial standard error on the 1,017
 val images for a single run) to ``--figures-dir`` (default ``<runs-root>/cifar10-5k/figures``).
+Each method's curve has its own colour, each kind of method its own line style (logits
+dashed, features solid; the teacher and the student alone solid black and grey), one legend
+beside the axes; the final figure marks off the kinds and draws the student alone's mean
+across as a dotted line.
 README's figures in ``benchmarks/figures`` are replaced only when that folder is named. A
 figure without data is not written.
 
@@ -40,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import os
 import statistics
 import subprocess
@@ -75,6 +92,8 @@ class Run:
     tag: str = ""
     seeded: bool = True  # False: a run others load (a teacher) runs with its config's seed only
     runs_root: Path = RUNS  # the configs' ``runs/`` paths are taken under it
+    kind: str = ""  # what a method distils (LOGITS, FEATURES): a table column, a figure span
+    baseline: bool = False  # the row the methods should beat: a line across the final figure
 
     def config_value(self, *keys: str):
         """A value of the run's config file, e.g. ``config_value("trainer", "max_epochs")``;
@@ -134,31 +153,49 @@ class Run:
         return command
 
 
+#: What a method distils, in the suites' ``kind`` column: the teacher's logits, or its
+#: features (intermediate maps or the pooled embedding), as the DKD paper's table divides them.
+LOGITS, FEATURES = "logits", "features"
+
 #: Suites: stages of runs in dependency order; a stage starts when the one before it ends.
+#: Methods on logits come first, then those on features in RepDistiller's (the CRD paper's) order.
 SUITES: dict[str, list[list[Run]]] = {
     "distillation": [
         [
             Run("teacher resnet20", "configs/supervised/cifar10-5k_resnet20.yaml", seeded=False),
-            Run("student resnet8 alone", "configs/supervised/cifar10-5k_resnet8.yaml"),
+            Run(
+                "student resnet8 alone", "configs/supervised/cifar10-5k_resnet8.yaml", baseline=True
+            ),
         ],
         [
-            Run("KD", "configs/kd/cifar10-5k_resnet20_resnet8.yaml"),
-            Run("RKD", "configs/rkd/cifar10-5k_resnet20_resnet8.yaml"),
-            Run("CRD", "configs/crd/cifar10-5k_resnet20_resnet8.yaml"),
-            Run("CRD+KD", "configs/crd/cifar10-5k_resnet20_resnet8_kd.yaml"),
+            Run("KD", "configs/kd/cifar10-5k_resnet20_resnet8.yaml", kind=LOGITS),
+            Run("DKD", "configs/dkd/cifar10-5k_resnet20_resnet8.yaml", kind=LOGITS),
+            Run("DIST", "configs/dist/cifar10-5k_resnet20_resnet8.yaml", kind=LOGITS),
+            Run("FitNets", "configs/fitnets/cifar10-5k_resnet20_resnet8.yaml", kind=FEATURES),
+            Run("AT", "configs/at/cifar10-5k_resnet20_resnet8.yaml", kind=FEATURES),
+            Run("SP", "configs/sp/cifar10-5k_resnet20_resnet8.yaml", kind=FEATURES),
+            Run("VID", "configs/vid/cifar10-5k_resnet20_resnet8.yaml", kind=FEATURES),
+            Run("RKD", "configs/rkd/cifar10-5k_resnet20_resnet8.yaml", kind=FEATURES),
+            Run("PKT", "configs/pkt/cifar10-5k_resnet20_resnet8.yaml", kind=FEATURES),
+            Run("CRD", "configs/crd/cifar10-5k_resnet20_resnet8.yaml", kind=FEATURES),
+            Run("CRD+KD", "configs/crd/cifar10-5k_resnet20_resnet8_kd.yaml", kind=FEATURES),
         ],
     ],
-    # The same methods with a bigger teacher and student: about 3x the CPU time.
+    # KD, RKD and CRD with a bigger teacher and student: about 3x the CPU time.
     "distillation56": [
         [
             Run("teacher resnet56", "configs/supervised/cifar10-5k_resnet56.yaml", seeded=False),
-            Run("student resnet20 alone", "configs/supervised/cifar10-5k_resnet20.yaml"),
+            Run(
+                "student resnet20 alone",
+                "configs/supervised/cifar10-5k_resnet20.yaml",
+                baseline=True,
+            ),
         ],
         [
-            Run("KD", "configs/kd/cifar10-5k_resnet56_resnet20.yaml"),
-            Run("RKD", "configs/rkd/cifar10-5k_resnet56_resnet20.yaml"),
-            Run("CRD", "configs/crd/cifar10-5k_resnet56_resnet20.yaml"),
-            Run("CRD+KD", "configs/crd/cifar10-5k_resnet56_resnet20_kd.yaml"),
+            Run("KD", "configs/kd/cifar10-5k_resnet56_resnet20.yaml", kind=LOGITS),
+            Run("RKD", "configs/rkd/cifar10-5k_resnet56_resnet20.yaml", kind=FEATURES),
+            Run("CRD", "configs/crd/cifar10-5k_resnet56_resnet20.yaml", kind=FEATURES),
+            Run("CRD+KD", "configs/crd/cifar10-5k_resnet56_resnet20_kd.yaml", kind=FEATURES),
         ],
     ],
     "selfsupervised": [
@@ -264,6 +301,11 @@ def progress(run: Run) -> Progress | None:
     return Progress(done, started_epochs(version) or planned, planned)
 
 
+def finished(run: Run) -> bool:
+    """Whether ``run`` has a log of all its planned epochs (``validate``: any log)."""
+    return load_scalars(run)[0] is not None and not note(run)
+
+
 def note(run: Run) -> str:
     """``unfinished: 3 of 40 epochs``, ``2 epochs, not 40``, or ``""`` (see the docstring)."""
     state = progress(run)
@@ -309,7 +351,7 @@ def shown(path: Path) -> str:
 def summary(run: Run, metrics: list[str]) -> dict[str, str]:
     """Epochs, last and best of each metric and the wall time of a run's newest log."""
     version, scalars = load_scalars(run)
-    row = {"run": shown(version)}
+    row = {"run": shown(version), "kind": run.kind or "-"}
     times = [e.wall_time for events in scalars.values() for e in events]
     row["wall"] = f"{(max(times) - min(times)) / 60:.1f} min" if len(times) > 1 else "-"
     state = progress(run)
@@ -348,6 +390,32 @@ def mean_curve(group: list[Run], metric: str) -> tuple[list[int], list[float]]:
     return shared, [100 * statistics.mean(c[x] for c in curves) for x in shared]
 
 
+#: The curves' line styles by kind of method (``Run.kind``), in the order the kinds appear.
+KIND_LINES = ("--", "-", "-.", ":")
+
+
+def line_styles(groups: dict[str, list[Run]]) -> dict[str, dict[str, str]]:
+    """The colour and line style of each group's curves: every group its own colour (tab10's
+    but its grey, in order) and every kind of method its own line style, so that a dozen
+    curves stay apart; in a suite with kinds, the rows of none (teacher, student alone) are
+    solid black and greys."""
+    import matplotlib
+
+    kinds = list(dict.fromkeys(group[0].kind for group in groups.values() if group[0].kind))
+    tab10 = matplotlib.colormaps["tab10"].colors
+    colours = itertools.cycle(tab10[:7] + tab10[8:])  # tab10[7] is grey
+    greys = itertools.cycle(("black", "0.55", "0.75"))
+    styles = {}
+    for name, group in groups.items():
+        kind = group[0].kind
+        if kinds and not kind:
+            styles[name] = {"color": next(greys), "linestyle": "-"}
+        else:
+            line = KIND_LINES[kinds.index(kind) % len(KIND_LINES)] if kind else "-"
+            styles[name] = {"color": next(colours), "linestyle": line}
+    return styles
+
+
 def plot(suite: str, runs: list[Run], metrics: list[str], folder: Path) -> list[Path]:
     """The suite's curves and final values as two small PNG files in ``folder`` (see the
     docstring); returns those written. A figure without data is not written.
@@ -369,12 +437,23 @@ def plot(suite: str, runs: list[Run], metrics: list[str], folder: Path) -> list[
             lines[metric] = drawn
     path = folder / f"{suite}_curves.png"
     if lines:
-        fig, axes = plt.subplots(1, len(lines), figsize=(4.2 * len(lines), 3.4), dpi=100)
+        styles = line_styles(groups)
+        fig, _ = plt.subplots(
+            1, len(lines), figsize=(4.6 * len(lines) + 2.6, 3.8), dpi=100, layout="constrained"
+        )
+        legend = {}  # label: line, in the groups' order
         for ax, (metric, drawn) in zip(fig.axes, lines.items(), strict=True):
             for name, (epochs, means) in drawn.items():
-                ax.plot(epochs, means, marker=".", label=f"{name} (n={len(groups[name])})")
+                label = f"{name} (n={len(groups[name])})"
+                legend[label] = ax.plot(epochs, means, marker=".", markersize=4, linewidth=1.2,
+                                        label=label, **styles[name])[0]  # fmt: skip
             ax.set(xlabel="epoch", ylabel=f"{metric} (%)")
-            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+        # One legend for all axes, beside them: inside, a dozen names would hide the curves.
+        order = [f"{name} (n={len(group)})" for name, group in groups.items()]
+        labels = [label for label in order if label in legend]
+        fig.legend([legend[label] for label in labels], labels, loc="outside right upper",
+                   fontsize=7)  # fmt: skip
         fig.suptitle(f"cifar10-5k, {suite}", fontsize=10)
         written.append(save(fig, path))
     else:
@@ -388,8 +467,18 @@ def plot(suite: str, runs: list[Run], metrics: list[str], folder: Path) -> list[
     if not finals:
         print(f"{shown(path)} not written: no run logged {' or '.join(metrics)}")
         return written
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(finals), 4.2), dpi=100)
+    written.append(save(final_figure(plt, groups, finals, metrics), path))
+    return written
+
+
+def final_figure(plt, groups: dict[str, list[Run]], finals: dict, metrics: list[str]):
+    """The final values of each group in ``finals`` ({name: {metric: values}}) with error bars,
+    the kinds of method marked off, and the baseline row's mean as a line across."""
+    fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(finals), 4.4), dpi=100, layout="constrained")
     offset = 0.25 / max(len(metrics) - 1, 1)
+    # The baseline row at its planned length (a group named by its label alone).
+    baseline = next((n for n in finals if groups[n][0].baseline and n == groups[n][0].label), None)
+    handles = []
     for column, metric in enumerate(metrics):
         points = []  # (x, mean %, error %)
         for i, values in enumerate(finals.values()):
@@ -398,17 +487,31 @@ def plot(suite: str, runs: list[Run], metrics: list[str], folder: Path) -> list[
                 error = std if len(values[metric]) > 1 else (mean * (1 - mean) / VAL_IMAGES) ** 0.5
                 x = i + (column - (len(metrics) - 1) / 2) * offset
                 points.append((x, 100 * mean, 100 * error))
-        if points:
-            xs, ys, errors = zip(*points, strict=True)
-            ax.errorbar(xs, ys, yerr=errors, fmt="o", capsize=3, label=metric)
+        if not points:
+            continue
+        xs, ys, errors = zip(*points, strict=True)
+        bars = ax.errorbar(xs, ys, yerr=errors, fmt="o", capsize=3, label=metric)
+        handles.append(bars)
+        if baseline and finals[baseline][metric]:
+            level = 100 * statistics.mean(finals[baseline][metric])
+            handles.append(ax.axhline(level, color=bars.lines[0].get_color(), linestyle=":",
+                                      linewidth=1, label=f"{metric} of {baseline}"))  # fmt: skip
     names = [f"{name} (n={len(groups[name])})" for name in finals]
-    ax.set_xticks(range(len(finals)), names, rotation=30, ha="right")
+    ax.set_xticks(range(len(finals)), names, rotation=30, ha="right", fontsize=8)
+    kinds = [groups[name][0].kind for name in finals]
+    starts = [i for i, kind in enumerate(kinds) if i == 0 or kind != kinds[i - 1]]
+    for start, end in zip(starts, [*starts[1:], len(kinds)], strict=True):
+        if start:
+            ax.axvline(start - 0.5, color="0.6", linewidth=0.8)
+        if kinds[start]:
+            ax.text((start + end - 1) / 2, 0.98, f"on {kinds[start]}", ha="center", va="top",
+                    fontsize=8, color="0.3", transform=ax.get_xaxis_transform())  # fmt: skip
+    ax.margins(y=0.12)  # room for the kinds' names above the points
     ax.set(ylabel="final value (%)")
     ax.set_title("error bars: s.d. over n seeds; n = 1: binomial s.e. on val", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7)
-    written.append(save(fig, path))
-    return written
+    ax.legend(handles=handles, fontsize=7)
+    return fig
 
 
 def save(fig, path: Path) -> Path:
@@ -416,7 +519,8 @@ def save(fig, path: Path) -> Path:
     a message naming the path if it cannot be written (the tables are printed by then)."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure laid out on creation keeps its layout
+        fig.tight_layout()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path)
@@ -438,14 +542,16 @@ def print_markdown(header: list[str], lines: list[list[str]]) -> None:
         print(fmt.format(*line))
 
 
-def print_table(rows: list[tuple[str, dict[str, str]]], metrics: list[str]) -> None:
-    columns = ["epochs", *metrics, "wall", "run"]
+def print_table(rows: list[tuple[str, dict[str, str]]], metrics: list[str], kinds: bool) -> None:
+    """One line per run; with ``kinds``, what each method distils (``Run.kind``) beside it."""
+    columns = [*(["kind"] if kinds else []), "epochs", *metrics, "wall", "run"]
     lines = [[label, *(row.get(c, "-") for c in columns)] for label, row in rows]
     print_markdown(["method", *columns], lines)
 
 
-def print_seed_table(runs: list[Run], metrics: list[str]) -> None:
-    """Per label and length: its seeds and each metric's final value, mean ± s.d."""
+def print_seed_table(runs: list[Run], metrics: list[str], kinds: bool) -> None:
+    """Per label and length: its seeds and each metric's final value, mean ± s.d. (and with
+    ``kinds``, what the method distils)."""
     lines = []
     for name, group in by_label(runs).items():
         finals = {m: [v for r in group if (v := final_values(r, m)) is not None] for m in metrics}
@@ -454,8 +560,10 @@ def print_seed_table(runs: list[Run], metrics: list[str]) -> None:
             mean, std = mean_std(values) if values else (0.0, 0.0)
             spread = f" ± {100 * std:.1f}" if len(values) > 1 else ""
             cells.append(f"{100 * mean:.1f}{spread}" if values else "-")
-        lines.append([name, str(len(group)), *cells])
-    print_markdown(["method", "seeds", *(f"{m} %" for m in metrics)], lines)
+        kind = [group[0].kind or "-"] if kinds else []
+        lines.append([name, *kind, str(len(group)), *cells])
+    header = ["method", *(["kind"] if kinds else []), "seeds", *(f"{m} %" for m in metrics)]
+    print_markdown(header, lines)
 
 
 def report(
@@ -469,13 +577,14 @@ def report(
         print(f"no logs of the {suite} runs under {shown(root)}: no table, no figures")
         return
     name = (lambda r: f"{r.label}, seed {r.seed()}") if seeded else (lambda r: r.label)
-    print_table([(name(r), summary(r, metrics)) for r in logged], metrics)
+    kinds = any(run.kind for run in runs)
+    print_table([(name(r), summary(r, metrics)) for r in logged], metrics, kinds)
     missing = [name(r) for r in runs if r not in logged]
     if missing:
         print(f"\nnot run yet (no logs): {'; '.join(missing)}")
     if seeded:
         print()
-        print_seed_table(logged, metrics)
+        print_seed_table(logged, metrics, kinds)
     print_curves(logged, curves)
     if figures:
         plot(suite, logged, metrics, figures)
@@ -500,6 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--seeds", type=int, nargs="+",
         help="run (and report) each run with each of these seeds; a teacher keeps its own",
+    )  # fmt: skip
+    parser.add_argument(
+        "--missing", action="store_true",
+        help="start only the runs without a finished log of their planned length",
     )  # fmt: skip
     parser.add_argument("--figures", action="store_true", help="also write the two PNGs")
     parser.add_argument(
@@ -536,8 +649,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         ]
     if not args.report:
         for number, stage in enumerate(stages, 1):
-            if not args.stages or number in args.stages:
-                run_stage(stage, args.extra, args.threads, args.parallel)
+            if args.stages and number not in args.stages:
+                continue
+            if starting := [run for run in stage if not (args.missing and finished(run))]:
+                run_stage(starting, args.extra, args.threads, args.parallel)
+        # ``--missing`` read logs that the runs since changed: the report reads them afresh.
+        load_scalars.cache_clear()
+        progress.cache_clear()
     runs = [run for stage in stages for run in stage]
     seeded = bool(args.seeds) and len(args.seeds) > 1
     report(args.suite, runs, seeded, args.curves, args.figures_dir if args.figures else None)

@@ -140,16 +140,29 @@ def started(monkeypatch) -> list[list[str]]:
 
 
 @pytest.fixture
-def drawn(monkeypatch, cifar10_5k, rekd_study) -> dict[str, dict[str, list[str]]]:
-    """What each figure the scripts save shows, by file name: legend and x-tick texts."""
+def drawn(monkeypatch, cifar10_5k, rekd_study) -> dict[str, dict[str, list]]:
+    """What each figure the scripts save shows, by file name: the texts of its legends (the
+    figure's, then its axes'), x ticks and other labels, and per axis each labelled line's
+    label, colour and line style."""
+    from matplotlib.colors import to_hex
+
     seen = {}
     save = cifar10_5k.save
 
     def record(fig, path):
-        legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+        legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
         seen[path.name] = {
             "legend": [text.get_text() for legend in legends for text in legend.get_texts()],
             "xticks": [text.get_text() for ax in fig.axes for text in ax.get_xticklabels()],
+            "texts": [text.get_text() for ax in fig.axes for text in ax.texts],
+            "lines": [
+                [
+                    (line.get_label(), to_hex(line.get_color()), line.get_linestyle())
+                    for line in ax.get_lines()
+                    if not line.get_label().startswith("_")
+                ]
+                for ax in fig.axes
+            ],
         }
         return save(fig, path)
 

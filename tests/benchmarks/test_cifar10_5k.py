@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import statistics
+import subprocess
+from pathlib import Path
 
 import pytest
 
-STUDENTS = ["supervised_resnet8", "kd_resnet20_resnet8", "rkd_resnet20_resnet8",
-            "crd_resnet20_resnet8", "crd_kd_resnet20_resnet8"]  # fmt: skip
+#: The distillation suite's rows in order, by the log folder of each (under runs/cifar10-5k):
+#: the folders of the rows run before FitNets, AT, SP, VID, PKT, DKD and DIST are unchanged.
+FOLDERS = {
+    "teacher resnet20": "supervised_resnet20",
+    "student resnet8 alone": "supervised_resnet8",
+    "KD": "kd_resnet20_resnet8",
+    "DKD": "dkd_resnet20_resnet8",
+    "DIST": "dist_resnet20_resnet8",
+    "FitNets": "fitnets_resnet20_resnet8",
+    "AT": "at_resnet20_resnet8",
+    "SP": "sp_resnet20_resnet8",
+    "VID": "vid_resnet20_resnet8",
+    "RKD": "rkd_resnet20_resnet8",
+    "PKT": "pkt_resnet20_resnet8",
+    "CRD": "crd_resnet20_resnet8",
+    "CRD+KD": "crd_kd_resnet20_resnet8",
+}
+STUDENTS = list(FOLDERS.values())[1:]
 VALUES = {"val/top1": 0.6, "val/knn_top1": 0.58}
 
 
@@ -140,10 +158,13 @@ def test_methods_never_run_are_left_out_of_tables_and_figures(
         ("teacher resnet20", "40"),
         ("KD", "40"),
     ]
-    assert "not run yet (no logs): student resnet8 alone; RKD; CRD; CRD+KD" in out
+    never = [label for label in FOLDERS if label not in ("teacher resnet20", "KD")]
+    assert f"not run yet (no logs): {'; '.join(never)}" in out
     assert drawn["distillation_final.png"]["xticks"] == ["teacher resnet20 (n=1)", "KD (n=1)"]
-    # One legend per metric axis, each with the two runs.
-    assert drawn["distillation_curves.png"]["legend"] == 2 * ["teacher resnet20 (n=1)", "KD (n=1)"]
+    # No student alone: no line of it across the final values.
+    assert drawn["distillation_final.png"]["legend"] == ["val/top1", "val/knn_top1"]
+    # One legend beside both metric axes, with the two runs.
+    assert drawn["distillation_curves.png"]["legend"] == ["teacher resnet20 (n=1)", "KD (n=1)"]
 
 
 def test_short_and_unfinished_runs_are_shown_and_marked(
@@ -166,7 +187,7 @@ def test_short_and_unfinished_runs_are_shown_and_marked(
     names = ["teacher resnet20 (n=1)", "KD [2 epochs, not 40] (n=1)",
              "RKD [unfinished: 3 of 40 epochs] (n=1)"]  # fmt: skip
     assert drawn["distillation_final.png"]["xticks"] == names
-    assert drawn["distillation_curves.png"]["legend"] == 2 * names
+    assert drawn["distillation_curves.png"]["legend"] == names
 
 
 def test_seeds_of_other_lengths_are_reported_apart_not_averaged(
@@ -202,6 +223,106 @@ def test_seeds_of_other_lengths_are_reported_apart_not_averaged(
         "student resnet8 alone (n=2)",
         "student resnet8 alone [2 epochs, not 40] (n=1)",
     ]
+
+
+def test_every_method_trains_the_student_with_the_one_teacher_and_recipe(cifar10_5k):
+    """Only the method's own terms differ: teacher, trainer (epochs, the k-NN callback),
+    optimiser, schedule, data and seed are KD's."""
+    (teacher, _), methods = cifar10_5k.SUITES["distillation"]
+    assert [run.label for run in methods] == list(FOLDERS)[2:]
+
+    def recipe(run):
+        trainer = run.config_value("trainer")
+        model = run.config_value("model", "init_args")
+        shared = ("optimizer", "lr_schedule", "milestones", "lr_decay")
+        return (
+            {key: value for key, value in trainer.items() if key != "default_root_dir"},
+            run.config_value("seed_everything"),
+            run.config_value("data"),
+            {key: model[key] for key in shared},
+        )
+
+    teacher_dir = teacher.config_value("trainer", "default_root_dir")
+    for run in methods:
+        assert recipe(run) == recipe(methods[0]), run.label  # KD's
+        model = run.config_value("model", "init_args")
+        assert model["teacher_checkpoint"] == teacher_dir, run.label
+        assert (model["student_backbone"], model["num_classes"]) == ("resnet8", 10), run.label
+
+
+def test_every_method_is_a_row_of_both_tables_and_figures_from_its_own_logs(
+    cifar10_5k, write_run, drawn, tmp_path, capsys
+):
+    runs = tmp_path / "runs"
+    write_suite(write_run, runs, seeds=(0, 1, 2))
+    cifar10_5k.main(["distillation", "--report", "--seeds", "0", "1", "2", "--figures",
+                     "--runs-root", str(runs)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "not run yet" not in out
+    per_run, per_method = tables(out)
+    seeds = {label: (0,) if label == "teacher resnet20" else (0, 1, 2) for label in FOLDERS}
+    logs = {
+        f"{label}, seed {seed}": str(runs / "cifar10-5k" / (f"{folder}_seed{seed}" if seed else
+                                     folder) / "lightning_logs/version_0")
+        for label, folder in FOLDERS.items()
+        for seed in seeds[label]
+    }  # fmt: skip
+    assert list(column(per_run, "run").items()) == list(logs.items())
+    kinds = ["-", "-", *3 * ["logits"], *8 * ["features"]]
+    assert list(column(per_method, "kind").items()) == list(zip(FOLDERS, kinds, strict=True))
+    assert column(per_method, "seeds") == {label: str(len(seeds[label])) for label in FOLDERS}
+    names = [f"{label} (n={len(seeds[label])})" for label in FOLDERS]
+    assert drawn["distillation_final.png"]["xticks"] == names
+    assert drawn["distillation_curves.png"]["legend"] == names
+    assert drawn["distillation_final.png"]["texts"] == ["on logits", "on features"]
+    assert drawn["distillation_final.png"]["legend"] == [
+        "val/top1", "val/top1 of student resnet8 alone",
+        "val/knn_top1", "val/knn_top1 of student resnet8 alone",
+    ]  # fmt: skip
+
+
+def test_a_dozen_curves_stay_apart_by_colour_and_line_style(cifar10_5k, write_run, drawn, tmp_path):
+    runs = tmp_path / "runs"
+    write_suite(write_run, runs)
+    cifar10_5k.main(["distillation", "--report", "--figures", "--runs-root", str(runs)])
+    axes = drawn["distillation_curves.png"]["lines"]
+    assert len(axes) == 2  # val/top1, val/knn_top1
+    for lines in axes:
+        styles = {label.removesuffix(" (n=1)"): (colour, style) for label, colour, style in lines}
+        assert list(styles) == list(FOLDERS)
+        assert len(set(styles.values())) == len(styles)
+        assert styles["teacher resnet20"] == ("#000000", "-")
+        assert {styles[label][1] for label in ("KD", "DKD", "DIST")} == {"--"}
+        assert {styles[label][1] for label in list(FOLDERS)[5:]} == {"-"}
+
+
+def test_missing_starts_only_the_runs_without_a_finished_log(
+    cifar10_5k, write_run, monkeypatch, tmp_path, capsys
+):
+    logs = tmp_path / "runs/cifar10-5k"
+    write_run(logs / "supervised_resnet20", epochs=40, max_epochs=40, final=VALUES)
+    write_run(logs / "kd_resnet20_resnet8", epochs=40, max_epochs=40, final=VALUES)
+    write_run(logs / "rkd_resnet20_resnet8", epochs=3, max_epochs=40, final=VALUES, then_steps=2)
+    write_run(logs / "crd_resnet20_resnet8", epochs=2, max_epochs=2, final=VALUES)  # a trial
+    started = []
+
+    def finishes(command, **kwargs):
+        """A run that leaves a finished log in its folder, as its newest version."""
+        root = Path(command[command.index("--trainer.default_root_dir") + 1])
+        started.append(root.name)
+        version = len(list(root.glob("lightning_logs/version_*")))
+        write_run(root, epochs=40, max_epochs=40, final=VALUES, version=version)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(subprocess, "run", finishes)
+    cifar10_5k.main(["distillation", "--missing", "--runs-root", str(logs.parent)])
+    assert started == [folder for folder in STUDENTS if folder != "kd_resnet20_resnet8"]
+    # The report reads the logs the runs left, not those read to choose the runs.
+    table = tables(capsys.readouterr().out)[0]
+    assert column(table, "epochs") == dict.fromkeys(FOLDERS, "40")
+    newest = column(table, "run")
+    assert newest["RKD"] == str(logs / "rkd_resnet20_resnet8/lightning_logs/version_1")
+    assert newest["KD"] == str(logs / "kd_resnet20_resnet8/lightning_logs/version_0")
 
 
 def test_arguments_after_double_dash_reach_every_run(cifar10_5k, started, tmp_path, capsys):
