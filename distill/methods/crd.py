@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.arguments import (
@@ -18,7 +17,7 @@ from distill.arguments import (
     require_probability,
 )
 from distill.errors import ConfigError
-from distill.losses import CRDLoss, kd_loss
+from distill.losses import CRDLoss
 from distill.methods.distillation import TeacherStudent
 from distill.modules.distributed import gather_rows
 
@@ -72,16 +71,9 @@ class CRD(TeacherStudent):
         require_probability(f"{MODEL}.memory_momentum", memory_momentum)
         require_choice(f"{MODEL}.sampler", sampler, ("uniform", "other_class"))
         super().__init__(ce_weight=ce_weight, **kwargs)
-        if kd_weight and self.teacher.num_classes is None:
-            raise ConfigError(
-                f"{MODEL}.kd_weight={kd_weight} matches the teacher's logits, but the teacher "
-                f"reads its {self.teacher.embedding} (teacher.embedding): set it to logits "
-                "(a teacher with a classifier), or kd_weight: 0"
-            )
+        self.set_kd_term(kd_weight, temperature)
         self.save_hyperparameters(ignore=["optimizer"])
         self.crd_weight = crd_weight
-        self.kd_weight = kd_weight
-        self.temperature = temperature
         self.crd_options = dict(
             embed_dim=embed_dim,
             num_negatives=num_negatives,
@@ -128,17 +120,9 @@ class CRD(TeacherStudent):
         student_nce, teacher_nce = self.crd(
             z_student, z_teacher, indices, *self.batch_place(indices)
         )
-        terms = {
-            "ce": F.cross_entropy(logits, targets),
-            "crd_student": student_nce,
-            "crd_teacher": teacher_nce,
-            "crd": student_nce + teacher_nce,
-        }
-        loss = self.ce_weight * terms["ce"] + self.crd_weight * terms["crd"]
-        if self.kd_weight:
-            terms["kd"] = kd_loss(logits, teacher_logits, self.temperature)
-            loss = loss + self.kd_weight * terms["kd"]
-        self.log_terms({"loss": loss, **terms})
+        crd = student_nce + teacher_nce
+        terms = {"crd_student": student_nce, "crd_teacher": teacher_nce, "crd": crd}
+        loss = self.add_ce_and_kd(logits, targets, teacher_logits, self.crd_weight * crd, terms)
         self._pending_update = (z_student.detach(), z_teacher.detach(), indices)
         return loss
 

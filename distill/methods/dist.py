@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from distill.arguments import MODEL, require_each, require_non_negative, require_positive
-from distill.losses import dist_terms, kd_loss
+from distill.losses import dist_terms
 from distill.methods.distillation import TeacherStudent
 
 
@@ -60,20 +59,13 @@ class DIST(TeacherStudent):
         self.inter_weight = inter_weight
         self.intra_weight = intra_weight
         self.dist_weight = dist_weight
-        self.temperature = temperature
-        self.kd_weight = kd_weight
+        self.set_kd_term(kd_weight, temperature)  # τ is DIST's too
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, targets, _ = batch
-        with self.keep_step_features(len(images), "student", "teacher"):
-            logits = self.student(images)
-            teacher_logits = self.teacher(images)
+        logits, teacher_logits = self.student_and_teacher_logits(images)
         inter, intra = dist_terms(logits, teacher_logits, self.temperature)
-        terms = {"ce": F.cross_entropy(logits, targets), "dist_inter": inter, "dist_intra": intra}
         relations = self.inter_weight * inter + self.intra_weight * intra
-        loss = self.ce_weight * terms["ce"] + self.dist_weight * relations
-        if self.kd_weight:
-            terms["kd"] = kd_loss(logits, teacher_logits, self.temperature)
-            loss = loss + self.kd_weight * terms["kd"]
-        self.log_terms({"loss": loss, **terms})
-        return loss
+        terms = {"dist_inter": inter, "dist_intra": intra}
+        weighted = self.dist_weight * relations
+        return self.add_ce_and_kd(logits, targets, teacher_logits, weighted, terms)

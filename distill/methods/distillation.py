@@ -1,18 +1,20 @@
 """What teacher→student methods share: a frozen teacher, a student classifier, CE on labels.
 
-Not a method itself: ``KD``, ``DKD``, ``DIST``, ``RKD``, ``PKT`` and ``CRD`` subclass it and
-add their own term.
+Not a method itself: ``KD``, ``DKD``, ``DIST``, ``RKD``, ``PKT``, ``CRD`` and the methods on
+stages (``StageDistillation``) subclass it and add their own term.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.arguments import MODEL, require_int, require_non_negative
 from distill.backbones import create_backbone
 from distill.errors import ConfigError
+from distill.losses import kd_loss
 from distill.methods.base import Method
 from distill.methods.teacher_hooks import TeacherHooks
 from distill.modules import Classifier
@@ -56,6 +58,9 @@ class TeacherStudent(TeacherHooks, Method):
 
     #: The teacher embeddings the method can read (``teacher.embedding``).
     teacher_reads: ClassVar[tuple[str, ...]] = ("logits", "backbone", "head")
+    #: ``α``, the weight of ``add_ce_and_kd``'s KD term: none unless the method sets one
+    #: (``set_kd_term``).
+    kd_weight: float = 0.0
 
     def __init__(
         self,
@@ -103,12 +108,67 @@ class TeacherStudent(TeacherHooks, Method):
         super().setup(stage)
         self.check_num_classes(self.num_classes)
 
+    def set_kd_term(self, kd_weight: float, temperature: float) -> None:
+        """Gives ``add_ce_and_kd`` its KD term: weight ``α = kd_weight`` (0: none), temperature
+        ``T = temperature``.
+
+        Raises:
+            ConfigError: ``kd_weight > 0`` with a teacher read without its classifier
+                (``teacher.embedding: backbone`` or ``head``), which has no logits to match.
+        """
+        if kd_weight and self.teacher.num_classes is None:
+            raise ConfigError(
+                f"{MODEL}.kd_weight={kd_weight} matches the teacher's logits, but the teacher "
+                f"reads its {self.teacher.embedding} (teacher.embedding): set it to logits "
+                "(a teacher with a classifier), or kd_weight: 0"
+            )
+        self.kd_weight = kd_weight
+        self.temperature = temperature
+
+    def student_and_teacher_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """The student's and the teacher's logits; their embeddings go to ``step_features``
+        for online probes."""
+        with self.keep_step_features(len(images), "student", "teacher"):
+            return self.student(images), self.teacher(images)
+
     def student_and_teacher(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Embeddings and logits: ``(student_emb, student_logits, teacher_emb, teacher_logits)``
         (``teacher_logits`` is None for a teacher without a classifier)."""
         student_emb, student_logits = self.student.forward_features(images)
         teacher_emb, teacher_logits = self.teacher.forward_features(images)
         return student_emb, student_logits, teacher_emb, teacher_logits
+
+    def total_loss(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        teacher_logits: Tensor | None,
+        name: str,
+        weight: float,
+        term: Tensor,
+    ) -> Tensor:
+        """``γ·CE + weight·term + α·KD`` (KD only with ``α > 0``): ``add_ce_and_kd`` of one
+        term, logged as ``train/<name>``."""
+        return self.add_ce_and_kd(logits, targets, teacher_logits, weight * term, {name: term})
+
+    def add_ce_and_kd(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        teacher_logits: Tensor | None,
+        distillation: Tensor,
+        terms: dict[str, Tensor | float],
+    ) -> Tensor:
+        """``γ·CE(y, s) + distillation + α·KD(s, t)``: ``distillation`` is the method's weighted
+        term, KD is there only with ``α > 0`` (``set_kd_term``). Logs each term (``ce``, the
+        method's ``terms``, ``kd``) as ``train/<name>`` and the sum as ``train/loss``."""
+        terms = {"ce": F.cross_entropy(logits, targets), **terms}
+        loss = self.ce_weight * terms["ce"] + distillation
+        if self.kd_weight:
+            terms["kd"] = kd_loss(logits, teacher_logits, self.temperature)
+            loss = loss + self.kd_weight * terms["kd"]
+        self.log_terms({"loss": loss, **terms})
+        return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self.evaluate_classifier(self.student, batch, "val")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from distill.arguments import (
@@ -67,12 +66,9 @@ class DKD(TeacherStudent):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, targets, _ = batch
-        with self.keep_step_features(len(images), "student", "teacher"):
-            logits = self.student(images)
-            teacher_logits = self.teacher(images)
-        ce = F.cross_entropy(logits, targets)
+        logits, teacher_logits = self.student_and_teacher_logits(images)
         tckd, nckd = dkd_terms(logits, teacher_logits, targets, self.temperature)
         warmup = dkd_warmup(self.current_epoch, self.dkd_warmup_epochs)
-        loss = self.ce_weight * ce + warmup * (self.alpha * tckd + self.beta * nckd)
-        self.log_terms({"loss": loss, "ce": ce, "tckd": tckd, "nckd": nckd, "dkd_warmup": warmup})
-        return loss
+        decoupled = warmup * (self.alpha * tckd + self.beta * nckd)
+        terms = {"tckd": tckd, "nckd": nckd, "dkd_warmup": warmup}
+        return self.add_ce_and_kd(logits, targets, teacher_logits, decoupled, terms)

@@ -41,9 +41,7 @@ class KD(TeacherStudent):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, targets, _ = batch
-        with self.keep_step_features(len(images), "student", "teacher"):
-            logits = self.student(images)
-            teacher_logits = self.teacher(images)
+        logits, teacher_logits = self.student_and_teacher_logits(images)
         ce = F.cross_entropy(logits, targets)
         kd = kd_loss(logits, teacher_logits, self.temperature)
         loss = self.ce_weight * ce + self.kd_weight * kd

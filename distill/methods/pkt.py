@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from distill.arguments import MODEL, require_each, require_non_negative, require_positive
-from distill.errors import ConfigError
-from distill.losses import kd_loss, pkt_loss
+from distill.losses import pkt_loss
 from distill.methods.distillation import TeacherStudent
 
 
@@ -55,25 +53,13 @@ class PKT(TeacherStudent):
         require_each(require_non_negative, MODEL, pkt_weight=pkt_weight, kd_weight=kd_weight)
         require_positive(f"{MODEL}.temperature", temperature)
         super().__init__(ce_weight=ce_weight, **kwargs)
-        if kd_weight and self.teacher.num_classes is None:
-            raise ConfigError(
-                f"{MODEL}.kd_weight={kd_weight} matches the teacher's logits, but the teacher "
-                f"reads its {self.teacher.embedding} (teacher.embedding): set it to logits "
-                "(a teacher with a classifier), or kd_weight: 0"
-            )
+        self.set_kd_term(kd_weight, temperature)
         self.save_hyperparameters(ignore=["optimizer"])
         self.pkt_weight = pkt_weight
-        self.kd_weight = kd_weight
-        self.temperature = temperature
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, targets, _ = batch
         with self.keep_step_features(len(images), "student", "teacher"):
             student_emb, logits, teacher_emb, teacher_logits = self.student_and_teacher(images)
-        terms = {"ce": F.cross_entropy(logits, targets), "pkt": pkt_loss(student_emb, teacher_emb)}
-        loss = self.ce_weight * terms["ce"] + self.pkt_weight * terms["pkt"]
-        if self.kd_weight:
-            terms["kd"] = kd_loss(logits, teacher_logits, self.temperature)
-            loss = loss + self.kd_weight * terms["kd"]
-        self.log_terms({"loss": loss, **terms})
-        return loss
+        pkt = pkt_loss(student_emb, teacher_emb)
+        return self.total_loss(logits, targets, teacher_logits, "pkt", self.pkt_weight, pkt)

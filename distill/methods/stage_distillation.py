@@ -24,13 +24,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from distill.arguments import MODEL, items, require_non_negative, require_positive
 from distill.backbones import POOL, stage_names, stage_shapes
 from distill.errors import ConfigError
-from distill.losses import kd_loss
 from distill.methods.distillation import TeacherStudent
 
 StagePairs = list[tuple[str, str]]
@@ -72,14 +70,7 @@ class StageDistillation(TeacherStudent):
         require_non_negative(f"{MODEL}.kd_weight", kd_weight)
         require_positive(f"{MODEL}.temperature", temperature)
         super().__init__(ce_weight=ce_weight, **kwargs)
-        if kd_weight and self.teacher.num_classes is None:
-            raise ConfigError(
-                f"{MODEL}.kd_weight={kd_weight} matches the teacher's logits, but the teacher "
-                f"reads its {self.teacher.embedding} (teacher.embedding): set it to logits "
-                "(a teacher with a classifier), or kd_weight: 0"
-            )
-        self.kd_weight = kd_weight
-        self.temperature = temperature
+        self.set_kd_term(kd_weight, temperature)
         self.stage_pairs = self._stage_pairs(stages)
 
     @classmethod
@@ -170,22 +161,3 @@ class StageDistillation(TeacherStudent):
             [teacher_stages[t] for _, t in self.stage_pairs],
             teacher_logits,
         )
-
-    def total_loss(
-        self,
-        logits: Tensor,
-        targets: Tensor,
-        teacher_logits: Tensor | None,
-        name: str,
-        weight: float,
-        term: Tensor,
-    ) -> Tensor:
-        """``γ·CE + α·KD + β·term`` (KD only with ``α > 0``); logs every term as
-        ``train/<name>`` and the sum as ``train/loss``."""
-        terms = {"ce": F.cross_entropy(logits, targets), name: term}
-        loss = self.ce_weight * terms["ce"] + weight * term
-        if self.kd_weight:
-            terms["kd"] = kd_loss(logits, teacher_logits, self.temperature)
-            loss = loss + self.kd_weight * terms["kd"]
-        self.log_terms({"loss": loss, **terms})
-        return loss
