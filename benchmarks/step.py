@@ -30,7 +30,6 @@ import argparse
 import functools
 import sys
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from unittest import mock
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from timing import add_timing_arguments, seconds_per_step
 from torch import nn
 
+from distill.backbones import layer_calls
 from distill.methods import AT, CRD, DIST, DKD, KD, PKT, RKD, SP, VID, FitNets, Method, Supervised
 
 BASELINE = "student step + teacher forward"
@@ -70,23 +70,6 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_timing_arguments(parser, steps=5, warmup=2, repeats=3)
     parser.add_argument("--num-rows", type=int, default=50_000, help="CRD bank rows (dataset size)")
     return parser.parse_args(argv)
-
-
-def layer_calls(network: nn.Module, run: Callable[[], object]) -> Counter[str]:
-    """How many times each layer of ``network`` (each module without children) runs in
-    ``run()``."""
-    calls: Counter[str] = Counter()
-    hooks = [
-        module.register_forward_hook(lambda *_, name=name: calls.update([name]))
-        for name, module in network.named_modules()
-        if not list(module.children())
-    ]
-    try:
-        run()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return calls
 
 
 def teacher_forwards(teacher: nn.Module, images: torch.Tensor, step: Callable[[], None]) -> float:

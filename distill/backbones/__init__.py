@@ -226,7 +226,13 @@ from distill.backbones import (  # noqa: E402, F401
     vit,
     wrn,
 )
-from distill.backbones.stages import POOL, forward_stages, stage_names, stage_shapes  # noqa: E402
+from distill.backbones.stages import (  # noqa: E402
+    POOL,
+    forward_stages,
+    layer_calls,
+    stage_names,
+    stage_shapes,
+)
 
 __all__ = [
     "POOL",
@@ -235,6 +241,7 @@ __all__ = [
     "feature_map",
     "forward_stages",
     "has_feature_map",
+    "layer_calls",
     "load_pretrained",
     "register_backbone",
     "stage_names",

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import difflib
 import weakref
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, fx, nn
@@ -148,6 +149,27 @@ def stage_shapes(
         for module, training in modes:
             module.training = training
     return {name: tuple(stages[name].shape[1:]) for name in names}
+
+
+def layer_calls(network: nn.Module, run: Callable[[], object]) -> Counter[str]:
+    """How many times each layer of ``network`` (each module without children: a feature
+    extractor runs those, not their containers) runs in ``run()``, by module name.
+
+    Compared with the counts of a plain ``network(images)``, it shows whether reading stages
+    (or a whole training step) runs any layer a second time.
+    """
+    calls: Counter[str] = Counter()
+    hooks = [
+        module.register_forward_hook(lambda *_, name=name: calls.update([name]))
+        for name, module in network.named_modules()
+        if not list(module.children())
+    ]
+    try:
+        run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
 
 
 def _kind(backbone: nn.Module) -> str:

@@ -13,6 +13,7 @@ from distill.backbones import (
     create_backbone,
     feature_map,
     forward_stages,
+    layer_calls,
     stage_names,
     stage_shapes,
     to_channels_last,
@@ -210,21 +211,19 @@ def test_mobilenet_stages_end_without_activation_so_preact_changes_nothing():
 
 
 def module_calls(backbone, run):
-    """How many times each layer of ``backbone`` (each module without children: a feature
-    extractor runs those, not their containers) runs in ``run()``."""
-    calls = {}
-    hooks = [
-        module.register_forward_hook(
-            lambda m, args, out, key=key: calls.__setitem__(key, calls.get(key, 0) + 1)
-        )
-        for key, module in backbone.named_modules()
-        if not list(module.children())
-    ]
+    """``layer_calls`` of ``run()``, without autograd."""
     with torch.no_grad():
-        run()
-    for hook in hooks:
-        hook.remove()
-    return calls
+        return layer_calls(backbone, run)
+
+
+def test_layer_calls_counts_each_layer_by_name_and_removes_its_hooks():
+    backbone = build("resnet8")
+    x = images()
+    leaves = [name for name, m in backbone.named_modules() if not list(m.children())]
+    assert module_calls(backbone, lambda: backbone(x)) == dict.fromkeys(leaves, 1)
+    twice = module_calls(backbone, lambda: (backbone(x), backbone.conv1(x)))
+    assert twice == {**dict.fromkeys(leaves, 1), "conv1": 2}
+    assert not any(m._forward_hooks for m in backbone.modules())
 
 
 @pytest.mark.parametrize(("name", "kwargs"), FAMILIES, ids=IDS)
