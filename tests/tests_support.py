@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import socket
@@ -121,6 +122,73 @@ def quiet_trainer(root, **kwargs) -> L.Trainer:
         default_root_dir=str(root),
     )
     return L.Trainer(**{**defaults, **kwargs})
+
+
+def teacher_file_weights(checkpoint: str) -> dict[str, torch.Tensor]:
+    """The classifier a ``Supervised`` checkpoint file holds (its ``student.*`` entries), as
+    the state dict of a teacher read from it."""
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    return {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+
+
+def assert_teacher_is(teacher: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """``teacher`` holds exactly ``weights`` (every entry, batch-norm buffers included, and no
+    other) and is in eval mode."""
+    state = teacher.state_dict()
+    assert set(state) == set(weights)
+    for name, value in state.items():
+        assert torch.equal(value, weights[name]), name
+    assert not teacher.training
+
+
+def moved_entries(module: nn.Module, before: dict[str, torch.Tensor]) -> list[str]:
+    """The names of ``module``'s state entries that differ from ``before``, a copy of its
+    state dict."""
+    return [
+        name for name, value in module.state_dict().items() if not torch.equal(value, before[name])
+    ]
+
+
+def optimised_parameters(trainer: L.Trainer) -> set[int]:
+    """The ids of the parameters the trainer's (first) optimiser updates."""
+    return {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+
+
+def fit_teacher_student(
+    model: L.LightningModule, checkpoint: str, root, datamodule=None, **trainer_kwargs
+) -> L.Trainer:
+    """Fits ``model``, a ``TeacherStudent`` taught by the ``Supervised`` file ``checkpoint``
+    (3 steps without validation on ``ColourDataModule`` unless told otherwise), and checks the
+    state such a fit leaves: the teacher as the file held it before the fit, in eval mode; the
+    student's first convolution and head moved; the student's parameters, and no other,
+    optimised. Returns the trainer, for the method's own checks."""
+    teacher_before = teacher_file_weights(checkpoint)
+    student_before = copy.deepcopy(model.student.state_dict())
+    trainer = quiet_trainer(root, **{"max_steps": 3, "limit_val_batches": 0, **trainer_kwargs})
+    trainer.fit(model, datamodule=datamodule or ColourDataModule())
+    assert_teacher_is(model.teacher, teacher_before)
+    moved = moved_entries(model.student, student_before)
+    assert "head.weight" in moved and "backbone.conv1.weight" in moved
+    assert optimised_parameters(trainer) == {id(p) for p in model.student.parameters()}
+    return trainer
+
+
+def assert_float32_under_bf16_autocast(loss_fn, student, teacher, *args) -> None:
+    """``loss_fn(student, teacher, *args)`` of bf16 inputs under CPU bf16 autocast is the
+    float32 loss of the same values, to the bit (a float32 island), and the bf16 student's
+    gradient is that loss's float32 gradient rounded to bf16. ``student`` and ``teacher`` are
+    float tensors, rounded to bf16 here; ``args`` go to ``loss_fn`` unchanged."""
+    student = student.detach().bfloat16().requires_grad_(True)
+    teacher = teacher.detach().bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = loss_fn(student, teacher, *args)
+    loss.backward()
+    plain = student.detach().float().requires_grad_(True)
+    plain_loss = loss_fn(plain, teacher.float(), *args)
+    plain_loss.backward()
+    assert loss.dtype == torch.float32 and torch.equal(loss, plain_loss)
+    assert student.grad.dtype == torch.bfloat16
+    assert torch.equal(student.grad, plain.grad.bfloat16())
 
 
 #: For a test that calls a method's ``training_step`` directly, outside a Trainer: its

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from tests_support import EPS32, TRANSCENDENTAL, softmax_rtol
+from tests_support import EPS32, TRANSCENDENTAL, assert_float32_under_bf16_autocast, softmax_rtol
 
 from distill.losses import dist_loss, kd_loss
 from distill.losses.dist import dist_terms
@@ -147,16 +147,7 @@ def test_only_the_student_receives_gradient():
 
 def test_loss_is_float32_exact_under_bf16_autocast():
     student, teacher = logits(3, batch=32, classes=100)
-    student = student.bfloat16().requires_grad_(True)
-    teacher = teacher.bfloat16()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = dist_loss(student, teacher)
-    loss.backward()
-    plain = student.detach().float().requires_grad_(True)
-    plain_loss = dist_loss(plain, teacher.float())
-    plain_loss.backward()
-    assert loss.dtype == torch.float32 and torch.equal(loss, plain_loss)
-    assert torch.equal(student.grad, plain.grad.bfloat16())
+    assert_float32_under_bf16_autocast(dist_loss, student, teacher)
 
 
 def test_shape_mismatch_names_both_shapes():

@@ -2,7 +2,12 @@ import math
 
 import pytest
 import torch
-from tests_support import EPS32, TRANSCENDENTAL, log_softmax_error
+from tests_support import (
+    EPS32,
+    TRANSCENDENTAL,
+    assert_float32_under_bf16_autocast,
+    log_softmax_error,
+)
 
 from distill.losses import dkd_loss, dkd_warmup, kd_loss
 from distill.losses.dkd import dkd_terms
@@ -161,16 +166,7 @@ def test_warmup_ramps_linearly_from_the_first_epoch_as_mdistiller_counts(
 
 def test_loss_is_float32_exact_under_bf16_autocast():
     student, teacher, targets = logits(4, batch=16, classes=100)
-    student = student.bfloat16().requires_grad_(True)
-    teacher = teacher.bfloat16()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = dkd_loss(student, teacher, targets)
-    loss.backward()
-    plain = student.detach().float().requires_grad_(True)
-    plain_loss = dkd_loss(plain, teacher.float(), targets)
-    plain_loss.backward()
-    assert loss.dtype == torch.float32 and torch.equal(loss, plain_loss)
-    assert torch.equal(student.grad, plain.grad.bfloat16())
+    assert_float32_under_bf16_autocast(dkd_loss, student, teacher, targets)
 
 
 def test_mismatched_shapes_are_named():

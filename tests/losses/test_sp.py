@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from tests_support import EPS32, TRANSCENDENTAL
+from tests_support import EPS32, TRANSCENDENTAL, assert_float32_under_bf16_autocast
 
 from distill.losses import sp_loss
 
@@ -96,17 +96,8 @@ def test_only_the_student_receives_gradient():
 
 
 def test_loss_is_float32_exact_under_bf16_autocast():
-    student = features(6, 16, 32, 4, 4).bfloat16().requires_grad_(True)
-    teacher = features(7, 16, 64, 4, 4).bfloat16()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = sp_loss(student, teacher)
-    loss.backward()
-    plain = student.detach().float().requires_grad_(True)
-    plain_loss = sp_loss(plain, teacher.float())
-    plain_loss.backward()
-    assert loss.dtype == torch.float32 and torch.equal(loss, plain_loss)
-    assert student.grad.dtype == torch.bfloat16
-    assert torch.equal(student.grad, plain.grad.bfloat16())
+    student, teacher = features(6, 16, 32, 4, 4), features(7, 16, 64, 4, 4)
+    assert_float32_under_bf16_autocast(sp_loss, student, teacher)
 
 
 def test_batch_mismatch_names_both_sizes():

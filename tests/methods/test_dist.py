@@ -1,9 +1,7 @@
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
-from tests_support import OUTSIDE_TRAINER, ColourDataModule, quiet_trainer, refused
+from tests_support import OUTSIDE_TRAINER, fit_teacher_student, refused
 
 from distill.losses import dist_loss, dist_terms, kd_loss
 from distill.methods import DIST
@@ -64,20 +62,7 @@ def test_a_bf16_autocast_step_computes_its_loss_in_float32(teacher_checkpoint):
 
 
 def test_fit_trains_only_the_student_and_logs_the_terms(teacher_checkpoint, tmp_path):
-    model = make(teacher_checkpoint)
-    student_before = copy.deepcopy(model.student.state_dict())
-    trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=0)
-    trainer.fit(model, datamodule=ColourDataModule())
-    state = torch.load(teacher_checkpoint)["state_dict"]
-    for name, value in model.teacher.state_dict().items():
-        assert torch.equal(value, state[f"student.{name}"]), name  # weights and BN buffers
-    assert not model.teacher.training
-    moved = [
-        n for n, v in model.student.state_dict().items() if not torch.equal(v, student_before[n])
-    ]
-    assert "head.weight" in moved and "backbone.conv1.weight" in moved
-    optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
-    assert optimised == {id(p) for p in model.student.parameters()}
+    trainer = fit_teacher_student(make(teacher_checkpoint), teacher_checkpoint, tmp_path)
     assert {"train/loss", "train/ce", "train/dist_inter", "train/dist_intra"} <= set(
         trainer.callback_metrics
     )

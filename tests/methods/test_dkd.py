@@ -1,11 +1,16 @@
-import copy
-
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from tests_support import OUTSIDE_TRAINER, ColourDataModule, StopFlagAfter, quiet_trainer, refused
+from tests_support import (
+    OUTSIDE_TRAINER,
+    ColourDataModule,
+    StopFlagAfter,
+    fit_teacher_student,
+    quiet_trainer,
+    refused,
+)
 
 from distill.callbacks import MethodCheckpoint
 from distill.losses import dkd_loss, dkd_terms
@@ -20,12 +25,6 @@ def make(checkpoint, **kwargs):
         num_classes=5, optimizer=SGD,
     )  # fmt: skip
     return DKD(**{**defaults, **kwargs})
-
-
-def teacher_weights(checkpoint) -> dict[str, torch.Tensor]:
-    """The classifier a Supervised checkpoint holds, as the teacher's state dict."""
-    state = torch.load(checkpoint)["state_dict"]
-    return {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
 
 
 @pytest.mark.parametrize(
@@ -75,20 +74,7 @@ def test_a_bf16_autocast_step_computes_its_loss_in_float32(teacher_checkpoint):
 
 
 def test_fit_trains_only_the_student_and_logs_the_terms(teacher_checkpoint, tmp_path):
-    model = make(teacher_checkpoint)
-    student_before = copy.deepcopy(model.student.state_dict())
-    trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=0)
-    trainer.fit(model, datamodule=ColourDataModule())
-    expected = teacher_weights(teacher_checkpoint)
-    for name, value in model.teacher.state_dict().items():
-        assert torch.equal(value, expected[name]), name  # weights and BN buffers
-    assert not model.teacher.training
-    moved = [
-        n for n, v in model.student.state_dict().items() if not torch.equal(v, student_before[n])
-    ]
-    assert "head.weight" in moved and "backbone.conv1.weight" in moved
-    optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
-    assert optimised == {id(p) for p in model.student.parameters()}
+    trainer = fit_teacher_student(make(teacher_checkpoint), teacher_checkpoint, tmp_path)
     logged = {"train/loss", "train/ce", "train/tckd", "train/nckd", "train/dkd_warmup"}
     assert logged <= set(trainer.callback_metrics)
     # Epoch 0 of mdistiller's 20, logged as a float32 tensor.

@@ -10,9 +10,18 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from tests_support import OUTSIDE_TRAINER, ColourDataModule, quiet_trainer, refused
+from tests_support import (
+    OUTSIDE_TRAINER,
+    ColourDataModule,
+    assert_teacher_is,
+    moved_entries,
+    optimised_parameters,
+    quiet_trainer,
+    refused,
+    teacher_file_weights,
+)
 
-from distill.backbones import create_backbone, stage_names
+from distill.backbones import create_backbone, layer_calls, stage_names
 from distill.commands.export import export
 from distill.methods import AT, SP, VID, FitNets, Supervised
 from distill.modules import StageConnectors
@@ -33,29 +42,6 @@ def make(method, checkpoint, **kwargs):
     return METHODS[method](**{**defaults, **kwargs})
 
 
-def teacher_file_state(checkpoint):
-    state = torch.load(checkpoint, weights_only=True)["state_dict"]
-    return {k.removeprefix("student."): v for k, v in state.items()}
-
-
-def leaf_calls(network, run):
-    """How many times each layer of ``network`` (each module without children) runs."""
-    calls = {}
-    hooks = [
-        module.register_forward_hook(
-            lambda m, args, out, key=key: calls.__setitem__(key, calls.get(key, 0) + 1)
-        )
-        for key, module in network.named_modules()
-        if not list(module.children())
-    ]
-    try:
-        run()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return calls
-
-
 @OUTSIDE_TRAINER
 @pytest.mark.parametrize("method", METHODS)
 def test_a_step_runs_each_network_once(teacher_checkpoint, method):
@@ -63,10 +49,10 @@ def test_a_step_runs_each_network_once(teacher_checkpoint, method):
     model.teacher_weights.load()
     images = torch.randn(4, 3, 32, 32)
     batch = (images, torch.randint(0, 5, (4,)), torch.arange(4))
-    teacher_once = leaf_calls(model.teacher, lambda: model.teacher(images))
-    student_once = leaf_calls(model.student, lambda: model.student(images))
-    assert leaf_calls(model.teacher, lambda: model.training_step(batch, 0)) == teacher_once
-    assert leaf_calls(model.student, lambda: model.training_step(batch, 0)) == student_once
+    teacher_once = layer_calls(model.teacher, lambda: model.teacher(images))
+    student_once = layer_calls(model.student, lambda: model.student(images))
+    assert layer_calls(model.teacher, lambda: model.training_step(batch, 0)) == teacher_once
+    assert layer_calls(model.student, lambda: model.training_step(batch, 0)) == student_once
 
 
 @OUTSIDE_TRAINER
@@ -111,16 +97,10 @@ def fitted(request, teacher_checkpoint, tmp_path_factory):
 def test_a_fit_trains_the_student_and_its_parts_and_leaves_the_teacher(fitted, teacher_checkpoint):
     method, model, trainer, before, teacher_forwards, _, _ = fitted
     assert teacher_forwards == 4  # once per step (validation runs the student alone)
-    for name, value in teacher_file_state(teacher_checkpoint).items():
-        assert torch.equal(model.teacher.state_dict()[name], value), name  # BN buffers too
-    assert not model.teacher.training
+    assert_teacher_is(model.teacher, teacher_file_weights(teacher_checkpoint))
     assert not any(p.requires_grad for p in model.teacher.parameters())
-    student = model.student.state_dict()
-    moved = [
-        name for name, value in student.items() if not torch.equal(value, before["student"][name])
-    ]
+    moved = moved_entries(model.student, before["student"])
     assert "backbone.conv1.weight" in moved and "head.weight" in moved
-    optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     expected = {id(p) for p in model.student.parameters()}
     if method in LEARNED:
         learned = getattr(model, LEARNED[method])
@@ -130,7 +110,7 @@ def test_a_fit_trains_the_student_and_its_parts_and_leaves_the_teacher(fitted, t
             else:
                 assert not torch.equal(value, before["learned"][name]), name
         expected |= {id(p) for p in learned.parameters()}
-    assert optimised == expected
+    assert optimised_parameters(trainer) == expected
     assert {"train/loss", "train/ce", f"train/{TERMS[method]}", "val/top1"} <= set(
         trainer.callback_metrics
     )
