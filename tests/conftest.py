@@ -17,6 +17,21 @@ from PIL import Image
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
 
+def _share_cores_between_workers() -> None:
+    """Under pytest-xdist (``pytest -n auto``: a worker a core), each worker gets its share of
+    the cores for PyTorch's intra-op threads, and the processes tests start inherit it; more
+    threads than cores would make the workers wait on each other. ``OMP_NUM_THREADS`` set by
+    the user wins."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+_share_cores_between_workers()
+
+
 def pytest_report_header(config) -> str:
     """The CPU kernels the numerics ran on (``ATEN_CPU_CAPABILITY`` forces others), for reports."""
     import platform
