@@ -126,10 +126,13 @@ def test_seeds_choose_the_runs_reported(rekd_study, write_run, tmp_path, capsys)
 
 
 def test_documented_command_lines_parse_and_reports_run(
-    rekd_study, documented_commands, arguments, write_run, started, tmp_path, capsys
+    rekd_study, documented_commands, arguments, write_run, started, tmp_path, capsys, monkeypatch
 ):
     """Every documented line parses; a ``--report`` one runs on fake logs of some rows, a
-    training one starts its runs (faked: they leave no logs)."""
+    training one starts its runs (faked: they leave no logs). A relative ``--figures-dir``
+    (RESULTS.md's ``<folder>``) is the user's working directory's, here tmp_path: never the
+    repository's."""
+    monkeypatch.chdir(tmp_path)
     commands = documented_commands("rekd_study.py")
     assert len(commands) >= 4, commands  # the docstring's three and README's two at least
     logged, empty = tmp_path / "logged", tmp_path / "empty"
@@ -149,6 +152,7 @@ def test_documented_command_lines_parse_and_reports_run(
         else:
             assert len(started) > before, command
             assert "no logs of the study's rows" in out, (command, out)
+    assert (tmp_path / "<folder>" / "rekd_knn_curves.png").is_file()  # the documented folder
     # `--rows moco rekd_vgg8 --seeds 0`: MoCo-v2 (stage 1) before ReKD (stage 2), seed 0 only.
     line = next(c for c in commands if "--rows moco rekd_vgg8 --seeds 0" in c)
     del started[:]
