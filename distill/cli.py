@@ -257,6 +257,8 @@ class DistillCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path == "last" and subcommand in ("fit", "validate", "test"):
             ckpt_path = self.config[subcommand].ckpt_path = self._resolve_last(subcommand)
+        if subcommand == "fit":  # before the checkpoint's arguments are compared: one message
+            self._check_log_folder(self.config.fit)
         if not ckpt_path or lightning_resolves(ckpt_path):
             return super()._parse_ckpt_path()
         saved = read_checkpoint(ckpt_path)
@@ -352,10 +354,7 @@ class DistillCLI(LightningCLI):
         checkpoint): a path that does not exist is refused now, before the run's log folder
         is made."""
         config = self.config.get(self.subcommand) if self.subcommand == "fit" else None
-        if config is None:
-            return
-        self._check_log_folder(config)
-        if config.get("ckpt_path") or config.get("model") is None:
+        if config is None or config.get("ckpt_path") or config.get("model") is None:
             return
         init_args = config.model.get("init_args") or Namespace()
         key, path = "model.init_args.teacher_checkpoint", init_args.get("teacher_checkpoint")
@@ -382,6 +381,12 @@ class DistillCLI(LightningCLI):
         problem = reuse_problem(folder / "config.yaml", dump, config.get("ckpt_path"))
         if problem is not None:
             raise ConfigError(problem)
+        # The run goes on in its own folder: Lightning's advice that the checkpoint folder is
+        # not empty (meant for a fresh run over an old one) does not apply.
+        warnings.filterwarnings(
+            "ignore",
+            f"Checkpoint directory .*{re.escape(folder.name)}.checkpoints exists and is not empty",
+        )
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]):
         if self.subcommand in COMMANDS:

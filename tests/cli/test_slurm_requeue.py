@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -211,8 +212,13 @@ def test_requeued_job_with_another_config_is_refused_and_its_folder_kept(
     folder = tmp_path / "lightning_logs" / f"version_{JOB}"
     written = folder_files(folder)
     assert folder / "config.yaml" in written and folder / "checkpoints" / "last.ckpt" in written
-    code, err = in_process_slurm_job(*ONE_STEP, *root, "--model.init_args.label_smoothing", "0.1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, err = in_process_slurm_job(
+            *ONE_STEP, *root, "--model.init_args.label_smoothing", "0.1"
+        )
     assert code == 2
+    assert not caught, [str(w.message) for w in caught]  # the refusal is the one message
     assert (
         f"distill: error: {folder} is the log folder of a run with another config "
         f"({folder / 'config.yaml'}): model.init_args.label_smoothing: 0.0 -> 0.1. A folder keeps "
@@ -230,8 +236,12 @@ def test_requeued_job_takes_the_seed_its_first_run_drew(tmp_path, in_process_slu
     config = tmp_path / "lightning_logs" / f"version_{JOB}" / "config.yaml"
     saved = config.read_text()
     seed = next(line for line in saved.splitlines() if line.startswith("seed_everything: "))
-    code, err = in_process_slurm_job(*options)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, err = in_process_slurm_job(*options)
     assert code == 0, err
+    # The run goes on in its own folder: no advice about a non-empty checkpoint folder.
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]
     assert config.read_text() == saved
     assert os.environ["PL_GLOBAL_SEED"] == seed.removeprefix("seed_everything: ")
 
