@@ -25,6 +25,7 @@ from distill.checkpoint_io import use_atomic_checkpoint_io
 from distill.errors import ConfigError
 from distill.eval.features import eval_mode, extract_features, resolve_submodule
 from distill.resume import resume_report, run_settings
+from distill.slurm import requeue_signal
 
 
 class MethodCheckpoint(ModelCheckpoint):
@@ -45,7 +46,10 @@ class MethodCheckpoint(ModelCheckpoint):
     state with the signal, epoch and batch, so that ``--ckpt_path .../last.ckpt`` resumes
     from there (an epoch interrupted during its validation is validated again). A signal
     that arrives once the last epoch is trained and validated marks nothing: the run is
-    complete. A second Ctrl-C stops at once, without a checkpoint. Every checkpoint holds the
+    complete. A second Ctrl-C stops at once, without a checkpoint. Under SLURM with Lightning's
+    auto-requeue, its requeue signal (SIGUSR1) is taken the same way instead of by Lightning's
+    handler (``distill.slurm``): ``last.ckpt`` of the interrupted step, then ``distill.cli.main``
+    requeues the job, which resumes from it by itself. Every checkpoint holds the
     run's trainer and data settings (``distill.resume``): a fit resumed with other ones warns
     once, naming each and what it does to the lr.
 
@@ -67,6 +71,7 @@ class MethodCheckpoint(ModelCheckpoint):
             monitor=monitor, mode=mode, save_last=save_last, save_top_k=save_top_k, **kwargs
         )
         self._sigint: str | None = None  # set by a first Ctrl-C
+        self._requeue_signal: str | None = None  # set by SLURM's requeue signal
         self._interrupted_in_validation = False
         self._monitor_named = monitor != "auto"  # by the user, not the method's own
         self._validated = self._monitor_checked = False
@@ -218,17 +223,26 @@ class MethodCheckpoint(ModelCheckpoint):
             self.monitor = getattr(pl_module, "monitor", None)
         super().setup(trainer, pl_module, stage)
         use_atomic_checkpoint_io(trainer.strategy)  # no truncated checkpoint under a valid name
-        self._sigint = None
+        self._sigint = self._requeue_signal = None
         self._trained, self._resumed_interrupted = False, None
         if stage == "fit" and threading.current_thread() is threading.main_thread():
             self._previous_sigint = signal.getsignal(signal.SIGINT)
             signal.signal(signal.SIGINT, functools.partial(self._on_sigint, trainer))
+            requeue = requeue_signal(trainer)
+            if requeue is not None:
+                # Set before the trainer registers its handlers: Lightning then leaves this
+                # signal to us and writes no hpc_ckpt_N.ckpt from inside a step.
+                self._previous_requeue = requeue, signal.getsignal(requeue)
+                signal.signal(requeue, functools.partial(self._on_requeue_signal, trainer))
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
         if getattr(self, "_previous_sigint", None) is not None:
             signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
+        if getattr(self, "_previous_requeue", None) is not None:
+            signal.signal(*self._previous_requeue)
+            self._previous_requeue = None
 
     def _on_sigint(self, trainer: L.Trainer, signum, frame) -> None:
         """First Ctrl-C: stop after the current batch, as Lightning does for SIGTERM (a
@@ -239,6 +253,18 @@ class MethodCheckpoint(ModelCheckpoint):
         rank_zero_info("SIGINT: stopping after this batch (Ctrl-C again to stop at once)")
         trainer._signal_connector.received_sigterm = True  # Lightning's stop-after-batch flag
 
+    def _on_requeue_signal(self, trainer: L.Trainer, signum, frame) -> None:
+        """SLURM's requeue signal: stop after the current batch, as on SIGTERM; ``on_exception``
+        writes ``last.ckpt`` and has the job requeued (under DDP, Lightning stops every rank at
+        the batch where rank 0 got it)."""
+        if self._requeue_signal is None:
+            self._requeue_signal = signal.Signals(signum).name
+            rank_zero_info(
+                f"{self._requeue_signal} (SLURM's requeue signal): stopping after this batch to "
+                "write last.ckpt, then requeueing the job"
+            )
+        trainer._signal_connector.received_sigterm = True
+
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
         # Lightning stops on a SIGTERM, or a first Ctrl-C, with a SIGTERMException after the
         # current batch. Anything else, including the KeyboardInterrupt of a second Ctrl-C
@@ -246,15 +272,17 @@ class MethodCheckpoint(ModelCheckpoint):
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
             super().on_exception(trainer, pl_module, exception)
             return
-        signal_name = self._sigint or "SIGTERM"
+        signal_name = self._sigint or self._requeue_signal or "SIGTERM"
         exception.signal_name = signal_name  # read by distill.cli.main for the exit code
+        requeue = signal_name == self._requeue_signal
         if trainer.sanity_checking:
             rerun = f"resume from {trainer.ckpt_path}" if trainer.ckpt_path else "start"
+            again = "the SLURM job is requeued" if requeue else "run the same command again"
             rank_zero_info(
                 f"{signal_name} during the sanity check (the validation batches before "
-                f"training): nothing was trained and no checkpoint written; run the same command "
-                f"again to {rerun}"
+                f"training): nothing was trained and no checkpoint written; {again} to {rerun}"
             )
+            self._ask_requeue(trainer, exception, requeue)
             return
         in_validation = trainer.validating
         if not in_validation and fit_finished(trainer):
@@ -282,13 +310,25 @@ class MethodCheckpoint(ModelCheckpoint):
             f"at epoch {trainer.current_epoch}, batch {self.interrupted['batch']} (global step "
             f"{trainer.global_step}){' during its validation' if in_validation else ''}"
         )
-        if written:
+        if written and requeue:
+            rank_zero_info(f"{signal_name}: wrote {self.last_model_path} {where}")
+        elif written:
             rank_zero_info(
                 f"{signal_name}: wrote {self.last_model_path} {where}; resume with --ckpt_path "
                 f"{self.last_model_path}"
             )
         else:
-            rank_zero_info(f"{signal_name}: stopped {where}; no checkpoint written (save_last off)")
+            rank_zero_info(
+                f"{signal_name}: stopped {where}; no checkpoint written (save_last off)"
+                + ("; the SLURM job is not requeued: it would start over" if requeue else "")
+            )
+        self._ask_requeue(trainer, exception, requeue and written)
+
+    def _ask_requeue(self, trainer: L.Trainer, exception: SIGTERMException, requeue: bool) -> None:
+        """Has ``distill.cli.main`` requeue the SLURM job once the fit has shut down (rank 0:
+        one ``scontrol requeue`` for the job)."""
+        exception.requeue = requeue and trainer.is_global_zero
+        exception.checkpoint = self.last_model_path or trainer.ckpt_path
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint):
         if self._run_settings is not None:

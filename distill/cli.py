@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import NoReturn
 
 import docstring_parser
+import yaml
 from jsonargparse import ArgumentParser, Namespace, class_from_function
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -50,11 +51,15 @@ from distill.errors import ConfigError, NonFiniteLossError, OutputError
 from distill.methods.base import Method
 from distill.resume import check_resumed_optimizer
 from distill.runs import (
+    KeptConfig,
     TrainingStarted,
+    fixed_log_folder,
     logs_folder,
     newest_last_checkpoint,
     removed_unless_started,
+    reuse_problem,
 )
+from distill.slurm import job_folder, requeue
 from distill.teachers import TeacherSpec
 
 
@@ -247,9 +252,13 @@ class DistillCLI(LightningCLI):
         arguments are named (``distill.resume.check_resumed_optimizer``).
         """
         subcommand = self.config.get("subcommand")
+        if subcommand == "fit":
+            self._continue_slurm_job()
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path == "last" and subcommand in ("fit", "validate", "test"):
             ckpt_path = self.config[subcommand].ckpt_path = self._resolve_last(subcommand)
+        if subcommand == "fit":  # before the checkpoint's arguments are compared: one message
+            self._check_log_folder(self.config.fit)
         if not ckpt_path or lightning_resolves(ckpt_path):
             return super()._parse_ckpt_path()
         saved = read_checkpoint(ckpt_path)
@@ -284,6 +293,35 @@ class DistillCLI(LightningCLI):
                 f"model arguments differ from the checkpoint's ({ckpt_path}); the configured "
                 f"values apply: {'; '.join(changed)}"
             )
+
+    def _continue_slurm_job(self) -> None:
+        """A fit whose SLURM job was requeued continues its own run: the same command resumes
+        from the ``last.ckpt`` of the job's log folder (``distill.slurm.job_folder``:
+        ``version_<SLURM_JOB_ID>``) whatever ``--ckpt_path`` says (it named the state the
+        job's first run started from), and a seed that the config leaves to chance
+        (``seed_everything: true``) is the one in the folder's ``config.yaml``, so the config
+        is the run's own (``KeptConfig`` keeps the file and refuses another config).
+        """
+        config = self.config.fit
+        dirpath = (config.get("checkpoint") or Namespace()).get("dirpath")
+        folder = job_folder(config.trainer.clone().as_dict(), dirpath)
+        if folder is None:
+            return
+        saved_config = folder / "config.yaml"
+        if config.get("seed_everything") is True and saved_config.is_file():
+            saved_seed = (yaml.safe_load(saved_config.read_text()) or {}).get("seed_everything")
+            if isinstance(saved_seed, int) and not isinstance(saved_seed, bool):
+                config.seed_everything = saved_seed
+        own = folder / "checkpoints" / "last.ckpt"
+        if not own.is_file():
+            return
+        given = config.get("ckpt_path")
+        instead = f", not --ckpt_path {given}" if given not in (None, "last", str(own)) else ""
+        rank_zero_info(
+            f"SLURM job {folder.name.removeprefix('version_')} runs again (requeued): resuming "
+            f"from its own {own}{instead}"
+        )
+        config.ckpt_path = str(own)
 
     def _resolve_last(self, subcommand: str) -> str | None:
         """``--ckpt_path last``: the newest version's ``last.ckpt`` under the run's root.
@@ -331,6 +369,24 @@ class DistillCLI(LightningCLI):
                 "teacher's run directory (its trainer.default_root_dir), a checkpoint file or a "
                 "state-dict file."
             )
+
+    def _check_log_folder(self, config: Namespace) -> None:
+        """A fit that comes back to a log folder of a fixed name (a requeued SLURM job's) goes
+        on there only with its ``config.yaml``'s config (``distill.runs.reuse_problem``):
+        checked here, before the trainer is built and writes its first log file there."""
+        folder = fixed_log_folder(config.trainer.clone().as_dict())
+        if folder is None or not (folder / "config.yaml").is_file():
+            return
+        dump = self._parser("fit").dump(config, skip_none=False)
+        problem = reuse_problem(folder / "config.yaml", dump, config.get("ckpt_path"))
+        if problem is not None:
+            raise ConfigError(problem)
+        # The run goes on in its own folder: Lightning's advice that the checkpoint folder is
+        # not empty (meant for a fresh run over an old one) does not apply.
+        warnings.filterwarnings(
+            "ignore",
+            f"Checkpoint directory .*{re.escape(folder.name)}.checkpoints exists and is not empty",
+        )
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]):
         if self.subcommand in COMMANDS:
@@ -434,13 +490,14 @@ def build_cli(args: list[str] | None = None, **kwargs) -> DistillCLI:
         parser_kwargs={"allow_abbrev": False},
         parser_class=DistillArgumentParser,
         args=args,
-        **kwargs,
+        **{"save_config_callback": KeptConfig, **kwargs},
     )
 
 
 #: Exit codes: 2 a configuration mistake, 1 a non-finite loss, 74 a file that could not be
 #: written (disk full, read-only: sysexits' EX_IOERR), 128 + signal number after a SIGTERM
-#: (143: schedulers requeue) or SIGINT (130) that wrote an interrupted checkpoint.
+#: (143: schedulers requeue) or SIGINT (130) that wrote an interrupted checkpoint; SLURM's
+#: requeue signal (SIGUSR1) exits with 143 too, the code of the SIGTERM that ends a requeued job.
 EXIT_CONFIG, EXIT_NONFINITE, EXIT_WRITE, EXIT_SIGTERM, EXIT_SIGINT = 2, 1, 74, 143, 130
 
 #: Exit code by the kind of error ``main`` prints.
@@ -474,6 +531,8 @@ def main(args: list[str] | None = None) -> None:
     except SIGTERMException as stop:  # also a first Ctrl-C (see MethodCheckpoint)
         if getattr(stop, "run_finished", False):  # after the last epoch: nothing left to do
             raise SystemExit(0) from None
+        if getattr(stop, "requeue", False):  # SLURM's requeue signal, on rank 0
+            requeue(stop.checkpoint)
         signal_name = getattr(stop, "signal_name", "SIGTERM")
         raise SystemExit(EXIT_SIGINT if signal_name == "SIGINT" else EXIT_SIGTERM) from None
     except SystemExit as exit_:

@@ -1,8 +1,10 @@
-"""A run's folders as the CLI sees them: the newest ``last.ckpt`` under a run's root, and
-what a run that failed before it trained leaves behind (nothing).
+"""A run's folders as the CLI sees them: the newest ``last.ckpt`` under a run's root, what a
+run that failed before it trained leaves behind (nothing), and the ``config.yaml`` of a folder
+a run comes back to (kept).
 
 Lightning gives every fit, validate and test (and every resume) a new
-``<default_root_dir>/lightning_logs/version_N`` folder.
+``<default_root_dir>/lightning_logs/version_N`` folder, except where the version is fixed:
+under SLURM its default logger names the folder after the job id, which a requeued job keeps.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
+import yaml
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.cli import SaveConfigCallback
+
+from distill.errors import ConfigError
 
 
 class TrainingStarted(L.Callback):
@@ -118,3 +125,88 @@ def logs_folder(trainer_config: dict, checkpoint_dirpath: str | None) -> Path | 
         arguments = logger.get("init_args") or {}
         return Path(arguments.get("save_dir") or root, arguments.get("name") or "lightning_logs")
     return None
+
+
+def fixed_log_folder(trainer_config: dict) -> Path | None:
+    """A run's log folder when its name does not count up: under SLURM, Lightning's default
+    logger names it ``version_<SLURM_JOB_ID>`` (which a requeued job keeps); a TensorBoard or
+    CSV logger configured with a ``version`` names it after that. ``None`` otherwise."""
+    logs = logs_folder(trainer_config, None)
+    if logs is None:
+        return None
+    logger = trainer_config.get("logger")
+    if logger in (None, True):
+        version = SLURMEnvironment.job_id()  # as Lightning's default logger
+    else:
+        version = (logger.get("init_args") or {}).get("version")
+    if version is None:
+        return None
+    return logs / (version if isinstance(version, str) else f"version_{version}")
+
+
+def reuse_problem(config_file: Path, config: str, ckpt_path: str | None) -> str | None:
+    """Why a fit with ``config`` (YAML, as LightningCLI saves it) and ``ckpt_path`` cannot go
+    on in the log folder whose ``config.yaml`` is ``config_file``, or ``None`` when it can: the
+    same config (``ckpt_path`` aside), and the fit resumes from a checkpoint of that folder or
+    the folder holds none (nothing to overwrite)."""
+    folder = config_file.parent
+    saved = _flat(yaml.safe_load(config_file.read_text()) or {})
+    now = _flat(yaml.safe_load(config) or {})
+    changes = [
+        f"{key}: {saved.get(key, '(absent)')!r} -> {now.get(key, '(absent)')!r}"
+        for key in [*now, *(key for key in saved if key not in now)]
+        if key != "ckpt_path" and saved.get(key) != now.get(key)
+    ]
+    if changes:
+        return (
+            f"{folder} is the log folder of a run with another config ({config_file}): "
+            f"{'; '.join(changes)}. A folder keeps one run's config; run with that config to "
+            "continue it, or write this run elsewhere (another trainer.default_root_dir)"
+        )
+    resumes_here = ckpt_path is not None and folder.resolve() in Path(ckpt_path).resolve().parents
+    if resumes_here or not any(folder.rglob("*.ckpt")):
+        return None
+    return (
+        f"{folder} holds the checkpoints of a run with this config, and this fit would start "
+        f"afresh over them; resume it with --ckpt_path {folder / 'checkpoints' / 'last.ckpt'}, "
+        "or write this run elsewhere (another trainer.default_root_dir)"
+    )
+
+
+class KeptConfig(SaveConfigCallback):
+    """LightningCLI's ``config.yaml`` writer, for a fit that comes back to its own log folder.
+
+    Lightning refuses any run whose log folder already has a ``config.yaml``, which a folder
+    of a fixed name has when a run comes back to it (``fixed_log_folder``: a SLURM job that
+    was requeued). Here the fit goes on when ``reuse_problem`` finds none, and the file is
+    kept as it is; otherwise a ``ConfigError`` says why. (``distill.cli`` checks the folders
+    it can name from the config before anything is built; this is for the others.)
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.already_saved or self.overwrite or not self.save_to_log_dir:
+            return super().setup(trainer, pl_module, stage)
+        path = Path(trainer.log_dir, self.config_filename)
+        problem = None  # no config.yaml yet: Lightning's own setup writes it
+        if trainer.is_global_zero and path.is_file():
+            dump = self.parser.dump(self.config, skip_none=False)
+            problem = reuse_problem(path, dump, self.config.get("ckpt_path")) or ""
+        problem = trainer.strategy.broadcast(problem)
+        if problem is None:
+            return super().setup(trainer, pl_module, stage)
+        if problem:
+            raise ConfigError(problem)
+        if trainer.is_global_zero:
+            self.save_config(trainer, pl_module, stage)
+        self.already_saved = True
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, object]:
+    """``{"trainer.max_epochs": 2, ...}``: a config's entries by dotted key."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
