@@ -24,7 +24,8 @@ def compile_backbones(
     eager. Rather than wrapping a backbone in ``torch.compile``'s ``OptimizedModule``, which
     would prefix its state-dict keys with ``_orig_mod.``, or compiling its ``__call__``
     (``nn.Module.compile``), which would trace the forward hooks into the graph (a method's
-    per-step feature hooks, a teacher's input hook), each backbone's own ``forward`` becomes
+    per-step feature hooks, new at every step, would recompile it every step until torch
+    gives up and runs it eagerly), each backbone's own ``forward`` becomes
     the compiled class function bound to it. So the state dict, the parameters (the same
     objects, for optimisers and EMA copies) and the hooks are untouched, a ``copy.deepcopy``
     of the backbone binds the compiled function to the copy, and checkpoints load into eager
@@ -41,7 +42,7 @@ def compile_backbones(
         The backbones compiled by this call.
     """
     compiled = []
-    functions: dict[type, object] = {}  # one compiled function per class: one dynamo cache
+    functions: dict[type, object] = {}  # one per class, for all its instances
     for module in network.modules():
         if hasattr(module, "backbone_name") and not getattr(module, "compiled", False):
             cls = type(module)

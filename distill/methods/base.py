@@ -72,8 +72,9 @@ class Method(L.LightningModule):
             (torch's default mode) or a mode (``default``, ``reduce-overhead``,
             ``max-autotune``, ``max-autotune-no-cudagraphs``). The same results up to float
             rounding and the same checkpoints (no ``_orig_mod.`` keys), after a compilation
-            of tens of seconds per network at the first step (and again on the first
-            validation batch, in eval mode). Off by default: ``benchmarks/compile.py``
+            of tens of seconds per network on a CPU at the first step, and again for each
+            new way a network runs (without gradients: a teacher, a key encoder,
+            validation; another batch size). Off by default: ``benchmarks/compile.py``
             measures what it gains.
         compile_backend: ``torch.compile``'s backend: ``inductor`` (needs a C++ compiler on
             CPUs), or e.g. ``aot_eager`` (traced, eager kernels) where it cannot run.

@@ -201,10 +201,11 @@ def check_compile(compile: object, backend: object) -> None:
             f"model.init_args.compile={compile!r}; valid: false, true or a mode: "
             + ", ".join(COMPILE_MODES)
         )
-    backends = torch.compiler.list_backends(exclude_tags=())
-    if backend not in backends:
+    if backend not in torch.compiler.list_backends(exclude_tags=()):
         raise ConfigError(
-            f"model.init_args.compile_backend={backend!r}; valid: {', '.join(backends)}"
+            f"model.init_args.compile_backend={backend!r}; valid: "
+            f"{', '.join(torch.compiler.list_backends())}, or a debugging one (aot_eager, "
+            "eager; all: torch.compiler.list_backends(exclude_tags=()))"
         )
     if compile not in (False, True, "default") and backend != "inductor":
         raise ConfigError(

@@ -488,7 +488,8 @@ def test_compile_flag_compiles_student_and_teacher_when_the_fit_sets_up(
     [
         ({"compile": "fast"}, "compile='fast'; valid: false, true or a mode: default, "
          "reduce-overhead, max-autotune, max-autotune-no-cudagraphs"),
-        ({"compile_backend": "inducter"}, "compile_backend='inducter'; valid: .*inductor"),
+        ({"compile_backend": "inducter"}, "compile_backend='inducter'; valid: .*inductor.*, "
+         "or a debugging one \\(aot_eager, eager; "),
         ({"compile": "max-autotune", "compile_backend": "aot_eager"},
          "compile='max-autotune' is a mode of the inductor backend, not of "
          "compile_backend='aot_eager'; valid with aot_eager: false or true"),
