@@ -34,6 +34,24 @@ def _share_cores_between_workers() -> None:
 _share_cores_between_workers()
 
 
+def _inductor_cache_per_cpu_capability() -> None:
+    """Under ``ATEN_CPU_CAPABILITY`` (.ci/run reruns the numerics tests under other kernel
+    choices), torch.compile's inductor gets a cache of its own for that capability, which
+    its generated kernels follow too: its on-disk cache does not tell them apart, and kernels
+    cached under another capability fail to compile or compute NaN (torch 2.14). The tests'
+    subprocesses inherit it. A ``TORCHINDUCTOR_CACHE_DIR`` of the user's wins (importing
+    Lightning already set torch's default there)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    capability = os.environ.get("ATEN_CPU_CAPABILITY")
+    default = os.path.abspath(default_cache_dir())
+    if capability and os.environ.get("TORCHINDUCTOR_CACHE_DIR", default) == default:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default}_{capability}"
+
+
+_inductor_cache_per_cpu_capability()
+
+
 def pytest_report_header(config) -> str:
     """The CPU kernels the numerics ran on (``ATEN_CPU_CAPABILITY`` forces others), for reports."""
     import platform

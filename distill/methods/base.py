@@ -23,6 +23,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from distill.backbones import to_channels_last
+from distill.backbones.compiled import CompileMode, compile_backbones
 from distill.errors import ConfigError
 from distill.methods import training
 from distill.methods.training import (  # noqa: F401  (re-exported: the functions' old home)
@@ -65,6 +66,18 @@ class Method(L.LightningModule):
             (weights and inputs; ``distill.backbones.to_channels_last``, applied when the
             Trainer sets the model up; ViTs are left as they are): faster convolutions on
             CPUs and GPUs, the same results up to float rounding.
+        compile: Compile the forward of every backbone (the student's, a teacher's, a key
+            encoder's) with ``torch.compile`` when the Trainer sets the model up
+            (``distill.backbones.compiled.compile_backbones``): ``false`` (off), ``true``
+            (torch's default mode) or a mode (``default``, ``reduce-overhead``,
+            ``max-autotune``, ``max-autotune-no-cudagraphs``). The same results up to float
+            rounding and the same checkpoints (no ``_orig_mod.`` keys), after a compilation
+            of tens of seconds per network on a CPU at the first step, and again for each
+            new way a network runs (without gradients: a teacher, a key encoder,
+            validation; another batch size). Off by default: ``benchmarks/compile.py``
+            measures what it gains.
+        compile_backend: ``torch.compile``'s backend: ``inductor`` (needs a C++ compiler on
+            CPUs), or e.g. ``aot_eager`` (traced, eager kernels) where it cannot run.
     """
 
     #: The validation metric the checkpoint callback keeps the best of.
@@ -84,6 +97,8 @@ class Method(L.LightningModule):
         nonfinite_skip_share: float = 0.2,
         nonfinite_skip_window: int = 50,
         channels_last: bool = True,
+        compile: bool | CompileMode = False,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         training.check_arguments(
@@ -92,6 +107,7 @@ class Method(L.LightningModule):
             nonfinite_loss=nonfinite_loss, nonfinite_check_interval=nonfinite_check_interval,
             nonfinite_skip_share=nonfinite_skip_share, nonfinite_skip_window=nonfinite_skip_window,
         )  # fmt: skip
+        training.check_compile(compile, compile_backend)
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule
         self.warmup_epochs = warmup_epochs
@@ -104,6 +120,9 @@ class Method(L.LightningModule):
             nonfinite_loss, nonfinite_check_interval, nonfinite_skip_share, nonfinite_skip_window
         )
         self.channels_last = channels_last
+        # Not ``self.compile``, which would hide ``nn.Module.compile``.
+        self.compile_mode = "default" if compile is True else (compile or None)
+        self.compile_backend = compile_backend
         self._states_before_sanity_check: dict | None = None
         self._last_optimizer_step = 0
         self._resumed_optimizer_settings: dict | None = None  # see on_load_checkpoint
@@ -150,6 +169,9 @@ class Method(L.LightningModule):
         # parameter layout.
         if self.channels_last:
             to_channels_last(self)
+        if self.compile_mode:  # after channels_last: the compiled forward sees its layout
+            mode = None if self.compile_mode == "default" else self.compile_mode
+            compile_backbones(self, mode, self.compile_backend)
 
     def on_train_start(self) -> None:
         self._last_optimizer_step = self.global_step

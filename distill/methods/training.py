@@ -16,6 +16,7 @@ import torch
 from lightly.utils.scheduler import cosine_warmup_schedule
 from torch import nn
 
+from distill.backbones.compiled import COMPILE_MODES
 from distill.errors import ConfigError
 
 
@@ -190,6 +191,27 @@ def check_arguments(optimizer: Callable[[list], torch.optim.Optimizer], **args) 
         if not ok:
             raise ConfigError(f"model.init_args.{key}={args[key]}; valid: {valid}")
     check_optimizer(optimizer)
+
+
+def check_compile(compile: object, backend: object) -> None:
+    """``ConfigError`` naming the key of a ``compile`` or ``compile_backend`` torch.compile
+    would refuse only when the Trainer sets the model up (or at the first step)."""
+    if not (isinstance(compile, bool) or compile in COMPILE_MODES):
+        raise ConfigError(
+            f"model.init_args.compile={compile!r}; valid: false, true or a mode: "
+            + ", ".join(COMPILE_MODES)
+        )
+    if backend not in torch.compiler.list_backends(exclude_tags=()):
+        raise ConfigError(
+            f"model.init_args.compile_backend={backend!r}; valid: "
+            f"{', '.join(torch.compiler.list_backends())}, or a debugging one (aot_eager, "
+            "eager; all: torch.compiler.list_backends(exclude_tags=()))"
+        )
+    if compile not in (False, True, "default") and backend != "inductor":
+        raise ConfigError(
+            f"model.init_args.compile={compile!r} is a mode of the inductor backend, not of "
+            f"compile_backend={backend!r}; valid with {backend}: false or true"
+        )
 
 
 def optimizer_record(optimizer: torch.optim.Optimizer, resumed: dict | None = None) -> dict:

@@ -171,6 +171,13 @@ def drawn(monkeypatch, cifar10_5k, rekd_study) -> dict[str, dict[str, list]]:
     return seen
 
 
+@pytest.fixture(scope="session")
+def compile_script():
+    load_script("timing")  # compile.py imports it and channels_last by those names
+    load_script("channels_last")
+    return load_script("compile")
+
+
 # The helpers as fixtures: a test module cannot import a conftest by name.
 @pytest.fixture
 def write_run():

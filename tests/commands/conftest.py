@@ -78,6 +78,13 @@ def supervised_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def compiled_supervised_ckpt(tmp_path_factory) -> Path:
+    """The quickstart with its backbone compiled (``model.init_args.compile: true``), 3 steps."""
+    root = tmp_path_factory.mktemp("compiled")
+    return tiny_fit(QUICKSTART, root, 3, "--model.init_args.compile", "true")
+
+
+@pytest.fixture(scope="session")
 def dino_config(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("dino_config") / "dino.yaml"
     path.write_text(DINO_CONFIG)

@@ -41,6 +41,28 @@ def test_round_trip_gives_the_checkpoints_backbone_outputs(supervised_ckpt, cli)
         torch.testing.assert_close(backbone(images), expected, rtol=0, atol=0)
 
 
+def test_checkpoint_of_a_compiled_run_exports_as_an_eager_one(
+    compiled_supervised_ckpt, supervised_ckpt, cli
+):
+    checkpoint = torch.load(compiled_supervised_ckpt, weights_only=True)
+    assert checkpoint["hyper_parameters"]["compile"] is True
+    # The eager run's keys, in its order: no _orig_mod. from torch.compile's wrapper.
+    assert list(checkpoint["state_dict"]) == list(checkpoint_state(supervised_ckpt))
+    code, _, err = cli(["export", "--config", QUICKSTART, "--ckpt_path", compiled_supervised_ckpt])
+    assert code == 0, err
+    weights = compiled_supervised_ckpt.with_name("last.student-backbone.pt")
+    exported = torch.load(weights, weights_only=True)
+    model = Supervised(backbone="resnet8", num_classes=10)
+    model.load_state_dict(checkpoint["state_dict"])
+    assert set(exported) == set(model.student.backbone.state_dict())
+    for name, value in exported.items():
+        assert torch.equal(value, checkpoint["state_dict"][f"student.backbone.{name}"]), name
+    images = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.student.backbone.eval()(images)
+        torch.testing.assert_close(load_pretrained(str(weights))(images), expected, rtol=0, atol=0)
+
+
 def test_teacher_export_takes_the_teacher_weights(dino_ckpt, dino_config, tmp_path, cli):
     weights = tmp_path / "teacher.pt"
     args = ["export", "--config", dino_config, "--ckpt_path", dino_ckpt, "--output", weights]

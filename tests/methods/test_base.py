@@ -1,3 +1,4 @@
+import collections
 import math
 import re
 import warnings
@@ -6,12 +7,12 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.plugins import MixedPrecision
-from tests_support import EPS32, ColourDataModule, PoisonBatch, quiet_trainer
+from tests_support import EPS32, ColourDataModule, PoisonBatch, fit_teacher_student, quiet_trainer
 from torch import nn
 
 from distill.data import MultiCropViews, TwoViews
 from distill.errors import ConfigError, NonFiniteLossError
-from distill.methods import CRD, DINO, MoCo, ReKD, Supervised
+from distill.methods import CRD, DINO, KD, MoCo, ReKD, Supervised
 from distill.methods.base import Method, lr_factor, split_decay_groups
 
 
@@ -447,6 +448,54 @@ def test_invalid_optimizer_numbers_name_the_key_at_construction(optimizer, argum
     ],
 )  # fmt: skip
 def test_invalid_schedule_and_nonfinite_numbers_name_the_key_at_construction(arguments, message):
+    with pytest.raises(ConfigError, match=f"^model.init_args.{message}"):
+        Supervised(backbone="resnet8", num_classes=5, **arguments)
+
+
+#: Calls of the graphs compiled with the "distill_test_counting" backend (eager kernels).
+COMPILED_CALLS = collections.Counter()
+
+
+@torch._dynamo.register_backend(name="distill_test_counting")
+def counting_backend(graph: torch.fx.GraphModule, example_inputs):
+    def run(*args):
+        COMPILED_CALLS["calls"] += 1
+        return graph.forward(*args)
+
+    return run
+
+
+def test_compile_flag_compiles_student_and_teacher_when_the_fit_sets_up(
+    tmp_path, teacher_checkpoint
+):
+    arguments = dict(
+        student_backbone="resnet8", teacher_backbone="resnet14",
+        teacher_checkpoint=teacher_checkpoint, num_classes=5,
+    )  # fmt: skip
+    model = KD(compile=True, compile_backend="distill_test_counting", **arguments)
+    assert not hasattr(model.student.backbone, "compiled")  # compiled when set up, not built
+    calls = COMPILED_CALLS["calls"]
+    # The teacher as its file held it, the student trained: by the compiled forwards.
+    fit_teacher_student(model, teacher_checkpoint, tmp_path, max_steps=3)
+    assert model.student.backbone.compiled and model.teacher.backbone.compiled
+    assert COMPILED_CALLS["calls"] - calls >= 2 * 3  # both backbones, every step
+    # The state dict of the eager model: no _orig_mod. keys in its checkpoints.
+    assert list(model.state_dict()) == list(KD(**arguments).state_dict())
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"compile": "fast"}, "compile='fast'; valid: false, true or a mode: default, "
+         "reduce-overhead, max-autotune, max-autotune-no-cudagraphs"),
+        ({"compile_backend": "inducter"}, "compile_backend='inducter'; valid: .*inductor.*, "
+         "or a debugging one \\(aot_eager, eager; "),
+        ({"compile": "max-autotune", "compile_backend": "aot_eager"},
+         "compile='max-autotune' is a mode of the inductor backend, not of "
+         "compile_backend='aot_eager'; valid with aot_eager: false or true"),
+    ],
+)  # fmt: skip
+def test_invalid_compile_arguments_name_the_key_at_construction(arguments, message):
     with pytest.raises(ConfigError, match=f"^model.init_args.{message}"):
         Supervised(backbone="resnet8", num_classes=5, **arguments)
 

@@ -16,7 +16,9 @@ SGD = lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)  # noqa: E731
 
 
 def make(method: str, teacher_checkpoint: str):
-    common = dict(num_classes=5, optimizer=SGD)
+    compiled = method.endswith("-compiled")  # torch.compile'd backbones (inductor)
+    method = method.removesuffix("-compiled")
+    common = dict(num_classes=5, optimizer=SGD, compile=compiled)
     teacher = dict(teacher_backbone="resnet14", teacher_checkpoint=teacher_checkpoint)
     if method == "supervised":
         return Supervised(backbone="resnet8", label_smoothing=0.1, **common)
@@ -33,7 +35,10 @@ def make(method: str, teacher_checkpoint: str):
     stage_methods = {"fitnets": FitNets, "at": AT, "sp": SP, "vid": VID}
     if method in stage_methods:  # their connectors, regressors and variances resume too
         return stage_methods[method](student_backbone="resnet8", **teacher, **common)
-    return MoCo(backbone="resnet8", proj_hidden_dim=16, proj_dim=8, queue_size=24, optimizer=SGD)
+    return MoCo(
+        backbone="resnet8", proj_hidden_dim=16, proj_dim=8, queue_size=24, optimizer=SGD,
+        compile=compiled,
+    )  # fmt: skip
 
 
 class InterruptAt(L.Callback):
@@ -49,7 +54,7 @@ class InterruptAt(L.Callback):
 
 def fit(method, teacher_checkpoint, root, interrupt_at=None, ckpt_path=None):
     L.seed_everything(0)
-    views = TwoViews(blur_prob=0.0) if method == "moco" else None
+    views = TwoViews(blur_prob=0.0) if method.startswith("moco") else None
     data = ColourDataModule(batch_size=8, num_workers=WORKERS, persistent_workers=True, views=views)
     callbacks = [MethodCheckpoint(dirpath=str(root), monitor=None)]
     if interrupt_at:
@@ -69,10 +74,12 @@ def fit(method, teacher_checkpoint, root, interrupt_at=None, ckpt_path=None):
 @pytest.mark.parametrize(
     "method, interrupt_at",
     [("supervised", 4), ("supervised", 6), ("kd", 4), ("rkd", 6), ("moco", 6), ("dkd", 6),
-     ("dkd", 4), ("dist", 6), ("pkt", 6), ("fitnets", 6), ("at", 4), ("sp", 6), ("vid", 6)],
+     ("dkd", 4), ("dist", 6), ("pkt", 6), ("fitnets", 6), ("at", 4), ("sp", 6), ("vid", 6),
+     ("supervised-compiled", 6), ("moco-compiled", 6)],
     ids=["supervised-epoch_end", "supervised-mid_epoch", "kd-epoch_end", "rkd-mid_epoch",
          "moco-mid_epoch", "dkd-mid_epoch", "dkd-epoch_end", "dist-mid_epoch", "pkt-mid_epoch",
-         "fitnets-mid_epoch", "at-epoch_end", "sp-mid_epoch", "vid-mid_epoch"],
+         "fitnets-mid_epoch", "at-epoch_end", "sp-mid_epoch", "vid-mid_epoch",
+         "supervised-compiled-mid_epoch", "moco-compiled-mid_epoch"],
 )  # fmt: skip
 def test_resume_with_persistent_workers_equals_uninterrupted_fit(
     tmp_path, teacher_checkpoint, method, interrupt_at
@@ -83,5 +90,6 @@ def test_resume_with_persistent_workers_equals_uninterrupted_fit(
     last = str(tmp_path / "first" / "last.ckpt")
     resumed, trainer = fit(method, teacher_checkpoint, tmp_path / "second", ckpt_path=last)
     assert trainer.global_step == 12
+    assert getattr(resumed.student.backbone, "compiled", False) == method.endswith("-compiled")
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, msg=name, rtol=0, atol=0)
