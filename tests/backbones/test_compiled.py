@@ -27,6 +27,7 @@ def classifier(seed: int = 0) -> Classifier:
 
 
 @pytest.mark.numerics
+@pytest.mark.compiles
 def test_compiled_training_step_equals_eager_in_float64():
     """Inductor's kernels (fused batch norms and activations, reordered reductions) against
     eager ones on the same float64 network, both ways in a training step and in evaluation:

@@ -41,6 +41,7 @@ def test_round_trip_gives_the_checkpoints_backbone_outputs(supervised_ckpt, cli)
         torch.testing.assert_close(backbone(images), expected, rtol=0, atol=0)
 
 
+@pytest.mark.compiles
 def test_checkpoint_of_a_compiled_run_exports_as_an_eager_one(
     compiled_supervised_ckpt, supervised_ckpt, cli
 ):

@@ -9,7 +9,7 @@ import torch
 from tests_support import NETWORK64_TOL, launch_ddp
 
 WORKER = Path(__file__).with_name("ddp_compile_worker.py")
-pytestmark = pytest.mark.numerics
+pytestmark = [pytest.mark.numerics, pytest.mark.compiles]
 
 
 def run_single_process(out_dir: Path) -> None:
