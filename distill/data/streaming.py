@@ -7,6 +7,7 @@ Importable without litdata; building one without it is one ``ConfigError`` namin
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -130,6 +131,13 @@ class StreamingDataModule(ViewDataModule):
         """litdata's loader of the training shards, started at the fit's position."""
         from distill.data.stream_loader import StreamingTrainLoader, ViewCollate, ViewStream
 
+        # Lightning's caution that an IterableDataset's length may count samples twice over
+        # loader workers: litdata deals each worker its own samples, and counts them.
+        warnings.filterwarnings(
+            "ignore",
+            message=r"Your `IterableDataset` has `__len__` defined",
+            module=r"lightning\.pytorch\.utilities\.data",
+        )
         self.setup("fit")
         trainer = getattr(self, "trainer", None)
         world = trainer.world_size if trainer is not None else 1
