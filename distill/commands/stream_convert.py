@@ -18,7 +18,14 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from distill.data.shards import INDEX, SIDECAR, is_remote, list_split, write_shards
+from distill.data.shards import (
+    INDEX,
+    SIDECAR,
+    is_remote,
+    list_split,
+    require_litdata,
+    write_shards,
+)
 from distill.errors import ConfigError
 
 #: The files a shard folder holds: what ``--overwrite true`` may replace.
@@ -94,6 +101,7 @@ def stream_convert(
     Returns:
         The shard folder.
     """
+    require_litdata("distill stream-convert")  # before the split is listed and checked
     if num_workers < 1:
         raise ConfigError(f"--num_workers {num_workers}; valid: an integer >= 1")
     split_dir = os.path.join(root, split)
