@@ -19,7 +19,14 @@ in memory (PIL bicubic). A batch of ``--batch-size`` images (``--batch-size-larg
 - kornia (when installed): kornia.augmentation pipelines of the same settings on the
   collated uint8 batch, the reference for writing distill's own batched ops.
 
-A second table adds the training step: views of a batch of 64 cifar10-5k images made by each
+A second table compares where the images come from, per core, for a batch of
+``--batch-size`` 32 px images: decode + views as a loader worker runs them for
+``ImageFolderDataModule`` (open each PNG, decode, prepare under the sample's seed, views
+per batch) and for ``StreamingDataModule`` (litdata reads the shards, then the same decode
+and views), on the same folder; the shards are written once to a temporary folder by
+``distill stream-convert`` (needs the stream extra; ``--no-stream`` leaves the table out).
+
+A third table adds the training step: views of a batch of 64 cifar10-5k images made by each
 pipeline, then ``training_step``, backward, SGD step and ``on_train_batch_end`` of distill's
 ``MoCo`` and ``DINO`` on them (resnet8 and the heads of the cifar10-5k configs, as
 ``probe_overhead.py`` builds them): images/s of the whole step on one core, what one core
@@ -34,9 +41,13 @@ so a varying background load affects them alike; compare ratios within one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import glob
+import io
+import itertools
 import os
+import tempfile
 import time
 
 import torch
@@ -143,13 +154,58 @@ def training_steps(images: list[Image.Image], repeats: int) -> tuple[list[str], 
     return names, rows
 
 
-def print_table(names: list[str], rows: list[dict], columns: list[str]) -> None:
-    """A Markdown table: images/s per column, with the ratio to lightly's in brackets."""
+def source_steps(data: str, batch_size: int, repeats: int) -> tuple[list[str], list[dict]]:
+    """Images/s of decode + views of a batch from the image folder and from its shards."""
+    from distill.commands import stream_convert
+    from distill.data import ImageFolderDataModule, StreamingDataModule
+    from distill.data.sampling import sample_seed
+
+    recipes = {name: recipe for name, side, recipe, _ in settings() if side == 32}
+    names, rows = [], []
+    with tempfile.TemporaryDirectory() as shards:
+        with contextlib.redirect_stdout(io.StringIO()):  # its summary line, not the table's
+            for split in ("train", "val"):
+                stream_convert(data, split, os.path.join(shards, split))
+        for name, recipe in recipes.items():
+            common = dict(views=recipe, mean=MEAN, std=STD, batch_size=batch_size, num_workers=0)
+            folder = ImageFolderDataModule(data_dir=data, **common)
+            folder.setup("fit")
+            order = torch.randperm(len(folder.train_set)).tolist()
+            batches = itertools.cycle(
+                [
+                    order[i : i + batch_size]
+                    for i in range(0, len(order) - batch_size + 1, batch_size)
+                ]
+            )
+            loader = StreamingDataModule(data_dir=shards, **common).train_dataloader()
+            stream = {"iterator": iter(loader)}
+
+            def from_folder(dataset=folder.train_set, batches=batches):
+                dataset.__getitems__([(sample_seed(0, 0, i), i) for i in next(batches)])
+
+            def from_shards(loader=loader, stream=stream):
+                try:
+                    next(stream["iterator"])
+                except StopIteration:  # the next epoch
+                    stream["iterator"] = iter(loader)
+                    next(stream["iterator"])
+
+            steps = {"image folder": from_folder, "streaming": from_shards}
+            seconds = seconds_per_step(steps, 1, 1, repeats, torch.device("cpu"))
+            rows.append({key: batch_size / value for key, value in seconds.items()})
+            names.append(f"{name} (batch {batch_size})")
+    return names, rows
+
+
+def print_table(
+    names: list[str], rows: list[dict], columns: list[str], reference: str = "lightly"
+) -> None:
+    """A Markdown table: images/s per column, with the ratio to ``reference``'s in brackets."""
     print("| setting | " + " | ".join(columns) + " |")
     print("| --- |" + " ---: |" * len(columns))
     for name, row in zip(names, rows, strict=True):
-        cells = [f"{row['lightly']:.0f}"]
-        cells += [f"{row[c]:.0f} ({row[c] / row['lightly']:.1f}x)" for c in columns[1:]]
+        cells = [f"{row[reference]:.0f}"]
+        cells += [f"{row[c]:.0f} ({row[c] / row[reference]:.1f}x)" for c in columns[1:]]
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
@@ -175,6 +231,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small batches, 3 repeats")
     parser.add_argument("--no-kornia", action="store_true")
     parser.add_argument("--no-steps", action="store_true", help="views only, no step table")
+    parser.add_argument("--no-stream", action="store_true", help="no image folder vs shards")
     args = parser.parse_args()
     if args.quick:
         args.batch_size, args.batch_size_large, args.repeats = 128, 16, 3
@@ -206,6 +263,14 @@ def main() -> None:
         f"runs; in brackets the ratio to lightly. Decoding a cifar10-5k PNG (not in the "
         f"table): PIL {pil:.0f} us, torchvision.io.decode_image {tv:.0f} us.\n"
     )
+    if not args.no_stream:
+        names, rows = source_steps(args.data, args.batch_size, args.repeats)
+        print_table(names, rows, ["image folder", "streaming"], reference="image folder")
+        print(
+            "\nimages/s of decode + views on one thread, from the PNG files and from litdata "
+            "shards of the same folder (see the docstring); in brackets the ratio to the "
+            "image folder.\n"
+        )
     if not args.no_steps:
         print_table(*training_steps(originals[:64], args.repeats), ["lightly", "host", "device"])
         print("\nimages/s of views + training step on one thread, resnet8 (see the docstring).")

@@ -9,7 +9,8 @@ first batch's views in TensorBoard (``--view_grid.num_images 0`` turns it off).
 
 Two subcommands of distill's own take the same config: ``distill eval`` (k-NN and linear
 probe of a checkpoint's backbone) and ``distill export`` (the backbone as a state dict
-with a JSON sidecar); see ``distill.commands``.
+with a JSON sidecar); ``distill stream-convert`` takes none (an ImageFolder split as
+streaming shards); see ``distill.commands``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,13 @@ import distill.eval  # noqa: F401  (registers the callbacks for short class name
 import distill.methods  # noqa: F401  (registers the methods for short class names)
 from distill.callbacks import CountedModelSummary, MethodCheckpoint, RunHParams, ViewGrid
 from distill.checkpoint_io import output_error
-from distill.commands import COMMANDS, add_command_arguments, provided_arguments
+from distill.commands import (
+    COMMANDS,
+    STANDALONE,
+    add_command_arguments,
+    provided_arguments,
+    run_standalone,
+)
 from distill.commands.checkpoint import (
     check_restorable,
     lightning_resolves,
@@ -202,6 +209,7 @@ class DistillCLI(LightningCLI):
         if not isinstance(trainer_class, type):
             trainer_class = class_from_function(trainer_class)
         self._subcommand_parsers: dict[str, LightningArgumentParser] = {}
+        parser.epilog = STANDALONE_HELP
         subcommands = parser.add_subcommands()
         for name in self.subcommands():
             function = COMMANDS.get(name) or getattr(trainer_class, name)
@@ -414,6 +422,13 @@ TEACHER_RELOADED = (
     " (read: the checkpoint left the teacher out; its weights must be the ones it recorded)"
 )
 
+#: What ``distill --help`` says of the commands that are not LightningCLI's.
+STANDALONE_HELP = "Without a config: " + "; ".join(
+    f"distill {name}: {docstring_parser.parse(function.__doc__).short_description.rstrip('.')} "
+    f"(distill {name} --help)."
+    for name, function in STANDALONE.items()
+)
+
 #: Trainer settings under ``eval`` and ``export``, over the config's.
 COMMAND_TRAINER = {
     "logger": False,
@@ -525,9 +540,16 @@ def _thread_write_errors_left_to_the_caller() -> Iterator[None]:
 
 def main(args: list[str] | None = None) -> None:
     """Runs the CLI on ``args`` (default: ``sys.argv[1:]``); see the ``EXIT_*`` codes."""
+    argv = sys.argv[1:] if args is None else list(args)
     try:
         with _thread_write_errors_left_to_the_caller():
-            build_cli(args)
+            if argv[:1] and argv[0] in STANDALONE:  # no config, so no LightningCLI
+                name = argv[0]
+                description = docstring_parser.parse(STANDALONE[name].__doc__).short_description
+                parser = DistillArgumentParser(prog=f"distill {name}", description=description)
+                run_standalone(name, argv[1:], parser)
+            else:
+                build_cli(args)
     except SIGTERMException as stop:  # also a first Ctrl-C (see MethodCheckpoint)
         if getattr(stop, "run_finished", False):  # after the last epoch: nothing left to do
             raise SystemExit(0) from None

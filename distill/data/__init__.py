@@ -6,6 +6,7 @@ from distill.data.device_views import DeviceViews
 from distill.data.digits import DigitsDataModule, DigitsDataset
 from distill.data.folder import ImageFolderDataModule
 from distill.data.stl10 import STL10DataModule
+from distill.data.streaming import StreamingDataModule
 from distill.data.views import MultiCropViews, SupervisedViews, TwoViews, ViewRecipe
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "IndexedDataset",
     "MultiCropViews",
     "STL10DataModule",
+    "StreamingDataModule",
     "SupervisedViews",
     "TwoViews",
     "ViewDataModule",

@@ -254,9 +254,7 @@ class ViewDataModule(L.LightningDataModule):
         if trainer is not None:
 
             def position() -> tuple[int, int]:
-                epoch, batches = fit_position(trainer)
-                if batches:  # a fit resumed mid-epoch: the checkpoint counted its batches
-                    self._check_resumed_batches(trainer, epoch, batches)
+                epoch, batches = self.resume_position(trainer)
                 return epoch, batches * self.batch_size
 
         sampler = SeededSampler(self.train_set, world, rank, self.seed, position)
@@ -290,6 +288,15 @@ class ViewDataModule(L.LightningDataModule):
         self.seed = state.get("seed", self.seed)
         if "batch_size" in state:  # checkpoints from before it was saved have no check
             self._checkpoint_batching = (state["batch_size"], state["world_size"])
+
+    def resume_position(self, trainer) -> tuple[int, int]:
+        """(epoch, batches of it already trained) of ``trainer``'s fit, read when the epoch's
+        first batch is drawn; a fit resumed mid-epoch is checked to count in the batches of
+        its checkpoint (``_check_resumed_batches``)."""
+        epoch, batches = fit_position(trainer)
+        if batches:  # a fit resumed mid-epoch: the checkpoint counted its batches
+            self._check_resumed_batches(trainer, epoch, batches)
+        return epoch, batches
 
     def _check_resumed_batches(self, trainer, epoch: int, batches: int) -> None:
         """Refuses to continue an epoch whose first ``batches`` were of another global batch.

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from distill.data.arguments import require_numbers
+from distill.data.arguments import DATA, require_numbers
 from distill.data.base import ViewDataModule
 from distill.data.images import load_rgb
 from distill.data.scan import find_bad_images
@@ -31,7 +31,8 @@ class ImageFolderSplit(ImageFolder):
 
     Args:
         root: The split folder.
-        key: The DataModule argument naming it (``train_dir``), quoted in error messages.
+        key: What names it in error messages: the DataModule argument
+            (``data.init_args.train_dir``) or the command-line option.
         listed: ``{class: [(path, real path), ...]}`` of the split (``split_images``).
     """
 
@@ -51,7 +52,7 @@ class ImageFolderSplit(ImageFolder):
         for name, target in class_to_idx.items():
             if not self.listed[name]:
                 raise ConfigError(
-                    f"data.init_args.{self.key}: class folder {os.path.join(directory, name)!r} "
+                    f"{self.key}: class folder {os.path.join(directory, name)!r} "
                     f"of split {directory!r} is empty: it holds no {'/'.join(IMG_EXTENSIONS)} "
                     f"file (hidden files are ignored). Add images, or remove the class folder "
                     f"from every split."
@@ -66,14 +67,14 @@ class ImageFolderSplit(ImageFolder):
                     conflicts.append(f"{path!r} in {name!r} is {owner[0]!r} in {owner[1]!r}")
         if conflicts:
             raise ConfigError(
-                f"data.init_args.{self.key}: {len(conflicts)} image file(s) of {directory!r} "
+                f"{self.key}: {len(conflicts)} image file(s) of {directory!r} "
                 f"are in two class folders, so each would be trained with two labels: "
                 f"{_first(conflicts)}. Keep each file in one class folder (remove the link "
                 f"or copy in the wrong one)."
             )
         if duplicates:
             log.warning(
-                "data.init_args.%s: %d image file(s) of %s are reached by more than one path "
+                "%s: %d image file(s) of %s are reached by more than one path "
                 "in their class folder and count once (e.g. %s)",
                 self.key, len(duplicates), directory, duplicates[0],
             )  # fmt: skip
@@ -91,7 +92,7 @@ class ImageFolderSplit(ImageFolder):
         emptied = sorted(set(self.classes) - {self.classes[target] for target in self.targets})
         if emptied:
             raise ConfigError(
-                f"data.init_args.{self.key}: no image of class folder(s) {', '.join(emptied)} "
+                f"{self.key}: no image of class folder(s) {', '.join(emptied)} "
                 f"of {self.root!r} can be read, so the split has no sample of them. Repair the "
                 f"files, or remove the class folder from every split."
             )
@@ -261,8 +262,8 @@ class ImageFolderDataModule(ViewDataModule):
             )
             report_broken({**broken, **val_broken}, self.on_bad_image == "skip")
             splits = {
-                "train_dir": ImageFolderSplit(self.train_dir, "train_dir", train),
-                "val_dir": ImageFolderSplit(self.val_dir, "val_dir", val),
+                "train_dir": ImageFolderSplit(self.train_dir, f"{DATA}.train_dir", train),
+                "val_dir": ImageFolderSplit(self.val_dir, f"{DATA}.val_dir", val),
             }
             _warn_shared(train, val)
             if self.verify_images != "off":
