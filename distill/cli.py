@@ -473,6 +473,22 @@ def _quiet_lightning_leafspec_warning() -> None:
     )
 
 
+def _quiet_lightning_all_gather_warning() -> None:
+    """Hides the FutureWarning every DDP process printed at its first all-gather.
+
+    Lightning's ``all_gather`` (2.6.6, the newest; every queue, bank and k-NN gather of
+    distill goes through it) calls ``torch.distributed.nn.functional.all_gather``, which torch
+    2.14 deprecates: one line per process, from every rank of every node, that no user can act
+    on. Only that message, raised from that Lightning module, is ignored.
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.fabric\.utilities\.distributed",
+    )
+
+
 class _DropLitLoggerTip(logging.Filter):
     """Drops the advertisement Lightning 2.6 logs whenever a Trainer has no LitLogger."""
 
@@ -494,6 +510,7 @@ def build_cli(args: list[str] | None = None, **kwargs) -> DistillCLI:
     benchmark's timing callback); ``main`` is the command line's entry point.
     """
     _quiet_lightning_leafspec_warning()
+    _quiet_lightning_all_gather_warning()
     _quiet_litlogger_tip()
     return DistillCLI(
         Method,

@@ -500,3 +500,27 @@ def photometric_batch_error(size: int, jitter: float = 0.4) -> float:
     two products of up to 2·size terms. Twice that: each run is within it of the exact value."""
     contrast = jitter * size**2 * EPS32 * (1 + jitter) * (1 + 2 * jitter) * HUE_LIPSCHITZ
     return 2 * (contrast + 2 * 2 * size * EPS32)
+
+
+class SaveRankState(L.Callback):
+    """Saves this process's state at the end of fit to ``<folder>/rank<global rank>.pt``: the
+    LightningModule's state dict (weights and buffers: EMA teachers, queues, their pointers),
+    the optimiser's state, the ranks and world size Lightning gave it, its pid and step. For
+    multi-process tests, which compare the ranks' states."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_fit_end(self, trainer, pl_module):
+        state = {
+            "global_rank": trainer.global_rank,
+            "local_rank": trainer.local_rank,
+            "node_rank": trainer.node_rank,
+            "world_size": trainer.world_size,
+            "pid": os.getpid(),
+            "global_step": trainer.global_step,
+            "model": pl_module.state_dict(),
+            "optimizer": trainer.optimizers[0].state_dict(),
+        }
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        torch.save(state, Path(self.folder, f"rank{trainer.global_rank}.pt"))
