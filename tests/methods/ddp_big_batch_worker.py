@@ -33,7 +33,7 @@ from ddp_crd_worker import ContiguousDigits  # noqa: E402
 from distill.backbones import register_backbone  # noqa: E402
 from distill.backbones.vit import ViTBackbone  # noqa: E402
 from distill.data import SupervisedViews, ViewRecipe  # noqa: E402
-from distill.methods import CRD, DINO, KD, RKD, MoCo, ReKD, Supervised  # noqa: E402
+from distill.methods import CRD, DINO, DIST, KD, PKT, RKD, SP, MoCo, ReKD, Supervised  # noqa: E402
 
 VIT = {"image_size": 32, "patch_size": 8}
 VIT_NAME = "vit_micro"
@@ -57,9 +57,24 @@ class FixedViews(ViewRecipe):
         return lambda image: [view(image) for view in views]
 
 
+class MicroViT(ViTBackbone):
+    """A ViT of width 16 with 2 blocks of 2 heads (vit_tiny's layers, a thousandth the size),
+    with its last token map ``[B, 1 + patches, 16]`` as a named stage, ``tokens``, for SP."""
+
+    stage_names = ("tokens",)
+
+    def forward_stages(self, images, preact=False):
+        maps = []
+        hook = self.vit.encoder.ln.register_forward_hook(lambda *args: maps.append(args[2]))
+        try:
+            embedding = self(images)
+        finally:
+            hook.remove()
+        return embedding, {"tokens": maps[0]}
+
+
 def vit_micro(image_size: int = 32, patch_size: int = 8) -> ViTBackbone:
-    """A ViT of width 16 with 2 blocks of 2 heads: vit_tiny's layers, a thousandth the size."""
-    return ViTBackbone(image_size, patch_size, 16, 2, 2)
+    return MicroViT(image_size, patch_size, 16, 2, 2)
 
 
 def sgd(params):
@@ -85,6 +100,12 @@ def build(method: str, teacher: str):
         return teacher_student(KD, teacher), supervised
     if method == "rkd":
         return teacher_student(RKD, teacher), supervised
+    if method == "sp":
+        return teacher_student(SP, teacher, stages=[["tokens", "tokens"]]), supervised
+    if method == "pkt":
+        return teacher_student(PKT, teacher), supervised
+    if method == "dist":
+        return teacher_student(DIST, teacher), supervised
     if method == "crd":
         model = teacher_student(CRD, teacher, num_negatives=32, embed_dim=8, sampler="uniform")
         return model, supervised

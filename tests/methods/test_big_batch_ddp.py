@@ -1,23 +1,24 @@
 """One optimiser step on 2 and 4 CPU DDP ranks equals one process's step on the whole batch.
 
-For every method, ranks that each read B/world rows of a global batch of B (rank 0's rows
-first) must leave the state one process leaves after a step on the B rows: the same
-parameters (so DDP's mean of the gradients is the big batch's gradient, with no
-world-size factor off), and the same queues (MoCo, ReKD), memory banks and ``Z`` (CRD),
-DINO center and EMA teacher, ReKD prototypes. Every rank holds exactly the same state.
+For Supervised, KD, RKD, CRD, DINO, MoCo, ReKD and the batch-relational SP, PKT and DIST,
+ranks that each read B/world rows of a global batch of B (rank 0's rows first) must leave
+the state one process leaves after a step on the B rows: the same parameters (so DDP's
+mean of the gradients is the big batch's gradient, with no world-size factor off), and the
+same queues (MoCo, ReKD), memory banks and ``Z`` (CRD), DINO center and EMA teacher, ReKD
+prototypes. Every rank holds exactly the same state.
 
-The networks are small ViTs with MLP heads (ddp_big_batch_worker.py): no batch norm, so a
+The networks are micro ViTs with MLP heads (ddp_big_batch_worker.py): no batch norm, so a
 sample's outputs do not depend on the samples it is batched with, and the comparison tests
 the methods' losses and state updates, not batch statistics. The runs differ only in how
 the batch is split, hence in the order of float64 sums (the worker runs in 64-true
 precision, losses and state updates included): NETWORK64_TOL bounds that, and any coupling
-of samples left per rank (RKD's relations computed on a rank's rows only, a gradient off by
-the world size) moves the updates by far more (checked: the updates are 1e4 times the
-tolerance).
+of samples left per rank (relations of a rank's rows only, as RKD, SP, PKT and DIST had; a
+gradient off by the world size) moves the updates by far more (checked: the largest update
+is 1e4 times the tolerance).
 
 The single-process reference runs once per method, in this process; the ranks run every
 method one after the other in one launch per world size (starting the processes is most
-of the cost).
+of the cost), so there is one test per world size, which names every method that fails.
 """
 
 import importlib.util
@@ -32,13 +33,16 @@ from distill.methods import Supervised
 
 WORKER = Path(__file__).with_name("ddp_big_batch_worker.py")
 GLOBAL_BATCH = 8
-METHODS = ["supervised", "kd", "rkd", "crd", "dino", "moco", "rekd"]
+METHODS = ["supervised", "kd", "rkd", "crd", "dino", "moco", "rekd", "sp", "pkt", "dist"]
 
-# What one step must change besides the student's weights, by method (state entry prefixes).
+# What one step must change besides the student's weights, by method (state entries).
 MOVED_STATE = {
     "supervised": [],
     "kd": [],
     "rkd": [],
+    "sp": [],
+    "pkt": [],
+    "dist": [],
     "crd": ["crd.student_memory.rows", "crd.teacher_memory.rows", "crd.normalizers"],
     "dino": ["dino_loss.center", "teacher.head.layers.0.weight"],
     "moco": ["student.queue.keys", "student.key_backbone.vit.conv_proj.weight"],
@@ -48,7 +52,7 @@ MOVED_STATE = {
         "teacher.queue.labels",
         "prototypes.prototypes",
         "teacher.key_head.layers.0.weight",
-    ],  # fmt: skip
+    ],
 }
 
 
@@ -78,32 +82,38 @@ def runs(tmp_path_factory, worker):
     return folder
 
 
-@pytest.fixture(scope="module")
-def single_process(runs, worker):
-    """The one-process result of a method, computed once, in this process."""
-    results = {}
-
-    def result(method: str) -> dict:
-        if method not in results:
-            worker.one_step(str(runs), method, GLOBAL_BATCH, str(runs / "teacher.ckpt"))
-            results[method] = torch.load(runs / f"{method}_rank0_of1.pt")
-        return results[method]
-
-    return result
+def single_process(worker, runs, method: str) -> dict:
+    """The one-process result of ``method``, computed in this process (once in a module)."""
+    result = runs / f"{method}_rank0_of1.pt"
+    if not result.exists():
+        worker.one_step(str(runs), method, GLOBAL_BATCH, str(runs / "teacher.ckpt"))
+    return torch.load(result)
 
 
-@pytest.fixture(scope="module")
-def ranks(runs):
-    """Every rank's result of a method on ``world`` ranks; one launch per world size."""
-    launched = set()
-
-    def results(method: str, world: int) -> list[dict]:
-        if world not in launched:
-            launched.add(world)
-            launch_ddp(WORKER, [runs, GLOBAL_BATCH, runs / "teacher.ckpt", *METHODS], world)
-        return [torch.load(runs / f"{method}_rank{r}_of{world}.pt") for r in range(world)]
-
-    return results
+def check_step(method: str, ranks: list[dict], single: dict) -> None:
+    """The ranks' state is the same on every rank, and the single process's, after a step
+    that moved the weights by far more than the tolerance, and the method's state."""
+    assert single["world"] == 1 and all(rank["world"] == len(ranks) for rank in ranks)
+    after = ranks[0]["after"]
+    for rank in ranks[1:]:  # every rank holds the same state, to the bit
+        assert rank["after"].keys() == after.keys()
+        for name, value in rank["after"].items():
+            assert torch.equal(value, after[name]), name
+    # The ranks started where the single process did, and ended where it did.
+    assert after.keys() == single["after"].keys()
+    for name, value in single["before"].items():
+        assert torch.equal(ranks[0]["before"][name], value), name
+    for name, value in single["after"].items():
+        assert_float64_close(after[name], value, name)
+    before = single["before"]
+    updates = [
+        (value - before[name]).abs().max()
+        for name, value in single["after"].items()
+        if name.startswith("student.") and value.is_floating_point()
+    ]
+    assert max(updates) > 1e4 * NETWORK64_TOL
+    for name in MOVED_STATE[method]:
+        assert not torch.equal(single["after"][name], before[name]), name
 
 
 def assert_float64_close(actual: torch.Tensor, expected: torch.Tensor, name: str) -> None:
@@ -116,30 +126,24 @@ def assert_float64_close(actual: torch.Tensor, expected: torch.Tensor, name: str
     torch.testing.assert_close(actual, expected, rtol=tol, atol=tol, msg=message)
 
 
-@pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.multiprocess)])
-@pytest.mark.parametrize("method", METHODS)
-def test_one_step_on_ranks_equals_one_step_on_the_whole_batch(ranks, single_process, method, world):
-    ranks = ranks(method, world)
-    single = single_process(method)
-    assert single["world"] == 1 and all(rank["world"] == world for rank in ranks)
-    after = ranks[0]["after"]
-    for rank in ranks[1:]:  # every rank holds the same state, to the bit
-        assert rank["after"].keys() == after.keys()
-        for name, value in rank["after"].items():
-            assert torch.equal(value, after[name]), name
-    # The ranks started where the single process did, and ended where it did.
-    assert after.keys() == single["after"].keys()
-    for name, value in single["before"].items():
-        assert torch.equal(ranks[0]["before"][name], value), name
-    for name, value in single["after"].items():
-        assert_float64_close(after[name], value, name)
-    # The step did move the weights, by far more than the tolerance, and the method's state.
-    before = single["before"]
-    updates = [
-        (value - before[name]).abs().max()
-        for name, value in single["after"].items()
-        if name.startswith("student.") and value.is_floating_point()
-    ]
-    assert max(updates) > 1e4 * NETWORK64_TOL
-    for name in MOVED_STATE[method]:
-        assert not torch.equal(single["after"][name], before[name]), name
+# Float64 sums in another order on each kernel choice: the 2-rank runs repeat under each
+# (numerics); 4 ranks are for the multi-process step.
+WORLDS = [
+    pytest.param(2, marks=pytest.mark.numerics),
+    pytest.param(4, marks=pytest.mark.multiprocess),
+]
+
+
+# One test per world size, every method in it: one launch of the ranks runs them all, and
+# pytest-xdist cannot split one launch's methods over workers that would each start it.
+@pytest.mark.parametrize("world", WORLDS)
+def test_one_step_on_ranks_equals_one_step_on_the_whole_batch(worker, runs, world):
+    launch_ddp(WORKER, [runs, GLOBAL_BATCH, runs / "teacher.ckpt", *METHODS], world)
+    failures = {}
+    for method in METHODS:
+        ranks = [torch.load(runs / f"{method}_rank{r}_of{world}.pt") for r in range(world)]
+        try:
+            check_step(method, ranks, single_process(worker, runs, method))
+        except AssertionError as error:
+            failures[method] = str(error).splitlines()[:4]
+    assert not failures, "\n".join(f"{method}: {lines}" for method, lines in failures.items())
