@@ -30,10 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ddp_crd_worker import ContiguousDigits  # noqa: E402
 
+from distill import methods  # noqa: E402
 from distill.backbones import register_backbone  # noqa: E402
 from distill.backbones.vit import ViTBackbone  # noqa: E402
 from distill.data import SupervisedViews, ViewRecipe  # noqa: E402
-from distill.methods import CRD, DINO, DIST, KD, PKT, RKD, SP, MoCo, ReKD, Supervised  # noqa: E402
 
 VIT = {"image_size": 32, "patch_size": 8}
 VIT_NAME = "vit_micro"
@@ -81,8 +81,8 @@ def sgd(params):
     return torch.optim.SGD(params, lr=0.5)
 
 
-def teacher_student(method, teacher: str, **kwargs):
-    return method(
+def teacher_student(method_class, teacher: str, **kwargs):
+    return method_class(
         student_backbone=VIT_NAME, teacher_backbone=VIT_NAME, teacher_checkpoint=teacher,
         student_backbone_kwargs=VIT, teacher_backbone_kwargs=VIT, num_classes=10,
         optimizer=sgd, lr_schedule="constant", **kwargs,
@@ -93,39 +93,45 @@ def build(method: str, teacher: str):
     """The model and its views; every state a step changes starts from known content."""
     supervised = SupervisedViews(crop_size=32, padding=0, hflip_prob=0.0)
     if method == "supervised":
-        model = Supervised(backbone=VIT_NAME, backbone_kwargs=VIT, optimizer=sgd,
-                           lr_schedule="constant")  # fmt: skip
+        model = methods.Supervised(
+            backbone=VIT_NAME, backbone_kwargs=VIT, optimizer=sgd, lr_schedule="constant"
+        )
         return model, supervised
     if method == "kd":
-        return teacher_student(KD, teacher), supervised
+        return teacher_student(methods.KD, teacher), supervised
     if method == "rkd":
-        return teacher_student(RKD, teacher), supervised
+        return teacher_student(methods.RKD, teacher), supervised
     if method == "sp":
-        return teacher_student(SP, teacher, stages=[["tokens", "tokens"]]), supervised
+        return teacher_student(methods.SP, teacher, stages=[["tokens", "tokens"]]), supervised
     if method == "pkt":
-        return teacher_student(PKT, teacher), supervised
+        return teacher_student(methods.PKT, teacher), supervised
     if method == "dist":
-        return teacher_student(DIST, teacher), supervised
+        return teacher_student(methods.DIST, teacher), supervised
     if method == "crd":
-        model = teacher_student(CRD, teacher, num_negatives=32, embed_dim=8, sampler="uniform")
+        model = teacher_student(
+            methods.CRD, teacher, num_negatives=32, embed_dim=8, sampler="uniform"
+        )
         return model, supervised
     if method == "dino":
-        model = DINO(
+        model = methods.DINO(
             backbone=VIT_NAME, backbone_kwargs=VIT, output_dim=32, hidden_dim=16,
             bottleneck_dim=8, freeze_last_layer=0, momentum_start=0.99, momentum_end=0.99,
             optimizer=sgd, lr_schedule="constant",
         )  # fmt: skip
         return model, FixedViews(2, 4)
-    if method == "moco":
-        model = MoCo(backbone=VIT_NAME, backbone_kwargs=VIT, proj_hidden_dim=16, proj_dim=8,
-                     queue_size=QUEUE, optimizer=sgd, lr_schedule="constant")  # fmt: skip
+    if method in ("moco", "moco_symmetric"):
+        model = methods.MoCo(
+            backbone=VIT_NAME, backbone_kwargs=VIT, proj_hidden_dim=16, proj_dim=8,
+            queue_size=QUEUE, symmetric=method == "moco_symmetric", optimizer=sgd,
+            lr_schedule="constant",
+        )  # fmt: skip
         return model, FixedViews(2, 2)
-    if method == "rekd":
-        model = ReKD(
+    if method in ("rekd", "rekd_symmetric"):
+        model = methods.ReKD(
             student_backbone=VIT_NAME, teacher_backbone=VIT_NAME,
             student_backbone_kwargs=VIT, teacher_backbone_kwargs=VIT, proj_hidden_dim=16,
-            proj_dim=8, queue_size=QUEUE, num_prototypes=4, threshold=0.0, optimizer=sgd,
-            lr_schedule="constant",
+            proj_dim=8, queue_size=QUEUE, num_prototypes=4, threshold=0.0,
+            symmetric=method == "rekd_symmetric", optimizer=sgd, lr_schedule="constant",
         )  # fmt: skip
         # Full queues and a prototype bank from the start: the step mines positives from
         # them, and moves the prototypes, as any step after the first few does.
@@ -134,6 +140,14 @@ def build(method: str, teacher: str):
             keys = F.normalize(torch.randn(QUEUE, 8, generator=generator), dim=1)
             queue.enqueue(keys, torch.randint(10, (QUEUE,), generator=generator))
         model.prototypes.init_from(model.teacher.queue.keys)
+        return model, FixedViews(2, 2)
+    if method in ("seed", "disco"):  # self-supervised, from a frozen teacher's features
+        model = (methods.SEED if method == "seed" else methods.DisCo)(
+            student_backbone=VIT_NAME, teacher_backbone=VIT_NAME, student_backbone_kwargs=VIT,
+            teacher_backbone_kwargs=VIT, teacher_checkpoint=teacher,
+            teacher_embedding="backbone", proj_hidden_dim=16, queue_size=QUEUE, optimizer=sgd,
+            lr_schedule="constant",
+        )  # fmt: skip
         return model, FixedViews(2, 2)
     raise ValueError(f"unknown method {method!r}")
 

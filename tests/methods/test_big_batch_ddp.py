@@ -34,25 +34,21 @@ from distill.methods import Supervised
 WORKER = Path(__file__).with_name("ddp_big_batch_worker.py")
 GLOBAL_BATCH = 8
 METHODS = ["supervised", "kd", "rkd", "crd", "dino", "moco", "rekd", "sp", "pkt", "dist"]
+METHODS += ["seed", "disco", "moco_symmetric", "rekd_symmetric"]
 
 # What one step must change besides the student's weights, by method (state entries).
+QUEUE_STATE = ["student.queue.keys", "student.key_backbone.vit.conv_proj.weight"]
+REKD_STATE = [
+    *QUEUE_STATE, "teacher.queue.keys", "teacher.queue.labels", "prototypes.prototypes",
+    "teacher.key_head.layers.0.weight",
+]  # fmt: skip
 MOVED_STATE = {
-    "supervised": [],
-    "kd": [],
-    "rkd": [],
-    "sp": [],
-    "pkt": [],
-    "dist": [],
+    **{method: [] for method in ("supervised", "kd", "rkd", "sp", "pkt", "dist")},
     "crd": ["crd.student_memory.rows", "crd.teacher_memory.rows", "crd.normalizers"],
     "dino": ["dino_loss.center", "teacher.head.layers.0.weight"],
-    "moco": ["student.queue.keys", "student.key_backbone.vit.conv_proj.weight"],
-    "rekd": [
-        "student.queue.keys",
-        "teacher.queue.keys",
-        "teacher.queue.labels",
-        "prototypes.prototypes",
-        "teacher.key_head.layers.0.weight",
-    ],
+    "seed": ["queue.keys"],
+    **{method: QUEUE_STATE for method in ("moco", "moco_symmetric", "disco")},
+    **{method: REKD_STATE for method in ("rekd", "rekd_symmetric")},
 }
 
 
