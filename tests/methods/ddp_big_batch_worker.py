@@ -59,9 +59,10 @@ class FixedViews(ViewRecipe):
 
 class MicroViT(ViTBackbone):
     """A ViT of width 16 with 2 blocks of 2 heads (vit_tiny's layers, a thousandth the size),
-    with its last token map ``[B, 1 + patches, 16]`` as a named stage, ``tokens``, for SP."""
+    with a named stage for the feature-map methods (SP, AT, VID): ``grid``, its last
+    patch tokens on their grid, ``[B, 16, 4, 4]`` at 32 px."""
 
-    stage_names = ("tokens",)
+    stage_names = ("grid",)
 
     def forward_stages(self, images, preact=False):
         maps = []
@@ -70,7 +71,9 @@ class MicroViT(ViTBackbone):
             embedding = self(images)
         finally:
             hook.remove()
-        return embedding, {"tokens": maps[0]}
+        patches = maps[0][:, 1:].transpose(1, 2)  # [B, D, patches], the class token left out
+        side = images.shape[-1] // self.vit.patch_size
+        return embedding, {"grid": patches.reshape(len(images), -1, side, side)}
 
 
 def vit_micro(image_size: int = 32, patch_size: int = 8) -> ViTBackbone:
@@ -101,12 +104,15 @@ def build(method: str, teacher: str):
         return teacher_student(methods.KD, teacher), supervised
     if method == "rkd":
         return teacher_student(methods.RKD, teacher), supervised
-    if method == "sp":
-        return teacher_student(methods.SP, teacher, stages=[["tokens", "tokens"]]), supervised
+    if method in ("sp", "at", "vid"):  # on the ViT's patch grid
+        method_class = {"sp": methods.SP, "at": methods.AT, "vid": methods.VID}[method]
+        return teacher_student(method_class, teacher, stages=[["grid", "grid"]]), supervised
     if method == "pkt":
         return teacher_student(methods.PKT, teacher), supervised
     if method == "dist":
         return teacher_student(methods.DIST, teacher), supervised
+    if method == "dkd":
+        return teacher_student(methods.DKD, teacher), supervised
     if method == "crd":
         model = teacher_student(
             methods.CRD, teacher, num_negatives=32, embed_dim=8, sampler="uniform"

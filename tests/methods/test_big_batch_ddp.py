@@ -1,11 +1,13 @@
 """One optimiser step on 2 and 4 CPU DDP ranks equals one process's step on the whole batch.
 
-For Supervised, KD, RKD, CRD, DINO, MoCo, ReKD and the batch-relational SP, PKT and DIST,
-ranks that each read B/world rows of a global batch of B (rank 0's rows first) must leave
-the state one process leaves after a step on the B rows: the same parameters (so DDP's
-mean of the gradients is the big batch's gradient, with no world-size factor off), and the
-same queues (MoCo, ReKD), memory banks and ``Z`` (CRD), DINO center and EMA teacher, ReKD
-prototypes. Every rank holds exactly the same state.
+For Supervised, KD, RKD, CRD, DINO, MoCo, ReKD, the batch-relational SP, PKT and DIST, and
+DKD, AT, VID, SEED, DisCo and symmetric MoCo and ReKD (FitNets' connectors have batch
+norm), ranks that each read B/world rows of a global batch of B (rank 0's rows first)
+must leave the state one process leaves after a step on the B rows: the same parameters
+(so DDP's mean of the gradients is the big batch's gradient, with no world-size factor
+off), and the same queues in the same slots (MoCo, ReKD, SEED, DisCo), memory banks and
+``Z`` (CRD), DINO center and EMA teacher, ReKD prototypes. Every rank holds exactly the
+same state.
 
 The networks are micro ViTs with MLP heads (ddp_big_batch_worker.py): no batch norm, so a
 sample's outputs do not depend on the samples it is batched with, and the comparison tests
@@ -13,8 +15,9 @@ the methods' losses and state updates, not batch statistics. The runs differ onl
 the batch is split, hence in the order of float64 sums (the worker runs in 64-true
 precision, losses and state updates included): NETWORK64_TOL bounds that, and any coupling
 of samples left per rank (relations of a rank's rows only, as RKD, SP, PKT and DIST had; a
-gradient off by the world size) moves the updates by far more (checked: the largest update
-is 1e4 times the tolerance).
+gradient off by the world size; keys queued rank by rank instead of view by view, as SEED
+and symmetric MoCo had) moves the state by far more (checked: the largest update is 1e4
+times the tolerance).
 
 The single-process reference runs once per method, in this process; the ranks run every
 method one after the other in one launch per world size (starting the processes is most
@@ -34,7 +37,7 @@ from distill.methods import Supervised
 WORKER = Path(__file__).with_name("ddp_big_batch_worker.py")
 GLOBAL_BATCH = 8
 METHODS = ["supervised", "kd", "rkd", "crd", "dino", "moco", "rekd", "sp", "pkt", "dist"]
-METHODS += ["seed", "disco", "moco_symmetric", "rekd_symmetric"]
+METHODS += ["dkd", "at", "vid", "seed", "disco", "moco_symmetric", "rekd_symmetric"]
 
 # What one step must change besides the student's weights, by method (state entries).
 QUEUE_STATE = ["student.queue.keys", "student.key_backbone.vit.conv_proj.weight"]
@@ -43,7 +46,8 @@ REKD_STATE = [
     "teacher.key_head.layers.0.weight",
 ]  # fmt: skip
 MOVED_STATE = {
-    **{method: [] for method in ("supervised", "kd", "rkd", "sp", "pkt", "dist")},
+    **{method: [] for method in ("supervised", "kd", "rkd", "sp", "pkt", "dist", "dkd", "at")},
+    "vid": ["vid.0.regressor.0.weight", "vid.0.raw_variance"],
     "crd": ["crd.student_memory.rows", "crd.teacher_memory.rows", "crd.normalizers"],
     "dino": ["dino_loss.center", "teacher.head.layers.0.weight"],
     "seed": ["queue.keys"],
