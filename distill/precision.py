@@ -21,10 +21,14 @@ Fn = TypeVar("Fn", bound=Callable)
 _HALF = (torch.float16, torch.bfloat16)
 
 
+def at_least_float32(tensor: Tensor) -> Tensor:
+    """``tensor`` in float32 if it is half precision (bf16, fp16), else unchanged: the cast up
+    of a float32 island, which leaves float32 and float64 (``precision: 64-true``) alone."""
+    return tensor.float() if tensor.dtype in _HALF else tensor
+
+
 def _up(value):
-    if isinstance(value, Tensor) and value.dtype in _HALF:
-        return value.float()
-    return value
+    return at_least_float32(value) if isinstance(value, Tensor) else value
 
 
 def float32(function: Fn) -> Fn:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.precision import float32
+from distill.precision import at_least_float32, float32
 
 
 @float32
@@ -27,7 +27,7 @@ def contrast_logits(query: Tensor, key: Tensor, queue: Tensor, temperature: floa
         queue: ``[Q, D]`` L2-normalised keys of other images.
         temperature: ``τ``.
     """
-    query, key, queue = query.float(), key.float(), queue.float()
+    query, key, queue = (at_least_float32(t) for t in (query, key, queue))
     positive = (query * key).sum(dim=1, keepdim=True)
     return torch.cat([positive, query @ queue.T], dim=1) / temperature
 

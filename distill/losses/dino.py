@@ -16,10 +16,12 @@ from lightly.utils.scheduler import linear_warmup_schedule
 from torch import Tensor, nn
 
 from distill.errors import ConfigError
+from distill.precision import at_least_float32
 
 
 def teacher_probabilities(teacher_out: list[Tensor], center: Tensor, teacher_temp: float) -> Tensor:
-    """Centred and sharpened teacher distributions ``softmax((t - c) / τ_t)``, in float32.
+    """Centred and sharpened teacher distributions ``softmax((t - c) / τ_t)``, in float32
+    (float64 stays float64).
 
     Args:
         teacher_out: One ``[B, K]`` tensor per global view.
@@ -30,7 +32,7 @@ def teacher_probabilities(teacher_out: list[Tensor], center: Tensor, teacher_tem
         ``[G, B, K]`` probabilities, no gradient.
     """
     with torch.no_grad(), torch.autocast(teacher_out[0].device.type, enabled=False):
-        logits = torch.stack(teacher_out).float() - center.float()
+        logits = at_least_float32(torch.stack(teacher_out)) - at_least_float32(center)
         return F.softmax(logits / teacher_temp, dim=-1)
 
 
@@ -46,7 +48,7 @@ def dino_loss(
     ``L = mean over pairs (i, v), v ≠ i, and batch of −Σ_k P_t(i)_k log P_s(v)_k`` with
     ``P_t = softmax((t − c)/τ_t)`` (no gradient) and ``P_s = softmax(s/τ_s)``; a student
     view is never matched with the same global view of the teacher. Computed in float32,
-    also under bf16/fp16 autocast.
+    also under bf16/fp16 autocast (float64 stays float64).
 
     Args:
         student_out: ``V`` tensors ``[B, K]``, the student's outputs of all views, the
@@ -67,7 +69,8 @@ def dino_loss(
         )
     targets = teacher_probabilities(teacher_out, center, teacher_temp)  # [G, B, K]
     with torch.autocast(student_out[0].device.type, enabled=False):
-        log_probs = F.log_softmax(torch.stack(student_out).float() / student_temp, dim=-1)
+        log_probs = at_least_float32(torch.stack(student_out)) / student_temp
+        log_probs = F.log_softmax(log_probs, dim=-1)
         batch = log_probs.shape[1]
         cross = -torch.einsum("gbk,vbk->gv", targets, log_probs) / batch  # [G, V]
     same_view = torch.eye(num_global, num_views, dtype=torch.bool, device=cross.device)
@@ -172,7 +175,7 @@ class DINOLoss(nn.Module):
     @torch.no_grad()
     def update_center(self, teacher_out: list[Tensor]) -> None:
         """Moves the center towards the mean of ``G`` teacher outputs ``[B, K]`` (all ranks)."""
-        outputs = torch.cat(list(teacher_out)).float()  # [G*B, K]
+        outputs = at_least_float32(torch.cat(list(teacher_out)))  # [G*B, K]
         totals = torch.cat([outputs.sum(0), outputs.new_full((1,), len(outputs))])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(totals)

@@ -9,6 +9,7 @@ from torch import Tensor
 from distill.arguments import MODEL, require_each, require_non_negative, require_positive
 from distill.losses import dist_terms
 from distill.methods.distillation import TeacherStudent
+from distill.modules.distributed import gather_rows
 
 
 class DIST(TeacherStudent):
@@ -25,6 +26,11 @@ class DIST(TeacherStudent):
     ``kd: dist_t4``, ``ori_loss_weight: 1``, ``kd_loss_weight: 2``): ``w_CE = 1``,
     ``w_DIST = 2``, ``β = γ = 1``, ``τ = 4``, no KD (``w_KD = 0``); their ImageNet
     ``resnet_dist.yaml`` has the same weights with ``τ = 1``.
+
+    Under DDP both relations are those of the global batch, as on one device: every rank
+    gathers all ranks' logits (differentiably, ``gather_rows``) and computes both terms on
+    them, so the update equals one process's on the concatenated batch (CE and KD, per-sample
+    terms, stay per rank).
 
     Args:
         inter_weight: ``β``, the weight of the inter-class (per-sample) relation.
@@ -64,7 +70,9 @@ class DIST(TeacherStudent):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, targets, _ = batch
         logits, teacher_logits = self.student_and_teacher_logits(images)
-        inter, intra = dist_terms(logits, teacher_logits, self.temperature)
+        # The intra-class relation couples the samples: it needs the global batch's columns.
+        gathered = gather_rows(self, logits, teacher_logits, sync_grads=True)
+        inter, intra = dist_terms(*gathered, self.temperature)
         relations = self.inter_weight * inter + self.intra_weight * intra
         terms = {"dist_inter": inter, "dist_intra": intra}
         weighted = self.dist_weight * relations

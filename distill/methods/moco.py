@@ -24,7 +24,8 @@ class KeyQueueStep:
     (MoCo, DisCo): after an optimiser step the key encoder takes its EMA step
     (``self.key_momentum``), and the keys ``training_step`` left in ``self._pending_keys``,
     gathered from every rank, replace the oldest ones in the queue, so that all ranks hold
-    the same queue. A skipped batch (``nonfinite_loss: skip``) changes neither: its keys
+    the same queue, in the slots one process would give them (symmetric keys are gathered
+    pairing by pairing). A skipped batch (``nonfinite_loss: skip``) changes neither: its keys
     may be NaN."""
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -33,7 +34,7 @@ class KeyQueueStep:
         if self.optimizer_stepped():
             self.student.update_key_encoder(self.key_momentum)
         # Every micro-batch queues its keys, gathered so all ranks hold the same queue.
-        (keys,) = gather_rows(self, self._pending_keys)
+        (keys,) = gather_rows(self, self._pending_keys, views=2 if self.symmetric else 1)
         self.student.queue.enqueue(keys)
         self._pending_keys = None
 

@@ -10,6 +10,7 @@ from torch import Tensor
 from distill.arguments import MODEL, require_each, require_non_negative, require_positive
 from distill.losses import pkt_loss
 from distill.methods.distillation import TeacherStudent
+from distill.modules.distributed import gather_rows
 
 
 class PKT(TeacherStudent):
@@ -28,6 +29,10 @@ class PKT(TeacherStudent):
     The teacher's embedding is its backbone's pooled features, from a classifier
     (``teacher.embedding: logits``, the default, needed for KD) or from a file without one
     (``embedding: backbone``).
+
+    Under DDP the distributions are those of the global batch, as on one device: every rank
+    gathers all ranks' embeddings (differentiably, ``gather_rows``) and computes the term on
+    them, so the update equals one process's on the concatenated batch.
 
     Args:
         pkt_weight: ``β``.
@@ -61,5 +66,6 @@ class PKT(TeacherStudent):
         images, targets, _ = batch
         with self.keep_step_features(len(images), "student", "teacher"):
             student_emb, logits, teacher_emb, teacher_logits = self.student_and_teacher(images)
-        pkt = pkt_loss(student_emb, teacher_emb)
+        # The distributions couple the samples: per-rank ones are not the global batch's.
+        pkt = pkt_loss(*gather_rows(self, student_emb, teacher_emb, sync_grads=True))
         return self.total_loss(logits, targets, teacher_logits, "pkt", self.pkt_weight, pkt)

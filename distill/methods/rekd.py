@@ -287,7 +287,8 @@ class ReKD(TeacherHooks, Method):
             if not self.teacher_frozen:
                 self.teacher.update_key_encoder(self.key_momentum)
         # Gathered from all ranks; both queues take the same images in the same slots.
-        student_k, teacher_k, anchors, targets = gather_rows(self, *self._pending)
+        views = 2 if self.symmetric else 1  # symmetric: both pairings' keys, stacked
+        student_k, teacher_k, anchors, targets = gather_rows(self, *self._pending, views=views)
         self.prototypes.update(anchors)
         self.student.queue.enqueue(student_k)
         self.teacher.queue.enqueue(teacher_k, targets)

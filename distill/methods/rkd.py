@@ -11,6 +11,7 @@ from torch import Tensor
 from distill.arguments import MODEL, require_choice, require_each, require_non_negative
 from distill.losses import rkd_angle_loss, rkd_distance_loss
 from distill.methods.distillation import TeacherStudent
+from distill.modules.distributed import gather_rows
 
 # Both relations need 3 samples: with 2, the one normalised distance is always 1 and every
 # angle is 1 or 0, so both losses are exactly 0 with no gradient.
@@ -27,6 +28,11 @@ class RKD(TeacherStudent):
     (RepDistiller, mdistiller); the RKD authors' CIFAR script L2-normalises first
     (``normalize: true``). A batch of fewer than 3 samples has no relation to transfer:
     both terms are then skipped (left out of the loss and the log), with a warning.
+
+    Under DDP the relations are those of the global batch, as on one device: every rank
+    gathers all ranks' embeddings (differentiably, ``gather_rows``) and computes both terms
+    on them, so the update equals one process's on the concatenated batch (the angle term
+    costs each rank the global batch's ``B³``).
 
     Args:
         mode: Which relations to transfer: ``D``, ``A`` or ``DA``.
@@ -68,6 +74,8 @@ class RKD(TeacherStudent):
             student_emb, logits, teacher_emb, _ = self.student_and_teacher(images)
         if self.normalize:
             student_emb, teacher_emb = F.normalize(student_emb), F.normalize(teacher_emb)
+        # The relations couple the samples: per-rank relations are not the global batch's.
+        student_emb, teacher_emb = gather_rows(self, student_emb, teacher_emb, sync_grads=True)
         terms = {"ce": F.cross_entropy(logits, targets)}
         relational = logits.new_zeros(())
         for name, weight, relation_loss in (

@@ -127,6 +127,7 @@ class SEED(FrozenTeacherMethod):
         if self.batch_skipped():  # nonfinite_loss: skip; its embeddings may be NaN
             return
         # Gathered from all ranks, so every rank queues the same embeddings in the same slots.
-        (teacher,) = gather_rows(self, self._pending)
+        views = len(batch[0]) if isinstance(batch[0], list | tuple) else 1
+        (teacher,) = gather_rows(self, self._pending, views=views)
         self.queue.enqueue(teacher)
         self._pending = None

@@ -8,6 +8,7 @@ from torch import Tensor
 from distill.arguments import MODEL, require_non_negative
 from distill.losses import sp_loss
 from distill.methods.stage_distillation import StageDistillation, StagePairs
+from distill.modules.distributed import gather_rows
 
 
 class SP(StageDistillation):
@@ -21,6 +22,10 @@ class SP(StageDistillation):
     --distill similarity -a 0 -b 3000``): the last map before pooling, ``feat[-2]``
     (``stage3`` of a CIFAR ResNet or WRN, ``stage4`` of a VGG), ``β = 3000``, ``γ = 1``,
     ``α = 0``.
+
+    Under DDP the similarities are those of the global batch, as on one device: every rank
+    gathers all ranks' feature maps (differentiably, ``gather_rows``) and computes the term on
+    them, so the update equals one process's on the concatenated batch.
 
     Args:
         sp_weight: ``β``.
@@ -49,7 +54,11 @@ class SP(StageDistillation):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, targets, _ = batch
         student, logits, teacher, teacher_logits = self.paired_stages(images)
-        similarity = torch.stack([sp_loss(s, t) for s, t in zip(student, teacher, strict=True)])
+        # The Gram matrices couple the samples: per-rank ones are not the global batch's.
+        pairs = [
+            gather_rows(self, s, t, sync_grads=True) for s, t in zip(student, teacher, strict=True)
+        ]
+        similarity = torch.stack([sp_loss(s, t) for s, t in pairs])
         return self.total_loss(
             logits, targets, teacher_logits, "sp", self.sp_weight, similarity.sum()
         )

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill.precision import at_least_float32
+
 
 class MomentumMemoryBank(nn.Module):
     """``num_rows`` embeddings of width ``dim``, one per training sample, kept as a buffer.
@@ -45,7 +47,7 @@ class MomentumMemoryBank(nn.Module):
         writes lands last (unspecified on CUDA, where devices could otherwise disagree).
         """
         last = embeddings[last_occurrence(indices)]
-        mixed = self.momentum * self.rows[indices] + (1 - self.momentum) * last.float()
+        mixed = self.momentum * self.rows[indices] + (1 - self.momentum) * at_least_float32(last)
         self.rows[indices] = F.normalize(mixed, dim=1).to(self.rows.dtype)
 
 

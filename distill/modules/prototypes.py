@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.errors import ConfigError
-from distill.precision import float32
+from distill.precision import at_least_float32, float32
 
 
 @float32
@@ -98,8 +98,8 @@ class PrototypeBank(nn.Module):
     pair is related. Whether the bank is initialised is a Python flag (``is_initialized``),
     mirrored into the ``initialized`` buffer for the checkpoint and read back from it when a
     state dict is loaded, so that no step reads it from the device.
-    Similarities, k-means and the update run in float32 with autocast off: in bf16 two
-    similarities near 0.9 that differ by less than 0.004 tie.
+    Similarities, k-means and the update run in float32 with autocast off (float64 under
+    64-true precision): in bf16 two similarities near 0.9 that differ by less than 0.004 tie.
 
     Args:
         num_prototypes: ``K``.
@@ -167,7 +167,7 @@ class PrototypeBank(nn.Module):
                 f"num_prototypes={len(self)} but only {len(embeddings)} embeddings to cluster; "
                 "valid: num_prototypes <= the number of embeddings (the queue size)"
             )
-        points = F.normalize(embeddings.float(), dim=1)
+        points = F.normalize(at_least_float32(embeddings), dim=1)
         generator = torch.Generator(device=points.device).manual_seed(self.seed)
         best, best_objective = None, -float("inf")
         for _ in range(self.kmeans_restarts):
@@ -181,7 +181,8 @@ class PrototypeBank(nn.Module):
     @float32
     def similarities(self, embeddings: Tensor) -> tuple[Tensor, Tensor]:
         """Best similarity ``[N]`` and its prototype ``[N]`` (ignoring ``Θ``)."""
-        return (embeddings.float().detach() @ self.prototypes.T).max(dim=1)
+        prototypes = at_least_float32(self.prototypes)  # float64 under 64-true precision
+        return (embeddings.detach().to(prototypes.dtype) @ prototypes.T).max(dim=1)
 
     @torch.no_grad()
     def assign(self, embeddings: Tensor) -> Tensor:
@@ -218,16 +219,16 @@ class PrototypeBank(nn.Module):
         """Moves each prototype towards its assigned ``anchors`` ``[N, dim]`` (see class doc)."""
         if not self.is_initialized:
             return
-        anchors = F.normalize(anchors.float(), dim=1)
+        anchors = F.normalize(anchors.to(at_least_float32(self.prototypes).dtype), dim=1)
         similarity, index = self.similarities(anchors)
         # Anchors below Θ weigh 0 (adding nothing below), which keeps every shape fixed.
         weight = (1 - self.momentum) * similarity.clamp_min(0)
         weight = weight.masked_fill(similarity < self.threshold, 0.0)
         num, dim = self.prototypes.shape
-        total = torch.zeros(num, device=anchors.device).index_add_(0, index, weight)
-        pulled = torch.zeros(num, dim, device=anchors.device)
+        total = anchors.new_zeros(num).index_add_(0, index, weight)
+        pulled = anchors.new_zeros(num, dim)
         pulled.index_add_(0, index, weight.unsqueeze(1) * anchors)
-        log_keep = torch.zeros(num, device=anchors.device).index_add_(0, index, (-weight).log1p())
+        log_keep = anchors.new_zeros(num).index_add_(0, index, (-weight).log1p())
         keep_k = log_keep.exp().unsqueeze(1)  # m_k
         target = pulled / total.clamp_min(torch.finfo(total.dtype).tiny).unsqueeze(1)  # c_k
         moved = F.normalize(keep_k * self.prototypes + (1 - keep_k) * target, dim=1)

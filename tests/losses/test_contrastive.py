@@ -87,3 +87,19 @@ def test_losses_are_float32_exact_under_bf16_autocast():
         reference_relation(query, key, queue, mask, 0.1), abs=error
     )
     assert instance.dtype == relation.dtype == torch.float32
+
+
+def test_float64_inputs_are_scored_in_float64():
+    # 64-true precision runs stay float64 through the loss (distill.precision's islands
+    # only raise half precision): float64's rounding, 1e-15 here, not float32's 1e-6.
+    query, key = unit(4, 8, seed=17).double(), unit(4, 8, seed=18).double()
+    queue = unit(10, 8, seed=19).double()
+    mask = torch.rand(4, 10, generator=torch.Generator().manual_seed(20)) < 0.3
+    instance = info_nce(query, key, queue, 0.2)
+    relation = relation_contrastive_loss(query, key, queue, mask, 0.2)
+    assert instance.dtype == relation.dtype == torch.float64
+    no_mined = torch.zeros_like(mask)
+    expected = reference_relation(query, key, queue, no_mined, 0.2)
+    assert instance.item() == pytest.approx(expected, rel=1e-12)
+    expected = reference_relation(query, key, queue, mask, 0.2)
+    assert relation.item() == pytest.approx(expected, rel=1e-12)

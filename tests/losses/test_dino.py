@@ -195,3 +195,16 @@ def test_too_few_views_are_refused():
     one = [torch.zeros(2, 4)]
     with pytest.raises(ValueError, match="got 1 teacher and 1 student views"):
         dino_loss(one, one, torch.zeros(4), 0.1, 0.04)
+
+
+def test_float64_outputs_give_a_float64_loss_and_center():
+    # 64-true precision runs stay float64 (the float32 island only raises half precision).
+    student, teacher = random_outputs(4, 3, 7, 7).double(), random_outputs(2, 3, 7, 8).double()
+    module = DINOLoss(7, 0.1, 0.04, center_momentum=0.9).double()
+    loss = module(list(student), list(teacher), 0.04)
+    assert loss.dtype == torch.float64
+    expected = reference_dino(student, teacher, [0.0] * 7, 0.1, 0.04)
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    module.update_center(list(teacher))
+    expected_center = 0.1 * teacher.flatten(0, 1).mean(0)  # from a zero center
+    torch.testing.assert_close(module.center[0], expected_center, rtol=1e-14, atol=1e-15)

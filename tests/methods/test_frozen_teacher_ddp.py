@@ -24,11 +24,13 @@ def test_queues_agree_across_ranks(tmp_path, method, rows):
     for name, value in rank0["queue"].items():
         assert torch.equal(value, rank1["queue"][name]), name
     # Per step each rank has 4 images: SEED queues the teacher's embeddings of both views
-    # (8 rows), DisCo the student's keys (4). Step 3 wrote rank 0's rows, then rank 1's.
+    # (8 rows), DisCo the student's keys (4). Step 3 wrote, view by view, rank 0's rows, then
+    # rank 1's: the order of one process's batch of both ranks' images.
     assert rank0["local"].shape[0] == rows
     assert int(rank0["queue"]["pointer"]) == 3 * 2 * rows % 20
     slots = (2 * 2 * rows + torch.arange(2 * rows)) % 20
-    expected = torch.cat([rank0["local"], rank1["local"]])
+    views = zip(rank0["local"].chunk(rows // 4), rank1["local"].chunk(rows // 4), strict=True)
+    expected = torch.cat([part for view in views for part in view])
     assert torch.equal(rank0["queue"]["keys"][slots], expected)
     assert not torch.equal(rank0["local"], rank1["local"])  # the ranks saw other images
     for name, value in rank0["teacher"].items():  # untouched: the checkpoint's query encoder

@@ -57,3 +57,15 @@ def test_repeated_index_takes_its_last_occurrence_only():
         expected = mixed / mixed.norm()
         torch.testing.assert_close(bank.rows[index].double(), expected, rtol=0, atol=UPDATE_ERROR)
     assert torch.equal(last_occurrence(indices), torch.tensor([4, 1, 4, 3, 4]))
+
+
+def test_a_float64_bank_mixes_in_float64():
+    # Under 64-true precision the embeddings are not rounded to float32 on their way in.
+    torch.manual_seed(1)
+    bank = MomentumMemoryBank(6, 4, momentum=0.5).double()
+    before = bank.rows.clone()
+    new = torch.nn.functional.normalize(torch.randn(2, 4, dtype=torch.float64), dim=1)
+    bank.update(torch.tensor([4, 1]), new)
+    for row, index in enumerate([4, 1]):
+        mixed = 0.5 * before[index] + 0.5 * new[row]
+        torch.testing.assert_close(bank.rows[index], mixed / mixed.norm(), rtol=0, atol=1e-15)

@@ -296,3 +296,19 @@ def test_greedy_kmeans_plus_plus_recovers_six_separated_clusters_for_every_seed(
         match = assignment[::60]  # the prototype of each cluster's first point
         assert sorted(match.tolist()) == list(range(6)), f"seed {seed}"
         assert torch.equal(assignment, match[labels]), f"seed {seed}"
+
+
+def test_a_float64_bank_assigns_and_updates_in_float64():
+    # Under 64-true precision the bank and the embeddings are float64: they once met in a
+    # float32 product and failed ("expected m1 and m2 to have the same dtype").
+    torch.manual_seed(2)
+    bank = PrototypeBank(5, 8, threshold=0.3, momentum=0.9).double()
+    bank.set_prototypes(F.normalize(torch.randn(5, 8, dtype=torch.float64)))
+    near = bank.prototypes[torch.tensor([0, 0, 1, 3])] + 0.4 * torch.randn(4, 8).double()
+    anchors = F.normalize(near)
+    before = bank.prototypes.clone()
+    assert (bank.assign(anchors) >= 0).all()
+    bank.update(anchors)
+    assert bank.prototypes.dtype == torch.float64
+    expected = reference_update(before, anchors, 0.3, 0.9)
+    torch.testing.assert_close(bank.prototypes, expected, rtol=0, atol=1e-14)
