@@ -22,6 +22,7 @@ from lightning.pytorch.utilities.model_summary.model_summary import _format_summ
 from torchvision.utils import make_grid
 
 from distill.checkpoint_io import use_atomic_checkpoint_io
+from distill.data.base import ViewDataModule
 from distill.errors import ConfigError
 from distill.eval.features import eval_mode, extract_features, resolve_submodule
 from distill.resume import resume_report, run_settings
@@ -44,8 +45,9 @@ class MethodCheckpoint(ModelCheckpoint):
     SIGTERM (a scheduler's pre-emption) or SIGINT (Ctrl-C) writes the state at the
     interrupted step as ``last.ckpt``, marked ``interrupted`` in the checkpoint's callback
     state with the signal, epoch and batch, so that ``--ckpt_path .../last.ckpt`` resumes
-    from there (an epoch interrupted during its validation is validated again). A signal
-    that arrives once the last epoch is trained and validated marks nothing: the run is
+    from there (an epoch interrupted during its validation is validated again), also on
+    another number of processes or with another batch size (``ViewDataModule.continue_epoch``).
+    A signal that arrives once the last epoch is trained and validated marks nothing: the run is
     complete. A second Ctrl-C stops at once, without a checkpoint. Under SLURM with Lightning's
     auto-requeue, its requeue signal (SIGUSR1) is taken the same way instead of by Lightning's
     handler (``distill.slurm``): ``last.ckpt`` of the interrupted step, then ``distill.cli.main``
@@ -338,6 +340,8 @@ class MethodCheckpoint(ModelCheckpoint):
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint):
         self._resumed_run_settings = checkpoint.get("run_settings")
+        if isinstance(trainer.datamodule, ViewDataModule):  # before Lightning restores its loops
+            trainer.datamodule.continue_epoch(trainer, checkpoint)
         # Lightning restores a callback's state only under its own key, which holds the
         # monitor, mode and saving interval: with any of them changed, nothing is carried over.
         name = type(self).__name__

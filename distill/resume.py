@@ -107,6 +107,14 @@ def resume_report(
             f"samples per optimiser step (batch size x world size x gradient accumulation): "
             f"{old_samples} -> {new_samples}"
         )
+        reference = getattr(trainer.lightning_module, "lr_reference_batch", None)
+        if reference:  # DINO: lr x samples per step / reference, set when the run started
+            notes.append(
+                f"the lr was scaled by the samples per step when the run started "
+                f"(model.init_args.lr_reference_batch={reference}): the resumed optimiser "
+                f"state keeps that scale, x {old_samples}/{reference}; only a new run would "
+                f"scale it by {new_samples}/{reference}"
+            )
     lrs = lr_change(trainer)
     if lrs is not None and not math.isclose(*lrs, rel_tol=1e-6, abs_tol=1e-12):
         old_total, new_total = saved.get("total_steps"), now["total_steps"]

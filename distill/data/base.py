@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Sequence
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from distill.data.arguments import DATA, require_int
@@ -188,6 +190,11 @@ class ViewDataModule(L.LightningDataModule):
         self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
         #: (batch size, world size) of the checkpoint a fit resumes from (``load_state_dict``).
         self._checkpoint_batching: tuple[int, int] | None = None
+        #: (epoch, samples of its order trained over all ranks) the checkpoint recorded.
+        self._checkpoint_position: tuple[int, int] | None = None
+        #: (epoch, samples trained, Lightning's batch count) where a resumed fit continues an
+        #: epoch (``continue_epoch``).
+        self._resumed_at: tuple[int, int, int] | None = None
         self.train_set: IndexedDataset | None = None
         self.train_eval_set: IndexedDataset | None = None
         self.val_set: IndexedDataset | None = None
@@ -254,8 +261,7 @@ class ViewDataModule(L.LightningDataModule):
         if trainer is not None:
 
             def position() -> tuple[int, int]:
-                epoch, batches = self.resume_position(trainer)
-                return epoch, batches * self.batch_size
+                return self._epoch_position(trainer)
 
         sampler = SeededSampler(self.train_set, world, rank, self.seed, position)
         return self._loader(self.train_set, self.batch_size, False, drop_last, sampler=sampler)
@@ -278,16 +284,103 @@ class ViewDataModule(L.LightningDataModule):
         return torch.Generator().manual_seed(self.seed)
 
     def state_dict(self) -> dict:
-        """The data seed, so a resumed fit shuffles and augments as the interrupted one, and
-        the batching (batch size, world size) a mid-epoch position counts in."""
+        """The data seed, so a resumed fit shuffles and augments as the interrupted one; the
+        epoch and how many samples of its order were trained over all ranks, where a
+        resumed fit continues it; and the batching (batch size, world size) Lightning's
+        batch counters count in."""
         trainer = getattr(self, "trainer", None)
         world_size = trainer.world_size if trainer is not None else 1
-        return {"seed": self.seed, "batch_size": self.batch_size, "world_size": world_size}
+        state = {"seed": self.seed, "batch_size": self.batch_size, "world_size": world_size}
+        if trainer is not None:
+            state["epoch_position"] = list(self._trained(trainer))
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.seed = state.get("seed", self.seed)
         if "batch_size" in state:  # checkpoints from before it was saved have no check
             self._checkpoint_batching = (state["batch_size"], state["world_size"])
+        if "epoch_position" in state:  # saved since resumes may change the batching
+            self._checkpoint_position = tuple(state["epoch_position"])
+
+    def _trained(self, trainer) -> tuple[int, int]:
+        """(epoch, samples of its order trained so far over all ranks), as a checkpoint
+        written now records it: Lightning's batches of this epoch, each of this fit's
+        batch size x world size, after those its resumed checkpoint had trained."""
+        epochs = trainer.fit_loop.epoch_progress.current
+        epoch = epochs.processed
+        if epochs.started == epochs.processed:
+            return epoch, 0  # between epochs
+        # ``processed``: in ``on_train_batch_end`` the batch is trained but not yet completed.
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        per_batch = self.batch_size * trainer.world_size
+        if self._resumed_at is not None and self._resumed_at[0] == epoch:
+            _, samples, resumed_batches = self._resumed_at
+            return epoch, samples + (batches - resumed_batches) * per_batch
+        return epoch, batches * per_batch
+
+    def _epoch_position(self, trainer) -> tuple[int, int]:
+        """``SeededSampler``'s position: (epoch, samples of its order already trained over all
+        ranks), read when the epoch's first batch is drawn."""
+        epoch, batches = fit_position(trainer)
+        if self._resumed_at is not None and self._resumed_at[0] == epoch:
+            return epoch, self._resumed_at[1]
+        if batches:  # resumed mid-epoch by a fit in which ``continue_epoch`` was not called
+            self._check_resumed_batches(trainer, epoch, batches)
+        return epoch, batches * self.batch_size * trainer.world_size
+
+    def continue_epoch(self, trainer, checkpoint: dict) -> None:
+        """Has a fit resumed from a mid-epoch ``checkpoint`` continue its epoch in this fit's
+        batching; ``MethodCheckpoint`` calls it before Lightning restores its loops.
+
+        The epoch goes on after the samples of its order the checkpoint's run trained, over
+        any world size and batch size (``SeededSampler``). Lightning counts the epoch in
+        batches: the checkpoint's count is re-expressed in this fit's batches, as the
+        epoch's batches minus those left, so that the epoch ends after its last sample
+        (neither cut short nor left to run out), with its end-of-epoch validation. The
+        batching unchanged, the count is the checkpoint's.
+
+        Args:
+            trainer: The resuming fit's trainer.
+            checkpoint: The loaded checkpoint; its fit loop's batch counters are changed in
+                place.
+        """
+        loop = (checkpoint.get("loops") or {}).get("fit_loop")
+        if not loop or self._checkpoint_batching is None:
+            return  # not a fit's checkpoint, or one from before the batching was saved
+        epochs = loop["epoch_progress"]["current"]
+        progress = loop["epoch_loop.batch_progress"]
+        batches = progress["current"]["processed"]
+        if epochs["started"] == epochs["processed"] or not batches:
+            return  # between epochs
+        epoch = epochs["processed"]
+        if self._checkpoint_position is not None and self._checkpoint_position[0] == epoch:
+            trained = self._checkpoint_position[1]
+        else:  # saved before positions were: its batches were all of its batching
+            trained = batches * math.prod(self._checkpoint_batching)
+        self.setup("fit")
+        world = trainer.world_size
+        whole = self._batches(math.ceil(len(self.train_set) / world))
+        left = self._batches(math.ceil(max(len(self.train_set) - trained, 0) / world))
+        counted = whole - left
+        for counters in (progress["total"], progress["current"]):
+            for key in ("ready", "started", "processed", "completed"):
+                counters[key] += counted - batches
+        self._resumed_at = (epoch, trained, counted)
+        saved_batch_size, saved_world = self._checkpoint_batching
+        if (saved_batch_size, saved_world) != (self.batch_size, world):
+            rank_zero_info(
+                f"epoch {epoch} continues after the {trained} of its {len(self.train_set)} "
+                f"training samples that {saved_world} process(es) with batches of "
+                f"{saved_batch_size} trained; the {max(len(self.train_set) - trained, 0)} left "
+                f"are shared among {world} process(es) with batches of {self.batch_size}: "
+                f"{left} batch(es) each, counted as batches {counted + 1}-{whole} of "
+                f"{whole} of the epoch"
+            )
+
+    def _batches(self, samples: int) -> int:
+        """Training batches of a rank's ``samples`` (as ``train_dataloader`` batches them)."""
+        drop_last = self.drop_last and len(self.train_set) > self.batch_size
+        return samples // self.batch_size if drop_last else math.ceil(samples / self.batch_size)
 
     def resume_position(self, trainer) -> tuple[int, int]:
         """(epoch, batches of it already trained) of ``trainer``'s fit, read when the epoch's
@@ -299,7 +392,8 @@ class ViewDataModule(L.LightningDataModule):
         return epoch, batches
 
     def _check_resumed_batches(self, trainer, epoch: int, batches: int) -> None:
-        """Refuses to continue an epoch whose first ``batches`` were of another global batch.
+        """Refuses to continue an epoch whose first ``batches`` were of another global batch,
+        in a fit that did not call ``continue_epoch`` (one without ``MethodCheckpoint``).
 
         The position is counted in batches; with the checkpoint's samples per step (batch
         size x world size) it is the right sample, as when the world size changes and the
@@ -315,10 +409,11 @@ class ViewDataModule(L.LightningDataModule):
             f"{batches} batch(es) of {batch_size} samples on {world_size} process(es) "
             f"({batch_size * world_size} per step); this fit has data.init_args.batch_size="
             f"{self.batch_size} on {world} process(es) ({self.batch_size * world} per step), "
-            f"so the epoch cannot continue at the sample where it stopped. Finish the epoch "
-            f"with data.init_args.batch_size={batch_size} on {world_size} process(es) "
-            f"(trainer.devices x trainer.num_nodes) and --trainer.max_epochs {epoch + 1}, then "
-            f"resume from that run's last.ckpt with the new batch size"
+            f"and no distill.callbacks.MethodCheckpoint to continue the epoch in its batches, "
+            f"so it cannot continue at the sample where it stopped. Add that callback, or "
+            f"finish the epoch with data.init_args.batch_size={batch_size} on {world_size} "
+            f"process(es) (trainer.devices x trainer.num_nodes) and --trainer.max_epochs "
+            f"{epoch + 1}, then resume from that run's last.ckpt with the new batch size"
         )
 
     def settings(self) -> dict[str, object]:

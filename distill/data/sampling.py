@@ -12,6 +12,7 @@ depend on the number of workers, on their persistence or on an interruption.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import signal
 from collections.abc import Callable, Iterator
@@ -50,13 +51,20 @@ def seeded_rngs(seed: int) -> Iterator[None]:
 class SeededSampler(DistributedSampler):
     """``DistributedSampler`` (one replica too) yielding ``(augmentation seed, index)`` pairs.
 
-    The order is ``DistributedSampler``'s shuffle of (``seed``, epoch). ``position()``, asked
-    when iteration starts, gives the epoch and how many of its samples were already trained
-    on (non-zero when a fit resumes from a checkpoint written mid-epoch, whose epoch then
+    The order is ``DistributedSampler``'s shuffle of (``seed``, epoch), the same permutation
+    at every world size. ``position()``, asked when iteration starts, gives the epoch and how
+    many samples of that permutation, counted over all ranks, were already trained on
+    (non-zero when a fit resumes from a checkpoint written mid-epoch, whose epoch then
     continues instead of replaying its first batches); without it, the epoch is the one
-    ``set_epoch`` set. (Lightning calls ``set_epoch`` too, but a resumed fit with worker
-    processes starts iterating before that call.) As a ``DistributedSampler`` it stays in
-    place under DDP.
+    ``set_epoch`` set. The rest of the permutation is shared among the ranks as
+    ``DistributedSampler`` shares a whole one: every ``num_replicas``-th sample, padded from
+    the permutation's start to a multiple of ``num_replicas`` so that all ranks get as many.
+    At the world size that trained the first part this is ``DistributedSampler``'s own order
+    without its first samples; at another, every sample not trained yet comes once, plus
+    up to ``num_replicas - 1`` repeats of the epoch's first samples (the padding a
+    ``DistributedSampler`` adds to any epoch). (Lightning calls ``set_epoch`` too, but a
+    resumed fit with worker processes starts iterating before that call.) As a
+    ``DistributedSampler`` it stays in place under DDP.
     """
 
     def __init__(
@@ -71,12 +79,24 @@ class SeededSampler(DistributedSampler):
         self.position = position
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        skip = 0
+        trained = 0
         if self.position is not None:
-            epoch, skip = self.position()
+            epoch, trained = self.position()
             self.set_epoch(epoch)
-        for index in list(super().__iter__())[skip:]:
+        for index in self.remaining(trained):
             yield sample_seed(self.seed, self.epoch, index), index
+
+    def remaining(self, trained: int) -> list[int]:
+        """This rank's share of the epoch's permutation after its first ``trained`` samples."""
+        if not trained:
+            return list(super().__iter__())
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)  # DistributedSampler's permutation
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        rest = order[trained:]
+        padding = -len(rest) % self.num_replicas
+        rest += (order * math.ceil(padding / len(order)))[:padding]
+        return rest[self.rank :: self.num_replicas]
 
 
 class LazyDataLoader(DataLoader):
@@ -98,10 +118,9 @@ class ResumableDataLoader(LazyDataLoader):
 
     Lightning warns on every mid-epoch resume ("your dataloader is not resumable") unless
     each training loader has ``state_dict`` and ``load_state_dict``. This one resumes
-    exactly without a state of its own: ``SeededSampler`` reads the position from
-    Lightning's restored loop counters, and ``ViewDataModule`` refuses a resume whose
-    counters are in other batches (another batch or world size, mid-epoch). Its state is the
-    batching the counters count in, saved for inspection.
+    exactly without a state of its own: ``SeededSampler`` reads the position from the
+    ``ViewDataModule``, which keeps it with Lightning's loop state (``continue_epoch``). Its
+    state is the batching Lightning's batch counters count in, saved for inspection.
     """
 
     def state_dict(self) -> dict[str, int]:

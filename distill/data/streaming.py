@@ -127,6 +127,29 @@ class StreamingDataModule(ViewDataModule):
         """Labels ``[N]`` of the training shards in row order (from ``distill.json``)."""
         return torch.tensor(self._info["train_dir"]["targets"], dtype=torch.long)
 
+    def continue_epoch(self, trainer, checkpoint: dict) -> None:
+        """Refuses to continue an epoch in another batching than the checkpoint's: litdata's
+        loader state (where each rank and loader worker stands in its shards) holds only for
+        the batch size and world size that wrote it (``ViewDataModule.continue_epoch``
+        re-expresses the position for the folder DataModules instead)."""
+        loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+        epochs = loop.get("epoch_progress", {}).get("current", {})
+        batches = loop.get("epoch_loop.batch_progress", {}).get("current", {}).get("processed")
+        saved, world = self._checkpoint_batching, trainer.world_size
+        if not batches or epochs.get("started") == epochs.get("processed") or saved is None:
+            return  # between epochs, or not a fit's checkpoint
+        if tuple(saved) != (self.batch_size, world):
+            raise ConfigError(
+                f"--ckpt_path {trainer.ckpt_path} was written in the middle of epoch "
+                f"{epochs['processed']} with data.init_args.batch_size={saved[0]} on "
+                f"{saved[1]} process(es); this fit has data.init_args.batch_size="
+                f"{self.batch_size} on {world}, and StreamingDataModule continues an epoch "
+                f"only in the batching that began it (litdata's loader state is per rank "
+                f"and worker): resume with batch_size={saved[0]} on {saved[1]} process(es) "
+                f"(trainer.devices x trainer.num_nodes), or from a checkpoint written at an "
+                f"epoch's end"
+            )
+
     def train_dataloader(self) -> DataLoader:
         """litdata's loader of the training shards, started at the fit's position."""
         from distill.data.stream_loader import StreamingTrainLoader, ViewCollate, ViewStream

@@ -1,5 +1,6 @@
 """Batches of every DataModule under every view recipe, on generated data."""
 
+import contextlib
 import warnings
 
 import lightning as L
@@ -210,14 +211,76 @@ def test_mid_epoch_resume_of_a_loader_distill_does_not_position_keeps_lightnings
 
 
 @pytest.mark.parametrize("batch_size", [4, 16])
-def test_mid_epoch_resume_with_another_batch_size_is_refused_with_the_reason(tmp_path, batch_size):
-    # The position is counted in batches of the checkpoint's size: with another size the
-    # epoch would train samples twice (smaller) or skip some (larger).
+def test_mid_epoch_resume_with_another_batch_size_trains_the_rest_of_the_epoch(
+    tmp_path, batch_size
+):
+    # The position is the 16 samples the first fit trained: the other 44 of the epoch's order
+    # follow in batches of the new size, the last incomplete one dropped (drop_last).
+    data = ColourDataModule(batch_size=8)
+    messages, indices = interrupted_and_resumed(
+        tmp_path, data, ColourDataModule(batch_size=batch_size)
+    )
+    data.setup("fit")
+    order = list(DistributedSampler(data.train_set, 1, 0, shuffle=True, seed=data.seed))
+    assert indices == order[16 : 16 + 44 // batch_size * batch_size]
+    assert not [m for m in messages if NOT_RESUMABLE in m]
+
+
+def test_mid_epoch_resume_with_another_batch_size_without_method_checkpoint_is_refused(
+    tmp_path,
+):
+    # Only distill's MethodCheckpoint re-counts Lightning's batches in the new batch size;
+    # a fit without it would train samples twice or skip some.
+    from tests_support import quiet_trainer
+
+    from distill.methods import Supervised
+
+    def fit(root, batch_size, steps, ckpt_path=None):
+        L.seed_everything(0)
+        checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(root), save_top_k=-1,
+                                                         every_n_train_steps=2)  # fmt: skip
+        trainer = quiet_trainer(root, max_steps=steps, limit_val_batches=0,
+                                enable_checkpointing=True, callbacks=[checkpoint])  # fmt: skip
+        data = ColourDataModule(batch_size=batch_size)
+        model = Supervised(backbone="resnet8", num_classes=5)
+        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+
+    fit(tmp_path / "first", 8, steps=2)
+    (written,) = (tmp_path / "first").glob("*.ckpt")
     with pytest.raises(ConfigError) as error:
-        interrupted_and_resumed(
-            tmp_path, ColourDataModule(batch_size=8), ColourDataModule(batch_size=batch_size)
-        )
+        fit(tmp_path / "second", 4, steps=4, ckpt_path=str(written))
     message = str(error.value)
     assert "was written in the middle of epoch 0, after 2 batch(es) of 8 samples on 1" in message
-    assert f"this fit has data.init_args.batch_size={batch_size} on 1 process(es)" in message
+    assert "this fit has data.init_args.batch_size=4 on 1 process(es)" in message
+    assert "no distill.callbacks.MethodCheckpoint to continue the epoch" in message
     assert "data.init_args.batch_size=8" in message and "--trainer.max_epochs 1" in message
+
+
+def test_an_epoch_resumed_twice_with_other_batch_sizes_trains_each_sample_once(tmp_path):
+    # 16 samples in batches of 8, then 12 in batches of 4 (the second checkpoint counts its
+    # batches from the first one's position), then the other 32 in batches of 2.
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from tests_support import RecordIndices, StopFlagAfter, quiet_trainer
+
+    from distill.callbacks import MethodCheckpoint
+    from distill.methods import Supervised
+
+    def fit(name, batch_size, callbacks, ckpt_path=None):
+        L.seed_everything(0)
+        record = RecordIndices()
+        checkpoint = MethodCheckpoint(dirpath=str(tmp_path / name), monitor=None)
+        trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0,
+                                enable_checkpointing=True,
+                                callbacks=[checkpoint, record, *callbacks])  # fmt: skip
+        with contextlib.suppress(SIGTERMException):
+            trainer.fit(Supervised(backbone="resnet8", num_classes=5), ckpt_path=ckpt_path,
+                        datamodule=ColourDataModule(batch_size=batch_size))  # fmt: skip
+        return record.indices
+
+    first = fit("first", 8, [StopFlagAfter(2)])
+    second = fit("second", 4, [StopFlagAfter(3)], str(tmp_path / "first" / "last.ckpt"))
+    third = fit("third", 2, [], str(tmp_path / "second" / "last.ckpt"))
+    data = ColourDataModule()
+    data.setup("fit")
+    order = list(DistributedSampler(data.train_set, 1, 0, shuffle=True, seed=0))
+    assert (first, second, third) == (order[:16], order[16:28], order[28:])

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from tests_support import ColourDataModule
 
@@ -60,13 +61,38 @@ def test_ranks_share_the_epoch_order_and_split_it():
 
 
 def test_a_mid_epoch_position_carries_over_to_another_world_size_with_the_same_global_batch():
-    # A position counted in global batches is the same sample on 1 rank of batch 8 as on 2
-    # ranks of batch 4 (what ViewDataModule lets a mid-epoch resume change).
+    # A position counted in samples over all ranks is the same sample on 1 rank of batch 8 as
+    # on 2 ranks of batch 4: each global batch is the uninterrupted one.
     data = ColourDataModule()
     data.setup("fit")
     one = [i for _, i in SeededSampler(data.train_set, 1, 0, seed=5, position=lambda: (2, 3 * 8))]
     two = [
-        [i for _, i in SeededSampler(data.train_set, 2, r, seed=5, position=lambda: (2, 3 * 4))]
+        [i for _, i in SeededSampler(data.train_set, 2, r, seed=5, position=lambda: (2, 3 * 8))]
         for r in (0, 1)
     ]
     assert [i for pair in zip(*two, strict=True) for i in pair] == one
+
+
+@pytest.mark.parametrize("world, trained", [(4, 8), (4, 6), (2, 8), (1, 8), (3, 17), (4, 0)])
+def test_the_rest_of_an_epoch_is_shared_among_any_number_of_ranks(world, trained):
+    # 30 samples; ``trained`` of the epoch's order were trained (by any ranks and batches).
+    data = ColourDataModule(per_class=6)
+    data.setup("fit")
+    plain = SeededSampler(data.train_set, 1, 0, seed=5)
+    plain.set_epoch(2)
+    order = [i for _, i in plain]
+    shares = [
+        [i for _, i in SeededSampler(data.train_set, world, r, 5, position=lambda: (2, trained))]
+        for r in range(world)
+    ]
+    padding = -(30 - trained) % world
+    assert {len(share) for share in shares} == {(30 - trained + padding) // world}
+    # Rank-strided as DistributedSampler strides a whole epoch, padded from the order's start.
+    strided = [i for row in zip(*shares, strict=True) for i in row]
+    assert strided == order[trained:] + order[:padding]
+    if trained % world == 0:  # the world that trained it: DistributedSampler's own order
+        for rank, share in enumerate(shares):
+            sampler = SeededSampler(data.train_set, world, rank, seed=5)
+            sampler.set_epoch(2)
+            whole = [i for _, i in sampler]
+            assert share == whole[trained // world :]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -238,6 +239,23 @@ def test_mid_epoch_resume_trains_exactly_the_rest_with_the_same_views(tmp_path, 
     assert whole.indices[:16] != whole.indices[16:]  # epochs are shuffled apart
     assert all(torch.equal(a, b) for a, b in zip(rest.views, whole.views[12:], strict=True))
     assert not [m for m in messages if "not resumable" in m or "IterableDataset" in m]
+
+
+def test_mid_epoch_resume_in_another_batch_size_is_refused(tmp_path, shards):
+    # The folder DataModules re-express the position (ViewDataModule.continue_epoch);
+    # litdata's per-worker loader state cannot be, so the resume stops with the reason.
+    with pytest.raises(SIGTERMException):
+        fit(tmp_path / "first", streaming(shards, batch_size=4), [StopFlagAfter(3)])
+    last = tmp_path / "first" / "last.ckpt"
+    before = last.read_bytes()
+    message = (
+        f"--ckpt_path {last} was written in the middle of epoch 0 with "
+        "data.init_args.batch_size=4 on 1 process(es); this fit has "
+        "data.init_args.batch_size=2 on 1, and StreamingDataModule continues"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        fit(tmp_path / "rest", streaming(shards, batch_size=2), [], str(last))
+    assert last.read_bytes() == before
 
 
 def test_an_epoch_cut_short_is_not_continued_by_the_next(tmp_path, shards):
