@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import os
 import socket
@@ -17,8 +18,9 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DistributedSampler
+from torchvision import transforms as T
 
-from distill.data import DigitsDataModule
+from distill.data import DigitsDataModule, ViewRecipe
 from distill.data.base import ViewDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,6 +222,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def load_worker(script: Path):
+    """A DDP worker script as a module, for its one-process run in the test's own process
+    (saves starting another interpreter)."""
+    spec = importlib.util.spec_from_file_location(Path(script).stem, script)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    return worker
 
 
 def launch_ddp(script, args, world: int) -> None:
@@ -524,3 +535,22 @@ class SaveRankState(L.Callback):
         }
         Path(self.folder).mkdir(parents=True, exist_ok=True)
         torch.save(state, Path(self.folder, f"rank{trainer.global_rank}.pt"))
+
+
+class FixedViews(ViewRecipe):
+    """The first ``num_views`` of: the image, its mirror (32 px), a 16 px centre crop and the
+    image resized to 16 px (DINO's locals), without randomness: DDP ranks and one process
+    see the same views of a sample."""
+
+    def __init__(self, num_global: int, num_views: int) -> None:
+        self.num_global, self.num_views = num_global, num_views
+
+    def build(self, mean, std):
+        tensor = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+        views = [
+            tensor,
+            T.Compose([T.RandomHorizontalFlip(1.0), tensor]),
+            T.Compose([T.CenterCrop(16), tensor]),
+            T.Compose([T.Resize(16), tensor]),
+        ][: self.num_views]
+        return lambda image: [view(image) for view in views]

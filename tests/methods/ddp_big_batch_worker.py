@@ -23,38 +23,21 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
-from torchvision import transforms as T
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ddp_crd_worker import ContiguousDigits  # noqa: E402
+from tests_support import FixedViews  # noqa: E402
 
 from distill import methods  # noqa: E402
 from distill.backbones import register_backbone  # noqa: E402
 from distill.backbones.vit import ViTBackbone  # noqa: E402
-from distill.data import SupervisedViews, ViewRecipe  # noqa: E402
+from distill.data import SupervisedViews  # noqa: E402
 
 VIT = {"image_size": 32, "patch_size": 8}
 VIT_NAME = "vit_micro"
 QUEUE = 32  # MoCo's and ReKD's queue: longer than a global batch, so slots stay apart
-
-
-class FixedViews(ViewRecipe):
-    """The image and its mirror (32 px), then, for DINO, two 16 px locals; nothing random."""
-
-    def __init__(self, num_global: int, num_views: int) -> None:
-        self.num_global, self.num_views = num_global, num_views
-
-    def build(self, mean, std):
-        tensor = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
-        views = [
-            tensor,
-            T.Compose([T.RandomHorizontalFlip(1.0), tensor]),
-            T.Compose([T.CenterCrop(16), tensor]),
-            T.Compose([T.Resize(16), tensor]),
-        ][: self.num_views]
-        return lambda image: [view(image) for view in views]
 
 
 class MicroViT(ViTBackbone):

@@ -15,13 +15,11 @@ import sys
 
 import lightning as L
 import torch
-from torchvision import transforms as T
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests_support import InOrderDigits  # noqa: E402
+from tests_support import FixedViews, InOrderDigits  # noqa: E402
 
-from distill.data import ViewRecipe  # noqa: E402
 from distill.methods import DINO  # noqa: E402
 
 
@@ -33,23 +31,6 @@ class LargestTeacherOutput(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = max(float(t.abs().max()) for t in pl_module._teacher_out)
         self.largest = max(self.largest, step)
-
-
-class FixedCrops(ViewRecipe):
-    """Two 32 px globals (the image, its mirror) and two 16 px locals, without randomness."""
-
-    num_global = 2
-    num_views = 4
-
-    def build(self, mean, std):
-        tensor = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
-        views = [
-            tensor,
-            T.Compose([T.RandomHorizontalFlip(1.0), tensor]),
-            T.Compose([T.CenterCrop(16), tensor]),
-            T.Compose([T.Resize(16), tensor]),
-        ]
-        return lambda image: [view(image) for view in views]
 
 
 def main(out_dir: str, global_batch: str) -> None:
@@ -67,7 +48,7 @@ def main(out_dir: str, global_batch: str) -> None:
         max_steps=2, limit_val_batches=0, logger=False, use_distributed_sampler=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
-    data = InOrderDigits(batch_size=int(global_batch) // world, views=FixedCrops())
+    data = InOrderDigits(batch_size=int(global_batch) // world, views=FixedViews(2, 4))
     trainer.fit(model, datamodule=data)
     state = {
         "teacher": model.teacher.state_dict(),

@@ -24,12 +24,11 @@ method one after the other in one launch per world size (starting the processes 
 of the cost), so there is one test per world size, which names every method that fails.
 """
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
-from tests_support import NETWORK64_TOL, launch_ddp
+from tests_support import NETWORK64_TOL, launch_ddp, load_worker
 
 from distill import backbones
 from distill.methods import Supervised
@@ -56,17 +55,10 @@ MOVED_STATE = {
 }
 
 
-def load_worker():
-    spec = importlib.util.spec_from_file_location("ddp_big_batch_worker", WORKER)
-    worker = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(worker)
-    return worker
-
-
 @pytest.fixture(scope="module")
 def worker():
     """The worker module, its micro ViT registered for this file's tests only."""
-    worker = load_worker()
+    worker = load_worker(WORKER)
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(backbones._REGISTRY, worker.VIT_NAME, worker.vit_micro)
         yield worker

@@ -1,28 +1,19 @@
 """Compiled backbones under 2-process CPU DDP: the student equal on both ranks and to one
 process."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
-from tests_support import NETWORK64_TOL, launch_ddp
+from tests_support import NETWORK64_TOL, launch_ddp, load_worker
 
 WORKER = Path(__file__).with_name("ddp_compile_worker.py")
 pytestmark = [pytest.mark.numerics, pytest.mark.compiles]
 
 
-def run_single_process(out_dir: Path) -> None:
-    """The worker's one-process run, in this process (saves starting another interpreter)."""
-    spec = importlib.util.spec_from_file_location("ddp_compile_worker", WORKER)
-    worker = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(worker)
-    worker.main(str(out_dir), "8")
-
-
 def test_compiled_student_agrees_across_ranks_and_with_one_process(tmp_path):
     launch_ddp(WORKER, [tmp_path, 8], world=2)
-    run_single_process(tmp_path)
+    load_worker(WORKER).main(str(tmp_path), "8")
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}_of2.pt") for r in (0, 1))
     single = torch.load(tmp_path / "rank0_of1.pt")
     assert rank0["world"] == 2 and single["world"] == 1

@@ -3,12 +3,11 @@ goes on with every sample it had not trained, once; the state buffers (queues, m
 DINO's centre, ReKD's prototypes, EMA teachers) carry on from the checkpoint on every rank;
 the schedule continues from the checkpoint's optimiser step."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
-from tests_support import ColourDataModule, launch_ddp
+from tests_support import ColourDataModule, launch_ddp, load_worker
 
 from distill.data.sampling import SeededSampler
 from distill.methods import Supervised
@@ -24,9 +23,7 @@ def fit(method, out_dir, phase, world, batch_size, stop_after=0, ckpt_path=None)
     if world > 1:
         launch_ddp(WORKER, args, world=world)
     else:
-        spec = importlib.util.spec_from_file_location("topology_worker", WORKER)
-        worker = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(worker)
+        worker = load_worker(WORKER)
         if ckpt_path is None:
             worker.main(*map(str, args))
         else:  # every resume here is of a 4-rank checkpoint, and the report names the change
