@@ -278,8 +278,11 @@ def test_an_epoch_resumed_twice_with_other_batch_sizes_trains_each_sample_once(t
         return record.indices
 
     first = fit("first", 8, [StopFlagAfter(2)])
-    second = fit("second", 4, [StopFlagAfter(3)], str(tmp_path / "first" / "last.ckpt"))
-    third = fit("third", 2, [], str(tmp_path / "second" / "last.ckpt"))
+    # Each resume reports the batch size it changed (its consequences are tested elsewhere).
+    with pytest.warns(UserWarning, match="data.init_args.batch_size: 8 -> 4"):
+        second = fit("second", 4, [StopFlagAfter(3)], str(tmp_path / "first" / "last.ckpt"))
+    with pytest.warns(UserWarning, match="data.init_args.batch_size: 4 -> 2"):
+        third = fit("third", 2, [], str(tmp_path / "second" / "last.ckpt"))
     data = ColourDataModule()
     data.setup("fit")
     order = list(DistributedSampler(data.train_set, 1, 0, shuffle=True, seed=0))
