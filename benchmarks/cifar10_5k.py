@@ -10,7 +10,9 @@ The ``distillation`` suite trains the teacher resnet20 and the student resnet8 a
 the student from that teacher with each method's ``cifar10-5k_resnet20_resnet8`` config (one
 recipe, 40 epochs): on the teacher's logits KD, DKD and DIST, on its features FitNets, AT,
 SP, VID, RKD, PKT, CRD and CRD+KD (RepDistiller's order). ``distillation56`` runs KD, RKD
-and CRD with resnet56 -> resnet20; ``selfsupervised`` DINO, MoCo-v2 and ReKD.
+and CRD with resnet56 -> resnet20; ``distillation_checks`` the runs behind RESULTS.md's
+account of AT and DIST (AT at a tenth of its weight, DIST with seeds 3 and 4);
+``selfsupervised`` DINO, MoCo-v2 and ReKD.
 
 Each row is one ``distill fit --config ...`` run (in a subprocess, in the order listed, so
 the teacher exists before its students need it); arguments after ``--`` go to every run,
@@ -137,7 +139,9 @@ class Run:
         """Where this run's ``lightning_logs/`` go."""
         if self.command == "validate":
             return self.runs_root / "cifar10-5k/init" / Path(self.config).stem
-        root = self.under_runs_root(self.config_value("trainer", "default_root_dir"))
+        root = self.under_runs_root(
+            self.setting("--trainer.default_root_dir", "trainer", "default_root_dir")
+        )
         return root.with_name(f"{root.name}_{self.tag}") if self.tag else root
 
     def command_line(self, extra: Sequence[str] = ()) -> list[str]:
@@ -157,16 +161,17 @@ class Run:
 #: features (intermediate maps or the pooled embedding), as the DKD paper's table divides them.
 LOGITS, FEATURES = "logits", "features"
 
+#: The first stage of the resnet20 -> resnet8 suites: the teacher and the student alone.
+RESNET20_RESNET8 = [
+    Run("teacher resnet20", "configs/supervised/cifar10-5k_resnet20.yaml", seeded=False),
+    Run("student resnet8 alone", "configs/supervised/cifar10-5k_resnet8.yaml", baseline=True),
+]
+
 #: Suites: stages of runs in dependency order; a stage starts when the one before it ends.
 #: Methods on logits come first, then those on features in RepDistiller's (the CRD paper's) order.
 SUITES: dict[str, list[list[Run]]] = {
     "distillation": [
-        [
-            Run("teacher resnet20", "configs/supervised/cifar10-5k_resnet20.yaml", seeded=False),
-            Run(
-                "student resnet8 alone", "configs/supervised/cifar10-5k_resnet8.yaml", baseline=True
-            ),
-        ],
+        RESNET20_RESNET8,
         [
             Run("KD", "configs/kd/cifar10-5k_resnet20_resnet8.yaml", kind=LOGITS),
             Run("DKD", "configs/dkd/cifar10-5k_resnet20_resnet8.yaml", kind=LOGITS),
@@ -198,6 +203,27 @@ SUITES: dict[str, list[list[Run]]] = {
             Run("CRD+KD", "configs/crd/cifar10-5k_resnet56_resnet20_kd.yaml", kind=FEATURES),
         ],
     ],
+    # The runs behind RESULTS.md's account of AT and DIST: AT with a tenth of its weight (a
+    # variant's logs go to its own folder), and DIST with two more seeds (``--seeds 0 1 2 3 4``;
+    # the student alone, AT and AT β 100 are reported with the seeds they have).
+    "distillation_checks": [
+        RESNET20_RESNET8,
+        [
+            Run("DIST", "configs/dist/cifar10-5k_resnet20_resnet8.yaml", kind=LOGITS),
+            Run("AT", "configs/at/cifar10-5k_resnet20_resnet8.yaml", kind=FEATURES),
+            Run(
+                "AT, β 100",
+                "configs/at/cifar10-5k_resnet20_resnet8.yaml",
+                args=(
+                    "--model.init_args.at_weight",
+                    "100",
+                    "--trainer.default_root_dir",
+                    "runs/cifar10-5k/at_beta100_resnet20_resnet8",
+                ),
+                kind=FEATURES,
+            ),
+        ],
+    ],
     "selfsupervised": [
         [
             Run("resnet8 at random init", "configs/dino/cifar10-5k_resnet8.yaml", "validate"),
@@ -211,6 +237,7 @@ SUITES: dict[str, list[list[Run]]] = {
 METRICS = {
     "distillation": ["val/top1", "val/knn_top1"],
     "distillation56": ["val/top1", "val/knn_top1"],
+    "distillation_checks": ["val/top1", "val/knn_top1"],
     "selfsupervised": ["val/knn_top1", "val/teacher_knn_top1"],
 }
 

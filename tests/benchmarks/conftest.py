@@ -197,3 +197,8 @@ def documented_commands():
 @pytest.fixture
 def arguments():
     return _arguments
+
+
+@pytest.fixture(scope="session")
+def attention_gap(cifar10_5k):
+    return load_script("attention_gap")

@@ -367,6 +367,19 @@ def test_runs_root_moves_log_folders_and_teacher_paths(cifar10_5k, tmp_path):
     ]  # fmt: skip
 
 
+def test_a_variant_with_its_own_log_folder_keeps_it_under_every_seed(cifar10_5k, tmp_path):
+    # distillation_checks' "AT, β 100": the AT config with another weight, in its own folder.
+    (variant,) = [r for s in cifar10_5k.SUITES["distillation_checks"] for r in s if "β" in r.label]
+    variant = cifar10_5k.replace(variant, runs_root=tmp_path)
+    assert variant.root_dir() == tmp_path / "cifar10-5k/at_beta100_resnet20_resnet8"
+    seeded = variant.with_seed(1)
+    assert seeded.root_dir() == tmp_path / "cifar10-5k/at_beta100_resnet20_resnet8_seed1"
+    line = seeded.command_line()
+    assert line[line.index("--model.init_args.at_weight") + 1] == "100"
+    # The last --trainer.default_root_dir is the one the CLI keeps: the seed's folder.
+    assert line[-2:] == ["--trainer.default_root_dir", str(seeded.root_dir())]
+
+
 def test_documented_command_lines_parse_and_reports_run(
     cifar10_5k, documented_commands, arguments, write_run, started, tmp_path, capsys
 ):
