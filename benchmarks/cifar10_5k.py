@@ -23,7 +23,8 @@ training. Compare wall times only within one invocation on one machine. ``--seed
 runs (or, with ``--report``, reports) every run with each seed, ``--seed_everything N`` and
 logs tagged ``seed<N>`` (the config's own seed keeps the untagged logs); a teacher that other
 runs load keeps its config's seed, so ``--seeds 1 2`` adds students only. With several seeds
-a second table gives each method's final values as mean ± standard deviation over seeds.
+a second table gives each method's final values as mean ± standard deviation over seeds,
+and its gain over the student alone ± the standard error of the difference of the means.
 ``--missing`` starts only the runs without a finished log of their planned length (see below:
 those never run, unfinished or of another length), so a suite grown by a method, or stopped
 by a failure, is completed without training again what is done; the tables report them all.
@@ -577,20 +578,39 @@ def print_table(rows: list[tuple[str, dict[str, str]]], metrics: list[str], kind
 
 
 def print_seed_table(runs: list[Run], metrics: list[str], kinds: bool) -> None:
-    """Per label and length: its seeds and each metric's final value, mean ± s.d. (and with
-    ``kinds``, what the method distils)."""
+    """Per label and length: its seeds and each metric's final value, mean ± s.d., and each
+    method's gain over the baseline (the student alone) ± the standard error of the difference
+    of the means, ``√(s²/n + s_b²/n_b)``; with ``kinds``, what the method distils. A method
+    run with another length than the baseline, or with one seed, gets no gain."""
+    groups = by_label(runs)
+    finals = {
+        name: {m: [v for r in group if (v := final_values(r, m)) is not None] for m in metrics}
+        for name, group in groups.items()
+    }
+    base = next((n for n, g in groups.items() if g[0].baseline and not note(g[0])), None)
     lines = []
-    for name, group in by_label(runs).items():
-        finals = {m: [v for r in group if (v := final_values(r, m)) is not None] for m in metrics}
+    for name, group in groups.items():
         cells = []
-        for values in finals.values():
+        for metric, values in finals[name].items():
             mean, std = mean_std(values) if values else (0.0, 0.0)
             spread = f" ± {100 * std:.1f}" if len(values) > 1 else ""
             cells.append(f"{100 * mean:.1f}{spread}" if values else "-")
+            cells.append(gain(values, finals[base][metric]) if base and group[0].kind
+                          and not note(group[0]) else "")  # fmt: skip
         kind = [group[0].kind or "-"] if kinds else []
         lines.append([name, *kind, str(len(group)), *cells])
-    header = ["method", *(["kind"] if kinds else []), "seeds", *(f"{m} %" for m in metrics)]
+    header = ["method", *(["kind"] if kinds else []), "seeds"]
+    header += [column for m in metrics for column in (f"{m} %", "gain")]
     print_markdown(header, lines)
+
+
+def gain(values: list[float], baseline: list[float]) -> str:
+    """``+1.3 ± 0.5`` (points): the difference of the means ± its standard error."""
+    if len(values) < 2 or len(baseline) < 2:
+        return ""
+    (mean, std), (base, base_std) = mean_std(values), mean_std(baseline)
+    error = (std**2 / len(values) + base_std**2 / len(baseline)) ** 0.5
+    return f"{100 * (mean - base):+.1f} ± {100 * error:.1f}"
 
 
 def report(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import subprocess
 from pathlib import Path
@@ -223,6 +224,34 @@ def test_seeds_of_other_lengths_are_reported_apart_not_averaged(
         "student resnet8 alone (n=2)",
         "student resnet8 alone [2 epochs, not 40] (n=1)",
     ]
+
+
+def test_each_method_gains_over_the_student_alone_with_the_error_of_the_difference(
+    cifar10_5k, write_run, tmp_path, capsys
+):
+    runs = tmp_path / "runs/cifar10-5k"
+    alone, kd = [0.60, 0.62, 0.64], [0.65, 0.66, 0.70]
+    for seed in range(3):
+        tag = "" if seed == 0 else f"_seed{seed}"
+        for folder, top1 in (("supervised_resnet8", alone), ("kd_resnet20_resnet8", kd)):
+            write_run(runs / (folder + tag), epochs=40, max_epochs=40,
+                      final={"val/top1": top1[seed]}, seed=seed)  # fmt: skip
+        write_run(runs / f"crd_resnet20_resnet8{tag}", epochs=5, max_epochs=40,
+                  final={"val/top1": 0.7}, seed=seed)  # fmt: skip
+    write_run(runs / "dkd_resnet20_resnet8", epochs=40, max_epochs=40, final={"val/top1": 0.7})
+    cifar10_5k.main(["distillation", "--report", "--seeds", "0", "1", "2",
+                     "--runs-root", str(runs.parent)])  # fmt: skip
+    per_method = tables(capsys.readouterr().out)[1]
+    difference = 100 * (statistics.mean(kd) - statistics.mean(alone))
+    error = 100 * math.sqrt(statistics.variance(kd) / 3 + statistics.variance(alone) / 3)
+    assert per_method[0][3:5] == ["val/top1 %", "gain"]
+    # One seed (DKD) or another length than the student alone's (CRD): no gain.
+    assert column(per_method, "gain") == {
+        "student resnet8 alone": "",
+        "KD": f"+{difference:.1f} ± {error:.1f}",
+        "DKD": "",
+        "CRD [unfinished: 5 of 40 epochs]": "",
+    }
 
 
 def test_every_method_trains_the_student_with_the_one_teacher_and_recipe(cifar10_5k):
