@@ -11,7 +11,8 @@ the student from that teacher with each method's ``cifar10-5k_resnet20_resnet8``
 recipe, 40 epochs): on the teacher's logits KD, DKD and DIST, on its features FitNets, AT,
 SP, VID, RKD, PKT, CRD and CRD+KD (RepDistiller's order). ``distillation56`` runs KD, RKD
 and CRD with resnet56 -> resnet20; ``distillation_checks`` the runs behind RESULTS.md's
-account of AT and DIST (AT at a tenth of its weight, DIST with seeds 3 and 4);
+account of AT and DIST (seeds 3 and 4 of the student alone, DIST and AT, and AT at a tenth
+of its weight);
 ``selfsupervised`` DINO, MoCo-v2 and ReKD.
 
 Each row is one ``distill fit --config ...`` run (in a subprocess, in the order listed, so
@@ -204,9 +205,9 @@ SUITES: dict[str, list[list[Run]]] = {
             Run("CRD+KD", "configs/crd/cifar10-5k_resnet56_resnet20_kd.yaml", kind=FEATURES),
         ],
     ],
-    # The runs behind RESULTS.md's account of AT and DIST: AT with a tenth of its weight (a
-    # variant's logs go to its own folder), and DIST with two more seeds (``--seeds 0 1 2 3 4``;
-    # the student alone, AT and AT β 100 are reported with the seeds they have).
+    # The runs behind RESULTS.md's account of AT and DIST, with ``--seeds 0 1 2 3 4``: the
+    # student alone, DIST and AT with two seeds more than the distillation suite's, and AT
+    # with a tenth of its weight (a variant's logs go to a folder of its own).
     "distillation_checks": [
         RESNET20_RESNET8,
         [
