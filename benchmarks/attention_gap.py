@@ -2,9 +2,11 @@
 
     python benchmarks/attention_gap.py            # every finished run of the suite, seeds 0 1 2
     python benchmarks/attention_gap.py --seeds 0 --methods AT KD
+    python benchmarks/attention_gap.py --suite distillation_checks --seeds 0 1 2 3 4
     python benchmarks/attention_gap.py --data ../shared/data/cifar10-5k --runs-root runs
 
-Reads the runs of ``cifar10_5k.py distillation`` (``--runs-root``, default the repository's
+Reads the runs of ``cifar10_5k.py distillation`` (or of ``--suite distillation_checks``: AT
+at a tenth of its weight, more seeds; ``--runs-root``, default the repository's
 ``runs/``): each run's newest ``last.ckpt`` gives the student (``student.backbone.*``), the
 teacher run's the teacher every method loaded (its final weights). Every network sees the
 val images at full size, unaugmented, normalised with the config's mean
@@ -76,6 +78,9 @@ def last_checkpoint(run: Run) -> dict | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--suite", choices=["distillation", "distillation_checks"], default="distillation"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", help="suite labels (default: every one)")
     parser.add_argument("--runs-root", type=Path, default=RUNS)
@@ -83,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     teacher_run, *students = (
-        replace(run, runs_root=args.runs_root) for stage in SUITES["distillation"] for run in stage
+        replace(run, runs_root=args.runs_root) for stage in SUITES[args.suite] for run in stage
     )
     teacher_state = last_checkpoint(teacher_run)
     if teacher_state is None:
