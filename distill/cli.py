@@ -196,6 +196,25 @@ def _nearest(key: str, valid: set[str]) -> str:
     return "see --help for the valid keys"
 
 
+#: The Trainer arguments where an integer counts batches and a float is a fraction of them.
+BATCH_LIMITS = tuple(f"limit_{stage}_batches" for stage in ("train", "val", "test", "predict"))
+
+
+def whole_numbers_as_batch_counts(parser: LightningArgumentParser) -> None:
+    """``--trainer.limit_val_batches 1`` (or ``1`` in a config) means one batch, as
+    ``Trainer(limit_val_batches=1)`` does, and ``1.0`` all of them.
+
+    Lightning types these ``Union[float, int, None]``, and jsonargparse tries the union's types
+    in that order, so ``1`` became ``1.0``: every batch instead of one (the footgun Lightning
+    warns about in its docs). Trying ``int`` first keeps what was written: ``1`` an int,
+    ``1.0`` and ``0.25`` floats.
+    """
+    for name in BATCH_LIMITS:
+        action = parser._option_string_actions.get(f"--trainer.{name}")
+        if action is not None and hasattr(action, "_typehint"):
+            action._typehint = int | float | None
+
+
 class DistillCLI(LightningCLI):
     """LightningCLI with distill's default callbacks and its ``eval`` and ``export`` commands."""
 
@@ -239,6 +258,7 @@ class DistillCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(MethodCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ViewGrid, "view_grid")
+        whole_numbers_as_batch_counts(parser)
 
     def _parse_ckpt_path(self) -> None:
         """Checks a ``--ckpt_path`` and compares it with the configured model instead of obeying it.

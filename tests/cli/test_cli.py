@@ -361,6 +361,28 @@ def test_resuming_a_run_that_left_its_teacher_out_says_the_teacher_is_read_again
     )
 
 
+@pytest.mark.parametrize("written, batches", [("1", 1), ("1.0", 2), ("0.5", 1)])
+def test_a_whole_number_limits_batches_by_count_and_a_float_by_fraction(
+    tmp_path, capsys, written, batches
+):
+    # Lightning types limit_*_batches Union[float, int]: jsonargparse made "1" a float, 1.0,
+    # every batch instead of one. The quickstart's digits val split is 2 batches.
+    config = tmp_path / "limits.yaml"
+    config.write_text(f"trainer:\n  limit_val_batches: {written}\n")
+    code, _, err = run_cli(["fit", "--config", QUICKSTART, "--config", str(config),
+                            "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs",
+                            "1", "--trainer.limit_train_batches", "1",
+                            "--trainer.enable_progress_bar", "false"], capsys)  # fmt: skip
+    assert code == 0, err
+    version = tmp_path / "lightning_logs" / "version_0"
+    saved = torch.load(version / "checkpoints" / "last.ckpt", weights_only=False)
+    progress = saved["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]["total"]
+    assert progress["completed"] == batches
+    limits = yaml.safe_load((version / "config.yaml").read_text())["trainer"]
+    assert repr(limits["limit_val_batches"]) == written  # an int stays an int, a float a float
+    assert limits["limit_train_batches"] == 1 and isinstance(limits["limit_train_batches"], int)
+
+
 def short_fit(root, *extra) -> list[str]:
     return [
         "fit", "--config", QUICKSTART, "--trainer.default_root_dir", str(root),
