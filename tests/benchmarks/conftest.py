@@ -202,3 +202,8 @@ def arguments():
 @pytest.fixture(scope="session")
 def attention_gap(cifar10_5k):
     return load_script("attention_gap")
+
+
+@pytest.fixture(scope="session")
+def vid_cost():
+    return load_script("vid_cost")
